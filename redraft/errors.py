@@ -1,0 +1,60 @@
+"""One error type per domain failure. The API maps each to a status code in one handler."""
+
+from __future__ import annotations
+
+
+class RedraftError(Exception):
+    """Base of every error Redraft raises on purpose. ``code`` is stable and machine-readable."""
+
+    code = "redraft_error"
+    status_code = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(RedraftError):
+    """The request is well-formed JSON but asks for something Redraft cannot do (422)."""
+
+    code = "invalid_request"
+    status_code = 422
+
+
+class NotFound(RedraftError):
+    code = "not_found"
+    status_code = 404
+
+
+class Conflict(RedraftError):
+    code = "conflict"
+    status_code = 409
+
+
+class Unauthorized(RedraftError):
+    code = "unauthorized"
+    status_code = 401
+
+
+class ModelError(RedraftError):
+    """A model directory is missing, malformed or of an unknown family."""
+
+    code = "model_error"
+    status_code = 422
+
+
+class ConstraintError(InvalidRequest):
+    """A constraint is invalid or cannot be satisfied in the space given."""
+
+    code = "invalid_constraint"
+
+
+class JobCancelled(RedraftError):
+    code = "cancelled"
+    status_code = 409
+
+
+class TrainingError(RedraftError):
+    code = "training_error"

@@ -1,0 +1,53 @@
+"""The one settings object. Read once from the environment (prefix ``REDRAFT_``, plus the
+conventional ``DATABASE_URL`` and ``REDIS_URL``); bad config fails at start-up, never per request."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "redraft-tiny"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REDRAFT_", extra="ignore")
+
+    # Embedded default: a SQLite file under var/. Production: postgresql+psycopg://...
+    database_url: str = Field(
+        default=f"sqlite:///{REPO_ROOT / 'var' / 'redraft.db'}",
+        validation_alias=AliasChoices("DATABASE_URL", "REDRAFT_DATABASE_URL"),
+    )
+    # None means "start an embedded redis-server" (redraft serve only); workers and the API need a URL.
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "REDRAFT_REDIS_URL"))
+    # Models the workers serve: name -> local directory. Nothing is ever downloaded.
+    models: dict[str, Path] = Field(default_factory=lambda: {"redraft-tiny": DEFAULT_MODEL_DIR})
+    default_model: str = "redraft-tiny"
+    default_gap_tokens: int = 16  # what a bare [[gap]] may hold
+    max_gap_tokens: int = 256
+    default_steps: int = 32  # denoising steps when a request gives none
+    max_steps: int = 1024  # more steps than this is a mistake, not a request
+    queue_name: str = "gpu"
+    job_timeout_s: int = 600  # a job running longer than this is failed; the visibility timeout sits above it
+    max_attempts: int = 3  # deliveries before a job that keeps killing its worker is failed
+    device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when present)
+    var_dir: Path = REPO_ROOT / "var"
+
+    @field_validator("models")
+    @classmethod
+    def _models_exist(cls, value: dict[str, Path]) -> dict[str, Path]:
+        if not value:
+            raise ValueError("REDRAFT_MODELS is empty: give at least one name -> local model directory")
+        return value
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        return self.job_timeout_s * 2 + 60
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
