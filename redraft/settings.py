@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     max_steps: int = 1024  # more steps than this is a mistake, not a request
     queue_name: str = "gpu"
     job_timeout_s: int = 600  # a job running longer than this is failed; the visibility timeout sits above it
+    heartbeat_timeout_s: int = 60  # a running job whose worker wrote nothing for this long is re-enqueued
+    reaper_interval_s: float = 15.0  # how often each worker looks for jobs to re-enqueue
     max_attempts: int = 3  # deliveries before a job that keeps killing its worker is failed
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when present)
     var_dir: Path = REPO_ROOT / "var"

@@ -1,0 +1,117 @@
+"""The canvas: what every job kind compiles to, and the only thing the sampler knows.
+
+A canvas is a token sequence with a ``fixed`` flag per position (clamped: never changes) and a slot
+index per free position. The output text is rebuilt from the *original* fixed strings and the decoded
+slot tokens, never by decoding fixed tokens, so fixed text is byte-identical by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from redraft.errors import InvalidRequest
+from redraft.models import ModelInfo
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    max_tokens: int  # positions on the canvas; unused ones resolve to the empty token
+
+
+@dataclass
+class Canvas:
+    token_ids: list[int]  # (L,) mask id at every free position
+    fixed: list[bool]  # (L,) True: clamped
+    slot_of: list[int]  # (L,) slot index, -1 on fixed positions
+    slots: list[Slot]
+    pieces: list[str | int] = field(default_factory=list)  # fixed text (str) and slot refs (int), in order
+
+    @property
+    def length(self) -> int:
+        return len(self.token_ids)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "token_ids": self.token_ids,
+            "fixed": self.fixed,
+            "slot_of": self.slot_of,
+            "slots": [asdict(s) for s in self.slots],
+            "pieces": self.pieces,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Canvas:
+        return cls(
+            token_ids=list(data["token_ids"]),
+            fixed=list(data["fixed"]),
+            slot_of=list(data["slot_of"]),
+            slots=[Slot(**s) for s in data["slots"]],
+            pieces=list(data["pieces"]),
+        )
+
+    def slot_positions(self, index: int) -> list[int]:
+        return [i for i, s in enumerate(self.slot_of) if s == index]
+
+    def render(self, token_ids: list[int], tokenizer: Tokenizer, info: ModelInfo) -> tuple[str, list[str]]:
+        """Final text and each slot's value from a fully denoised token sequence."""
+        values = [self.slot_value(token_ids, i, tokenizer, info) for i in range(len(self.slots))]
+        # Byte-level models attach a word's space to the word (" cat"); after fixed text that already
+        # ends in whitespace that space would double, so drop one. Fixed text is never touched.
+        for k, piece in enumerate(self.pieces):
+            if isinstance(piece, int) and k > 0 and isinstance(self.pieces[k - 1], str):
+                if self.pieces[k - 1][-1:].isspace() and values[piece].startswith(" "):
+                    values[piece] = values[piece][1:]
+        text = "".join(p if isinstance(p, str) else values[p] for p in self.pieces)
+        return text, values
+
+    def slot_value(self, token_ids: list[int], index: int, tokenizer: Tokenizer, info: ModelInfo) -> str:
+        ids = [token_ids[i] for i in self.slot_positions(index)]
+        ids = [t for t in ids if t not in (info.empty_id, info.mask_id)]
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class CanvasBuilder:
+    """Appends fixed text and slots; tokenises each fixed piece on its own (exact for byte-level BPE)."""
+
+    def __init__(self, tokenizer: Tokenizer, info: ModelInfo) -> None:
+        self.tokenizer = tokenizer
+        self.info = info
+        self.canvas = Canvas(token_ids=[], fixed=[], slot_of=[], slots=[], pieces=[])
+        if info.bos_id is not None:
+            self._fixed_ids([info.bos_id])
+
+    def _fixed_ids(self, ids: list[int]) -> None:
+        self.canvas.token_ids += ids
+        self.canvas.fixed += [True] * len(ids)
+        self.canvas.slot_of += [-1] * len(ids)
+
+    def text(self, text: str) -> None:
+        if not text:
+            return
+        self._fixed_ids(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        self.canvas.pieces.append(text)
+
+    def slot(self, name: str, max_tokens: int) -> int:
+        index = len(self.canvas.slots)
+        self.canvas.slots.append(Slot(name=name, max_tokens=max_tokens))
+        self.canvas.token_ids += [self.info.mask_id] * max_tokens
+        self.canvas.fixed += [False] * max_tokens
+        self.canvas.slot_of += [index] * max_tokens
+        self.canvas.pieces.append(index)
+        return index
+
+    def build(self) -> Canvas:
+        if self.info.eos_id is not None and self.info.family == "masked_lm":
+            self._fixed_ids([self.info.eos_id])
+        if not self.canvas.slots:
+            raise InvalidRequest("nothing to generate: the request has no gap or slot")
+        if self.canvas.length > self.info.context_length:
+            raise InvalidRequest(
+                f"the canvas is {self.canvas.length} tokens but model {self.info.name!r} takes at most "
+                f"{self.info.context_length}; shorten the text or use smaller gaps"
+            )
+        return self.canvas
