@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,9 +19,78 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from storage import repo
+    from storage.db import session_scope
+    from storage.migrate import upgrade
+
+    upgrade()
+    with session_scope() as s:
+        key, _ = repo.create_api_key(s, args.tenant)
+    print(key)
+    return 0
+
+
+def _cmd_migrate(_: argparse.Namespace) -> int:
+    from storage.migrate import upgrade
+
+    upgrade()
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Embedded default: migrate, start redis (unless REDIS_URL is set), one worker, and the API."""
+    import uvicorn
+
+    from redraft.embedded import start_redis, start_worker
+    from redraft.settings import get_settings
+    from storage.migrate import upgrade
+
+    settings = get_settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade()
+    redis_proc = None
+    if settings.redis_url is None:
+        redis_proc, url = start_redis(settings.var_dir)
+        os.environ["REDIS_URL"] = url
+        get_settings.cache_clear()
+        print(f"embedded redis-server at {url}", flush=True)
+    env = {"REDIS_URL": os.environ.get("REDIS_URL", settings.redis_url or ""), "DATABASE_URL": settings.database_url}
+    workers = [start_worker(env, settings.var_dir / "worker.log", settings.queue_name) for _ in range(args.workers)]
+    print(f"{args.workers} worker(s) started (log: {settings.var_dir / 'worker.log'}); API on "
+          f"http://{args.host}:{args.port}", flush=True)
+    try:
+        from api.main import create_app
+
+        uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(timeout=30)
+        if redis_proc is not None:
+            redis_proc.terminate()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redraft", description="Redraft: controllable diffusion LM service")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the whole service: embedded redis (unless REDIS_URL), worker, API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("keys", help="API keys")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("create", help="create a key for a tenant (created if new) and print it once")
+    k.add_argument("--tenant", required=True)
+    k.set_defaults(func=_cmd_keys_create)
+
+    p = sub.add_parser("migrate", help="bring the database schema up to date (alembic upgrade head)")
+    p.set_defaults(func=_cmd_migrate)
 
     p = sub.add_parser("train", help="train Redraft's small model from the packaged corpus (resumable)")
     p.add_argument("--build-dir", default="build/train", help="corpus, tokenizer and checkpoint directory")

@@ -170,3 +170,11 @@ def load_model_info(name: str, path: Path) -> ModelInfo:
 
 def registry(models: dict[str, Path]) -> dict[str, ModelInfo]:
     return {name: load_model_info(name, Path(path)) for name, path in models.items()}
+
+
+def special_ids(info: ModelInfo) -> list[int]:
+    """Ids never written at a free position: every special token (mask, pad, BOS, EOS, ...) but the empty one."""
+    tokenizer = load_tokenizer(info.path)
+    ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special} | {info.mask_id}
+    ids.discard(info.empty_id)
+    return sorted(ids)

@@ -1,0 +1,41 @@
+"""Dependencies as ``Annotated`` aliases, so a handler's signature says what it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header
+from sqlalchemy.orm import Session
+
+from redraft.errors import Unauthorized
+from redraft.settings import Settings, get_settings
+from storage import repo
+from storage.db import get_sessionmaker
+from storage.models import Tenant
+
+
+def get_session() -> Iterator[Session]:
+    with get_sessionmaker()() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def current_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
+    if not authorization:
+        raise Unauthorized(
+            "missing API key: send `Authorization: Bearer <key>`; create a key with `redraft keys create --tenant NAME`"
+        )
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("malformed Authorization header: expected `Authorization: Bearer <key>`")
+    tenant = repo.tenant_for_key(session, key.strip())
+    if tenant is None:
+        raise Unauthorized("unknown or revoked API key; create one with `redraft keys create --tenant NAME`")
+    return tenant
+
+
+CurrentTenant = Annotated[Tenant, Depends(current_tenant)]

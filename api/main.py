@@ -1,0 +1,52 @@
+"""The FastAPI application and its one error handler per error family."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.routes import drafts, jobs, system
+from redraft.errors import RedraftError
+from redraft.settings import get_settings
+
+
+def _describe(errors: list[dict]) -> str:
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
+        if err.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')}); "
+                         "send a JSON object with Content-Type: application/json")
+        else:
+            parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(title="Redraft", version="0.1.0",
+                  description="Infill, constrained generation and revision with masked diffusion language models.")
+    app.state.settings = settings
+
+    @app.exception_handler(RedraftError)
+    async def _redraft_error(_: Request, exc: RedraftError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _describe(exc.errors()), "code": "invalid_request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail), "code": "http_error"}, status_code=exc.status_code)
+
+    app.include_router(jobs.router)
+    app.include_router(drafts.router)
+    app.include_router(system.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,142 @@
+"""Request and response shapes, one per direction. Routes never return ORM rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TextSegment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+
+
+class GapSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: int | None = Field(None, description="up to this many tokens (default: the server's gap size)")
+
+
+class GapSegment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gap: GapSpec
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="a name from GET /v1/models (default: the server's default)")
+    steps: int | None = Field(None, description="denoising steps (forward passes); default from the server")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="same seed, same output")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 is greedy; above 0 samples (Gumbel-max)")
+    block_size: int | None = Field(None, ge=1, description="semi-autoregressive blocks of this many tokens")
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+
+
+class InfillJobCreate(SamplingParams):
+    kind: Literal["infill"]
+    text: str | None = Field(None, description="text with [[gap]] or [[gap:N]] markers")
+    segments: list[TextSegment | GapSegment] | None = Field(None, description="structured alternative to text")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InfillJobCreate:
+        if (self.text is None) == (self.segments is None):
+            raise ValueError("give exactly one of `text` (with [[gap]] markers) or `segments`")
+        return self
+
+
+JobCreate = Annotated[InfillJobCreate, Field(discriminator="kind")]
+
+
+class JobLinks(BaseModel):
+    self: str
+    steps: str
+    drafts: str
+    events: str
+    cancel: str
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobTimings(BaseModel):
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps_run: int
+    attempts: int
+
+
+class JobResult(BaseModel):
+    text: str
+    gaps: list[str] = []
+    draft_id: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model: str
+    params: dict[str, Any]
+    result: JobResult | None
+    error: JobError | None
+    timings: JobTimings
+    links: JobLinks
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class StepPublic(BaseModel):
+    step: int
+    committed: list[tuple[int, int, str, float]] = Field(description="[position, token_id, token_text, confidence]")
+    remasked: list[Any] = []
+
+
+class StepsPublic(BaseModel):
+    job_id: str
+    canvas: list[int] = Field(description="the starting canvas: token ids with the mask id at free positions")
+    fixed: list[bool]
+    mask_id: int
+    data: list[StepPublic]
+    count: int
+
+
+class DraftPublic(BaseModel):
+    id: str
+    job_id: str
+    parent_id: str | None
+    version: int
+    text: str
+    token_ids: list[int]
+    created_at: datetime
+
+
+class DraftsPublic(BaseModel):
+    data: list[DraftPublic]
+    count: int
+
+
+class ModelPublic(BaseModel):
+    name: str
+    family: str
+    context_length: int
+    mask_token: str
+    vocab_size: int
+    random_weights: bool
+    description: str
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str

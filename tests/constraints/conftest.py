@@ -1,0 +1,1 @@
+from tests.utils.fixtures import *  # noqa: F401,F403

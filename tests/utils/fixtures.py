@@ -1,0 +1,25 @@
+"""Model fixtures shared by the test packages (loaded as a pytest plugin from tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from redraft.models import load_model_info, load_tokenizer
+from tests.utils.models import make_tiny_random_model
+from workers.adapters import get_adapter
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return make_tiny_random_model(tmp_path_factory.mktemp("models") / "tiny-random")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    """(ModelInfo, tokenizer) of a tiny randomly initialised ModernBERT with Redraft's tokenizer."""
+    return load_model_info("tiny-random", tiny_model_dir), load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model_dir):
+    return get_adapter("tiny-random", tiny_model_dir, "cpu")

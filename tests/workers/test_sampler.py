@@ -1,0 +1,94 @@
+"""The sampler's invariants, as properties over random canvases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from redraft.errors import InvalidRequest
+from redraft.models import special_ids
+from workers.sampler import ForbidTokens, SamplerConfig, denoise, plan
+
+MASK = 1
+
+
+@st.composite
+def canvases(draw, max_len=48):
+    """A (1, L) canvas of random tokens with a random set of free (masked) positions."""
+    length = draw(st.integers(4, max_len))
+    tokens = draw(st.lists(st.integers(5, 8191), min_size=length, max_size=length))
+    fixed = draw(st.lists(st.booleans(), min_size=length, max_size=length))
+    x = torch.tensor([[MASK if not f else t for t, f in zip(tokens, fixed)]])
+    return x, torch.tensor([fixed])
+
+
+configs = st.builds(
+    SamplerConfig,
+    steps=st.integers(1, 12),
+    block_size=st.one_of(st.none(), st.integers(1, 16)),
+    temperature=st.sampled_from([0.0, 0.7, 1.5]),
+    remasking=st.sampled_from(["low_confidence", "random"]),
+)
+
+
+def run(adapter, x, fixed, cfg, seed):
+    procs = [ForbidTokens(special_ids(adapter.info), adapter.info.vocab_size)]
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(x.shape[0])]
+    return denoise(adapter.logits, x, fixed, MASK, cfg, gens, procs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(canvas=canvases(), cfg=configs, seed=st.integers(0, 2**31))
+def test_fixed_never_changes_and_no_mask_is_left(tiny_adapter, canvas, cfg, seed):
+    x, fixed = canvas
+    out = run(tiny_adapter, x, fixed, cfg, seed)
+    assert torch.equal(out.tokens[fixed], x[fixed])
+    assert not (out.tokens == MASK).any()
+    # every free position was committed exactly once in the history
+    committed = sorted(p for rec in out.history[0] for p in rec.positions)
+    assert committed == (~fixed[0]).nonzero().squeeze(1).tolist()
+    assert x[0, ~fixed[0]].eq(MASK).all(), "the caller's canvas must not be mutated"
+
+
+@settings(max_examples=15, deadline=None)
+@given(canvas=canvases(), cfg=configs, seed=st.integers(0, 2**31))
+def test_same_seed_same_output(tiny_adapter, canvas, cfg, seed):
+    x, fixed = canvas
+    assert torch.equal(run(tiny_adapter, x, fixed, cfg, seed).tokens, run(tiny_adapter, x, fixed, cfg, seed).tokens)
+
+
+def test_row_output_does_not_depend_on_batch_mates(tiny_adapter):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(5, 8000, (3, 24), generator=g)
+    fixed = torch.rand(3, 24, generator=g) > 0.5
+    x = torch.where(fixed, x, MASK)
+    cfg = SamplerConfig(steps=6, temperature=1.0)
+    batched = run(tiny_adapter, x, fixed, cfg, seed=7).tokens
+    for i in range(3):
+        alone = denoise(tiny_adapter.logits, x[i : i + 1], fixed[i : i + 1], MASK, cfg,
+                        [torch.Generator().manual_seed(7 + i)],
+                        [ForbidTokens(special_ids(tiny_adapter.info), 8192)]).tokens
+        assert torch.equal(alone[0], batched[i])
+
+
+def test_special_tokens_are_never_written(tiny_adapter):
+    x = torch.full((1, 32), MASK)
+    out = run(tiny_adapter, x, torch.zeros(1, 32, dtype=torch.bool), SamplerConfig(steps=4, temperature=2.0), 3)
+    banned = set(special_ids(tiny_adapter.info))
+    assert banned >= {0, 1, 2, 3} and 4 not in banned  # [EMPTY] stays writable
+    assert not set(out.tokens[0].tolist()) & banned
+
+
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"steps": 4, "block_size": 0}, {"steps": 4, "temperature": -1},
+                                    {"steps": 4, "remasking": "best"}])
+def test_bad_config_is_a_clear_error(kwargs):
+    with pytest.raises(InvalidRequest):
+        SamplerConfig(**kwargs)
+
+
+def test_plan_commits_every_mask_within_the_step_budget():
+    schedule = plan(list(range(10)) + list(range(40, 50)), steps=8, block_size=16)
+    assert sum(k for _, _, k in schedule) == 20 and len(schedule) == 8
+    assert all(k >= 1 for _, _, k in schedule)

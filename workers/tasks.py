@@ -1,0 +1,37 @@
+"""Celery tasks. A task is like a web view: it takes the job id and calls the real logic elsewhere.
+
+Start a worker with: ``celery -A workers.tasks worker -Q gpu --pool=solo --concurrency=1``
+(one process per GPU; the model loads lazily in that process on its first job).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+
+from redraft.queue import RUN_JOB, get_celery
+from redraft.settings import get_settings
+from workers import reaper, runner
+
+log = logging.getLogger(__name__)
+app = get_celery()
+_stop = threading.Event()
+
+
+@app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: str) -> str:
+    return runner.run_job(job_id)
+
+
+@worker_ready.connect
+def _start_reaper(**_: object) -> None:
+    """Each worker re-enqueues jobs whose worker died (a SIGKILL leaves no one to say so)."""
+    settings = get_settings()
+    threading.Thread(target=reaper.loop, args=(settings, _stop), name="redraft-reaper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: object) -> None:
+    _stop.set()
