@@ -52,7 +52,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     publisher = Publisher(settings)
     with session_scope() as s:
-        job = repo.claim_job(s, job_id, settings.max_attempts)
+        job = repo.claim_job(s, job_id, settings.max_attempts, settings.heartbeat_timeout_s)
         if job is None:
             return "skipped"
         attempt = job.attempts

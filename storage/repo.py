@@ -1,0 +1,209 @@
+"""Repository functions. Each takes a Session first; callers own the transaction unless a docstring
+says the function commits (claims must be visible to other workers before the long work starts)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from redraft.errors import Conflict, NotFound
+from storage.models import ApiKey, Draft, Job, Step, Tenant, utcnow
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_or_create_tenant(s: Session, name: str) -> Tenant:
+    tenant = s.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        s.add(tenant)
+        s.flush()
+    return tenant
+
+
+def create_api_key(s: Session, tenant_name: str) -> tuple[str, ApiKey]:
+    """A new key for the tenant (created if new). The key is returned once; only its hash is stored."""
+    tenant = get_or_create_tenant(s, tenant_name)
+    key = "rdk_" + secrets.token_urlsafe(32)
+    row = ApiKey(tenant_id=tenant.id, prefix=key[:12], key_hash=_hash(key))
+    s.add(row)
+    s.flush()
+    return key, row
+
+
+def tenant_for_key(s: Session, key: str) -> Tenant | None:
+    row = s.scalar(select(ApiKey).where(ApiKey.key_hash == _hash(key), ApiKey.revoked_at.is_(None)))
+    return s.get(Tenant, row.tenant_id) if row else None
+
+
+def create_job(s: Session, *, tenant_id: str, kind: str, model: str, request: dict, params: dict,
+               canvas: dict) -> Job:
+    job = Job(tenant_id=tenant_id, kind=kind, model=model, request=request, params=params, canvas=canvas,
+              status="queued")
+    s.add(job)
+    s.flush()
+    return job
+
+
+def get_job(s: Session, job_id: str, tenant_id: str | None = None) -> Job:
+    """The job; NotFound also when it belongs to another tenant (a tenant never learns it exists)."""
+    job = s.get(Job, job_id)
+    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(s: Session, tenant_id: str, limit: int = 50, offset: int = 0,
+              status: str | None = None) -> tuple[list[Job], int]:
+    where = [Job.tenant_id == tenant_id] + ([Job.status == status] if status else [])
+    count = s.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    jobs = s.scalars(select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
+    return list(jobs), count
+
+
+def claim_job(s: Session, job_id: str, max_attempts: int, heartbeat_timeout_s: float) -> Job | None:
+    """The worker's entry point; idempotent by job id and safe under re-delivery. Commits.
+
+    Returns None when this delivery must not run: the job is finished, cancelled, or running under a
+    live worker (fresh heartbeat). A job whose worker died is taken over: its partial steps are
+    deleted, so the re-run never duplicates them. Ownership is a compare-and-swap on ``attempts``,
+    so two deliveries racing for the same job cannot both win, on SQLite or PostgreSQL.
+    """
+    job = s.get(Job, job_id, with_for_update=True)
+    if job is None or job.status in TERMINAL:
+        s.commit()
+        return None
+    now = utcnow()
+    if job.cancel_requested:
+        mark_cancelled(s, job_id)
+        s.commit()
+        return None
+    if job.status == "running" and job.updated_at > now - timedelta(seconds=heartbeat_timeout_s):
+        s.commit()
+        return None
+    seen = job.attempts
+    if seen + 1 > max_attempts:
+        fail_job(s, job_id, "too_many_attempts",
+                 f"the job was delivered {seen} times and its worker died each time; it will not be retried")
+        s.commit()
+        return None
+    won = s.execute(
+        update(Job).where(Job.id == job_id, Job.attempts == seen)
+        .values(attempts=seen + 1, status="running", started_at=now, updated_at=now, steps_run=0)
+    ).rowcount
+    if won != 1:
+        s.rollback()
+        return None
+    s.execute(delete(Step).where(Step.job_id == job_id))
+    s.execute(delete(Draft).where(Draft.job_id == job_id))
+    s.commit()
+    s.refresh(job)
+    return job
+
+
+def still_owner(s: Session, job_id: str, attempt: int) -> bool:
+    """Whether the attempt that claimed the job still owns it (a takeover bumps ``attempts``)."""
+    row = s.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one_or_none()
+    return row is not None and row.status == "running" and row.attempts == attempt
+
+
+def add_step(s: Session, job_id: str, step: int, committed: Sequence[Any], remasked: Sequence[Any] = ()) -> None:
+    s.add(Step(job_id=job_id, step=step, committed=list(committed), remasked=list(remasked)))
+
+
+def set_steps_run(s: Session, job_id: str, steps_run: int) -> None:
+    """Record progress; also the heartbeat the reaper watches."""
+    s.execute(update(Job).where(Job.id == job_id).values(steps_run=steps_run, updated_at=utcnow()))
+
+
+def cancel_requested(s: Session, job_id: str) -> bool:
+    return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish_job(s: Session, job_id: str, *, text: str, token_ids: list[int], result_extra: dict,
+               steps_run: int, parent_id: str | None = None) -> Draft:
+    """Write the job's draft and mark it succeeded, in the caller's one transaction. Idempotent."""
+    job = get_job(s, job_id)
+    if job.status == "succeeded" and job.result:
+        return s.get(Draft, job.result["draft_id"])
+    draft = Draft(tenant_id=job.tenant_id, job_id=job_id, parent_id=parent_id, version=1, text=text,
+                  token_ids=token_ids)
+    s.add(draft)
+    s.flush()
+    now = utcnow()
+    job.status, job.finished_at, job.updated_at, job.steps_run = "succeeded", now, now, steps_run
+    job.result = {"text": text, "draft_id": draft.id, **result_extra}
+    return draft
+
+
+def fail_job(s: Session, job_id: str, code: str, message: str) -> None:
+    now = utcnow()
+    s.execute(update(Job).where(Job.id == job_id).values(
+        status="failed", error_code=code, error_message=message, finished_at=now, updated_at=now))
+
+
+def mark_cancelled(s: Session, job_id: str) -> None:
+    now = utcnow()
+    s.execute(update(Job).where(Job.id == job_id).values(status="cancelled", finished_at=now, updated_at=now))
+
+
+def request_cancel(s: Session, job_id: str, tenant_id: str) -> Job:
+    """Queued: cancelled now, it never runs. Running: flagged; the worker stops at its next step."""
+    job = get_job(s, job_id, tenant_id)
+    if job.status in TERMINAL:
+        raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled")
+    if job.status == "queued":
+        job.status, job.finished_at = "cancelled", utcnow()
+    job.cancel_requested = True
+    s.flush()
+    return job
+
+
+def list_steps(s: Session, job_id: str, after: int | None = None) -> list[Step]:
+    where = [Step.job_id == job_id] + ([Step.step > after] if after is not None else [])
+    return list(s.scalars(select(Step).where(*where).order_by(Step.step)))
+
+
+def list_drafts(s: Session, job_id: str) -> list[Draft]:
+    return list(s.scalars(select(Draft).where(Draft.job_id == job_id).order_by(Draft.version)))
+
+
+def get_draft(s: Session, draft_id: str, tenant_id: str) -> Draft:
+    draft = s.get(Draft, draft_id)
+    if draft is None or draft.tenant_id != tenant_id:
+        raise NotFound(f"draft {draft_id} not found")
+    return draft
+
+
+def _stale(now: datetime, heartbeat_timeout_s: float, queued_timeout_s: float):
+    return or_(
+        (Job.status == "running") & (Job.updated_at < now - timedelta(seconds=heartbeat_timeout_s)),
+        (Job.status == "queued") & (Job.updated_at < now - timedelta(seconds=queued_timeout_s)),
+    )
+
+
+def stuck_jobs(s: Session, now: datetime, heartbeat_timeout_s: float, queued_timeout_s: float) -> list[Job]:
+    """Running jobs whose worker stopped beating, and queued jobs whose message may have been lost."""
+    return list(s.scalars(select(Job).where(_stale(now, heartbeat_timeout_s, queued_timeout_s))))
+
+
+def mark_reaped(s: Session, job_id: str, heartbeat_timeout_s: float, queued_timeout_s: float) -> bool:
+    """Atomically take a stale job for re-enqueueing; False when another reaper already did.
+
+    The job goes back to ``queued``: the next delivery claims it, and the old attempt, if it was
+    only slow rather than dead, sees it no longer owns the job and stops.
+    """
+    now = datetime.now(UTC)
+    won = s.execute(update(Job).where(Job.id == job_id, _stale(now, heartbeat_timeout_s, queued_timeout_s))
+                    .values(updated_at=now, status="queued")).rowcount
+    return won == 1

@@ -1,0 +1,190 @@
+"""The job API end to end: real HTTP, a real Celery worker process, real Redis, a real database."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.utils.service import wait_for
+
+TEXT = "Dear team, the [[gap:4]] is ready. Please [[gap]] by Friday."
+
+
+def submit(client, **body):
+    r = client.post("/v1/jobs", json={"kind": "infill", "steps": 8, **body})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def test_infill_end_to_end_keeps_fixed_text_and_fills_gaps(client):
+    job = submit(client, text=TEXT, seed=3)
+    assert job["status"] == "queued" and job["links"]["self"] == f"/v1/jobs/{job['id']}"
+    done = wait_for(client, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    result = done["result"]
+    assert len(result["gaps"]) == 2
+    expected = "Dear team, the {} is ready. Please {} by Friday."
+    assert result["text"] == expected.format(*result["gaps"])
+    assert "[MASK]" not in result["text"]
+    t = done["timings"]
+    assert t["started_at"] and t["finished_at"] and t["steps_run"] >= 1
+
+
+def test_structured_segments_form(client):
+    job = submit(client, segments=[{"text": "Roses are "}, {"gap": {"max_tokens": 3}}, {"text": ", violets."}])
+    done = wait_for(client, job["id"])
+    assert done["result"]["text"] == f"Roses are {done['result']['gaps'][0]}, violets."
+
+
+def test_steps_replay_to_the_final_draft(client):
+    done = wait_for(client, submit(client, text=TEXT, seed=1, temperature=0.8)["id"])
+    steps = client.get(f"/v1/jobs/{done['id']}/steps").json()
+    canvas = list(steps["canvas"])
+    assert steps["count"] == done["timings"]["steps_run"] == len(steps["data"])
+    for st_ in steps["data"]:
+        for pos, token, _text, conf in st_["committed"]:
+            assert canvas[pos] == steps["mask_id"] and not steps["fixed"][pos] and 0.0 <= conf <= 1.0
+            canvas[pos] = token
+    drafts = client.get(f"/v1/jobs/{done['id']}/drafts").json()
+    assert drafts["count"] == 1
+    draft = drafts["data"][0]
+    assert draft["version"] == 1 and draft["parent_id"] is None and draft["id"] == done["result"]["draft_id"]
+    assert canvas == draft["token_ids"]
+    assert client.get(f"/v1/drafts/{draft['id']}").json()["text"] == done["result"]["text"]
+
+
+def read_sse(client, job_id, timeout=60):
+    events = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as r:
+        assert r.status_code == 200
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event:
+                events.append((event, json.loads(line.split(":", 1)[1])))
+                if event in ("done", "failed"):
+                    break
+    return events
+
+
+def test_sse_streams_every_step_then_done(client):
+    job = submit(client, text="One [[gap:12]] two [[gap:12]] three.", steps=12)
+    events = read_sse(client, job["id"])
+    steps = [d for e, d in events if e == "step"]
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded"
+    assert [s["step"] for s in steps] == list(range(len(steps)))
+    assert len(steps) == events[-1][1]["timings"]["steps_run"]
+
+
+def test_sse_late_client_gets_the_steps_so_far_first(client):
+    done = wait_for(client, submit(client, text=TEXT)["id"])
+    events = read_sse(client, done["id"])
+    assert [e for e, _ in events] == ["step"] * done["timings"]["steps_run"] + ["done"]
+
+
+def test_same_seed_same_text(client):
+    a = wait_for(client, submit(client, text=TEXT, seed=42, temperature=1.0)["id"])
+    b = wait_for(client, submit(client, text=TEXT, seed=42, temperature=1.0)["id"])
+    assert a["result"]["text"] == b["result"]["text"]
+
+
+def test_cancel_queued_and_running_jobs(client):
+    # A long job occupies the single worker; the one behind it is still queued when cancelled.
+    long = submit(client, text="[[gap:200]] and [[gap:200]]", steps=400)
+    queued = submit(client, text=TEXT)
+    r = client.post(f"/v1/jobs/{queued['id']}/cancel")
+    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    wait_for(client, long["id"], until=("running", "succeeded"))
+    r = client.post(f"/v1/jobs/{long['id']}/cancel")
+    assert r.status_code in (202, 409)
+    final = wait_for(client, long["id"])
+    if r.status_code == 202:
+        assert final["status"] == "cancelled" and final["timings"]["steps_run"] < 400
+    never = wait_for(client, queued["id"])
+    assert never["status"] == "cancelled" and never["timings"]["started_at"] is None
+    assert client.get(f"/v1/jobs/{queued['id']}/steps").json()["count"] == 0
+    again = client.post(f"/v1/jobs/{queued['id']}/cancel")
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+
+
+def test_tenants_never_see_each_other(service, client):
+    done = wait_for(client, submit(client, text=TEXT)["id"])
+    with service.client(service.new_key("other-co")) as other:
+        for path in (f"/v1/jobs/{done['id']}", f"/v1/jobs/{done['id']}/steps", f"/v1/jobs/{done['id']}/drafts",
+                     f"/v1/jobs/{done['id']}/events", f"/v1/drafts/{done['result']['draft_id']}"):
+            r = other.get(path)
+            assert r.status_code == 404, path
+            assert r.json()["code"] == "not_found"
+        assert other.post(f"/v1/jobs/{done['id']}/cancel").status_code == 404
+        assert done["id"] not in [j["id"] for j in other.get("/v1/jobs").json()["data"]]
+    assert done["id"] in [j["id"] for j in client.get("/v1/jobs").json()["data"]]
+
+
+@pytest.mark.parametrize("headers,match", [({}, "missing API key"), ({"Authorization": "Bearer nope"}, "unknown"),
+                                           ({"Authorization": "Token x"}, "malformed")])
+def test_auth_is_required(service, headers, match):
+    r = httpx.get(f"{service.url}/v1/jobs", headers=headers)
+    assert r.status_code == 401 and match in r.json()["detail"]
+
+
+BAD = [
+    ({"kind": "poem", "text": "x [[gap]]"}, 422, "kind"),
+    ({"kind": "infill", "text": "no gaps here"}, 422, "no gap"),
+    ({"kind": "infill", "text": "x [[gap:99999]]"}, 422, "a gap holds"),
+    ({"kind": "infill", "text": "x [[gap:lots]]"}, 422, "bad gap marker"),
+    ({"kind": "infill", "text": "x [[gap:200]] [[gap:200]]"}, 422, "takes at most"),
+    ({"kind": "infill", "text": "x [[gap]]", "steps": 0}, 422, "steps must be between"),
+    ({"kind": "infill", "text": "x [[gap]]", "steps": 10**6}, 422, "steps must be between"),
+    ({"kind": "infill", "text": "x [[gap]]", "model": "gpt-9"}, 422, "unknown model"),
+    ({"kind": "infill", "text": "x [[gap]]", "temperature": -1}, 422, "temperature"),
+    ({"kind": "infill"}, 422, "exactly one of"),
+    ({"kind": "infill", "segments": [{"text": "only text"}]}, 422, "no gap"),
+    ({"kind": "infill", "text": "x [[gap]]", "bogus": 1}, 422, "bogus"),
+]
+
+
+@pytest.mark.parametrize("body,status,match", BAD)
+def test_bad_input_is_a_clear_4xx_and_writes_nothing(client, body, status, match):
+    before = client.get("/v1/jobs").json()["count"]
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == status, r.text
+    assert match in r.json()["detail"]
+    assert client.get("/v1/jobs").json()["count"] == before
+
+
+def test_malformed_json_and_unknown_ids(client):
+    r = client.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
+    for path in ("/v1/jobs/nope", "/v1/jobs/nope/steps", "/v1/drafts/nope"):
+        assert client.get(path).status_code == 404
+    assert client.post("/v1/jobs/nope/cancel").status_code == 404
+
+
+def test_models_health_and_readiness(service, client):
+    models = client.get("/v1/models").json()
+    assert models["count"] == 1
+    m = models["data"][0]
+    assert m["name"] == "tiny-random" and m["mask_token"] == "[MASK]" and m["context_length"] == 256
+    assert m["random_weights"] is True
+    assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{service.url}/readyz").json()
+    assert ready["checks"] == {"database": "ok", "redis": "ok"}
+
+
+words = st.text(st.characters(whitelist_categories=("L", "N", "P", "Zs", "S")), max_size=30).filter(
+    lambda s: "[[" not in s and "]]" not in s)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.tuples(words, st.integers(1, 5)), min_size=1, max_size=3), tail=words)
+def test_fixed_text_is_byte_identical_through_the_service(client, parts, tail):
+    text = "".join(f"{w}[[gap:{n}]]" for w, n in parts) + tail
+    done = wait_for(client, submit(client, text=text, steps=4, temperature=1.0)["id"])
+    assert done["status"] == "succeeded", done["error"]
+    gaps = done["result"]["gaps"]
+    assert done["result"]["text"] == "".join(w + g for (w, _), g in zip(parts, gaps)) + tail

@@ -1,0 +1,45 @@
+"""There is no Docker engine here: check what can be checked of docker-compose.yml without one."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_services_are_the_production_set():
+    assert set(COMPOSE["services"]) == {"api", "worker", "redis", "postgres", "migrate"}
+
+
+def test_every_project_command_exists():
+    """Each command of a service built from this repo names a module or app that imports."""
+    services = COMPOSE["services"]
+    assert services["migrate"]["command"] == ["python", "-m", "storage.migrate"]
+    importlib.import_module("storage.migrate")
+    api_cmd = services["api"]["command"]
+    module, attr = api_cmd[1].split(":")
+    assert api_cmd[0] == "uvicorn" and hasattr(importlib.import_module(module), attr)
+    worker = services["worker"]["command"]
+    assert worker[:3] == ["celery", "-A", "workers.tasks"] and "-Q" in worker and "--pool=solo" in worker
+    assert worker[worker.index("-Q") + 1] == "gpu"
+    assert shutil.which("celery", path=str(Path(__import__("sys").executable).parent)) is not None
+
+
+def test_worker_reserves_a_gpu_and_everything_runs_offline():
+    worker = COMPOSE["services"]["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    for name in ("api", "worker", "migrate"):
+        env = COMPOSE["services"][name]["environment"]
+        assert env["HF_HUB_OFFLINE"] == "1" and env["DATABASE_URL"].startswith("postgresql+psycopg://")
+
+
+def test_the_image_copies_every_package():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("redraft", "api", "workers", "constraints", "storage", "models"):
+        assert f"COPY {package} {package}" in dockerfile

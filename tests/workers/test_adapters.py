@@ -1,0 +1,101 @@
+"""Adapters: the HF masked-LM path on a real (tiny, random) model; LLaDA and Dream against small fakes
+with the same interface as their remote code (forward(input_ids, attention_mask) -> .logits)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from redraft.errors import ModelError
+from redraft.models import FAMILIES, load_model_info
+from redraft.settings import DEFAULT_MODEL_DIR
+from workers.adapters import DreamAdapter, LLaDAAdapter, MaskedLMAdapter
+
+
+class FakeRemoteModel(torch.nn.Module):
+    """Logits that encode the input: position i puts all its mass on token (input_ids[i] + 1) % V."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.seen_mask = None
+
+    def forward(self, input_ids, attention_mask=None):
+        self.seen_mask = attention_mask
+        logits = torch.full((*input_ids.shape, self.vocab), -10.0)
+        logits.scatter_(-1, ((input_ids + 1) % self.vocab).unsqueeze(-1), 10.0)
+        return SimpleNamespace(logits=logits)
+
+
+def fake_dir(tmp_path, model_type, mask_token):
+    """A directory like LLaDA's or Dream's: config.json and a tokenizer holding the family's special tokens."""
+    from tokenizers import Tokenizer
+
+    d = tmp_path / model_type
+    d.mkdir()
+    tok = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
+    tok.add_special_tokens([mask_token, "<|endoftext|>"])
+    tok.save(str(d / "tokenizer.json"))
+    (d / "config.json").write_text(json.dumps({"model_type": model_type, "vocab_size": tok.get_vocab_size(),
+                                               "max_position_embeddings": 4096}))
+    return d
+
+
+@pytest.mark.parametrize("model_type,family", [("llada", "llada"), ("Dream", "dream")])
+def test_family_constants_come_from_the_table(tmp_path, model_type, family):
+    fam = FAMILIES[family]
+    info = load_model_info(model_type, fake_dir(tmp_path, model_type.lower(), fam.mask_token))
+    assert info.family == family and info.shift == fam.shift and info.trust_remote_code
+    assert info.mask_token == fam.mask_token
+    assert info.empty_id == info.eos_id  # both families pad answers with EOS
+
+
+def test_llada_logits_are_position_aligned(tmp_path):
+    info = load_model_info("llada", fake_dir(tmp_path, "llada", FAMILIES["llada"].mask_token))
+    adapter = LLaDAAdapter(info, FakeRemoteModel(info.vocab_size), torch.device("cpu"))
+    ids = torch.tensor([[10, 20, 30, 40]])
+    assert adapter.logits(ids).argmax(-1).tolist() == [[11, 21, 31, 41]]
+
+
+def test_dream_logits_are_shifted_by_one(tmp_path):
+    """Dream predicts token i+1 at position i: after the adapter, position i holds raw position i-1."""
+    info = load_model_info("dream", fake_dir(tmp_path, "dream", FAMILIES["dream"].mask_token))
+    model = FakeRemoteModel(info.vocab_size)
+    adapter = DreamAdapter(info, model, torch.device("cpu"))
+    ids = torch.tensor([[10, 20, 30, 40]])
+    assert adapter.logits(ids).argmax(-1).tolist() == [[11, 11, 21, 31]]
+    adapter.logits(ids, torch.ones(1, 4, dtype=torch.bool))
+    assert model.seen_mask is None  # no padding: Dream gets no mask
+    pad = torch.tensor([[True, True, True, False]])
+    adapter.logits(ids, pad)
+    assert torch.equal(model.seen_mask, pad)
+
+
+def test_masked_lm_loads_a_local_directory_and_returns_vocab_logits(tiny_model_dir):
+    info = load_model_info("tiny-random", tiny_model_dir)
+    adapter = MaskedLMAdapter.load(info, torch.device("cpu"))
+    out = adapter.logits(torch.tensor([[2, 1, 1, 3]]))
+    assert out.shape == (1, 4, info.vocab_size) and out.dtype == torch.float32
+    assert not info.weights_present and info.public()["random_weights"]
+
+
+def test_unknown_family_and_missing_directory_are_model_errors(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model_info("nope", tmp_path / "nope")
+    d = tmp_path / "gpt"
+    d.mkdir()
+    shutil.copy(DEFAULT_MODEL_DIR / "tokenizer.json", d / "tokenizer.json")
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ModelError, match="not a supported family"):
+        load_model_info("gpt", d)
+
+
+def test_remote_code_without_weights_is_refused(tmp_path):
+    info = load_model_info("llada", fake_dir(tmp_path, "llada", FAMILIES["llada"].mask_token))
+    with pytest.raises(ModelError, match="no weights"):
+        LLaDAAdapter.load(replace(info, weights_present=False), torch.device("cpu"))
