@@ -22,6 +22,7 @@ from redraft.queue import job_channel
 from redraft.settings import Settings, get_settings
 from storage import repo
 from storage.db import session_scope
+from storage.models import Job
 from workers.adapters import get_adapter
 from workers.sampler import ForbidTokens, SamplerConfig, StepRecord, denoise
 
@@ -52,16 +53,26 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     publisher = Publisher(settings)
     with session_scope() as s:
+        model = s.get(Job, job_id).model if s.get(Job, job_id) else None
+    # Load the model (lazily, once per process) before claiming, so a slow first load does not
+    # look like a dead worker to the reaper.
+    adapter, load_error = None, None
+    try:  # any failure here fails the job below (after the claim), never loses it
+        if model not in settings.models:
+            raise RedraftError(f"this worker does not serve model {model!r}", code="unknown_model")
+        adapter = get_adapter(model, settings.models[model], settings.device)
+    except Exception as exc:
+        load_error = exc
+    with session_scope() as s:
         job = repo.claim_job(s, job_id, settings.max_attempts, settings.heartbeat_timeout_s)
         if job is None:
             return "skipped"
         attempt = job.attempts
-        model, params, canvas_json = job.model, dict(job.params), job.canvas
+        params, canvas_json = dict(job.params), job.canvas
     started = time.monotonic()
     try:
-        if model not in settings.models:
-            raise RedraftError(f"this worker does not serve model {model!r}", code="unknown_model")
-        adapter = get_adapter(model, settings.models[model], settings.device)
+        if load_error is not None:
+            raise load_error
         tokenizer = load_tokenizer(adapter.info.path)
         canvas = Canvas.from_json(canvas_json)
         cfg = SamplerConfig(

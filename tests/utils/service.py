@@ -59,7 +59,7 @@ class Service:
             "REDRAFT_MODELS": json.dumps({"tiny-random": str(model_dir)}),
             "REDRAFT_DEFAULT_MODEL": "tiny-random",
             "REDRAFT_QUEUE_NAME": f"test-{uuid.uuid4().hex[:8]}",  # isolates this service's jobs on a shared Redis
-            "REDRAFT_HEARTBEAT_TIMEOUT_S": "3",
+            "REDRAFT_HEARTBEAT_TIMEOUT_S": "5",
             "REDRAFT_REAPER_INTERVAL_S": "0.5",
             "HF_HUB_OFFLINE": "1",
             **settings,
