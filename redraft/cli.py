@@ -73,6 +73,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from redraft.training.report import run_report
+
+    print(run_report(Path(args.model_dir), Path(args.build_dir)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redraft", description="Redraft: controllable diffusion LM service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long; run again to resume")
     p.add_argument("--export", default=None, metavar="DIR", help="write the Hugging Face model here when done")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("model-report", help="held-out accuracy vs a unigram baseline, and sample infills")
+    p.add_argument("--model-dir", default="models/redraft-tiny")
+    p.add_argument("--build-dir", default="build/train", help="where `redraft train` put the tokenised corpus")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

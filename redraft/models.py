@@ -178,3 +178,23 @@ def special_ids(info: ModelInfo) -> list[int]:
     ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special} | {info.mask_id}
     ids.discard(info.empty_id)
     return sorted(ids)
+
+
+@lru_cache(maxsize=1)
+def _byte_level_table() -> dict[str, int]:
+    """GPT-2 byte-level alphabet: printable bytes stand for themselves, the rest map above U+0100."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+def token_bytes(tokenizer: Tokenizer, token_id: int) -> bytes:
+    """The exact bytes a byte-level BPE token stands for (partial UTF-8 sequences included)."""
+    table = _byte_level_table()
+    return bytes(table[c] for c in tokenizer.id_to_token(token_id))
