@@ -3,11 +3,15 @@
 # where a local file provides it (a bare `torch` would pull a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p var
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if ! .venv/bin/python -c "import redraft, torch, fastapi, celery, hypothesis" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[dev]"
+  echo "installing into .venv (log: var/install.log) ..."
+  {
+    .venv/bin/pip install --upgrade pip
+    .venv/bin/pip install "torch==2.13.0"
+    .venv/bin/pip install -e ".[dev]"
+  } > var/install.log 2>&1 || { tail -30 var/install.log; echo "install failed; see var/install.log"; exit 1; }
   touch .venv/.installed
 fi
