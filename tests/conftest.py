@@ -1,42 +1,65 @@
-"""Shared fixtures. Tests use a real Redis and real databases (a SQLite file and PostgreSQL)."""
+"""Shared fixtures. Tests use a real Redis and real databases (a SQLite file and PostgreSQL); never mocks."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+pytest_plugins = ["tests.utils.fixtures"]  # model fixtures: tiny_model_dir, tiny_model, tiny_adapter
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """A fresh, empty database on each backend. PostgreSQL must answer: CI starts it."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'redraft.db'}"
-        return
-    name = f"redraft_test_{uuid.uuid4().hex[:10]}"
+def _pg(dbname: str = "test") -> psycopg.Connection:
+    """An autocommit connection; fails the test with a clear message when PostgreSQL does not answer."""
     try:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        return psycopg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{dbname}", autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL must answer at {PG_ADMIN} (CI starts it): {exc}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    from storage.db import reset_engine
+        pytest.fail(f"PostgreSQL must answer at {PG_ADMIN} (CI starts it; the tests never skip it): {exc}")
 
-    reset_engine()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """One scratch PostgreSQL database for the whole test session, dropped at the end."""
+    name = f"redraft_test_{uuid.uuid4().hex[:12]}"
+    with _pg() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with _pg() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """An empty database on each backend: a fresh SQLite file, or the session's PostgreSQL database with
+    its schema dropped and recreated."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'redraft.db'}"
+    else:
+        name = request.getfixturevalue("pg_database")
+        with _pg(name) as conn:
+            conn.execute("SET lock_timeout = '10s'")  # a leaked transaction fails the test, never hangs it
+            conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    yield url
+    from storage.db import reset_engine
+
+    reset_engine(url)
+
+
 @pytest.fixture
-def engine(database_url):
+def engine(database_url: str) -> Engine:
+    """The engine for ``database_url``, migrated to the latest revision."""
     from storage.db import get_engine
     from storage.migrate import upgrade
 
@@ -45,7 +68,8 @@ def engine(database_url):
 
 
 @pytest.fixture
-def session(engine, database_url):
+def session(engine: Engine, database_url: str) -> Iterator[Session]:
+    """A session on the migrated database; closed (uncommitted work rolled back) after the test."""
     from storage.db import get_sessionmaker
 
     with get_sessionmaker(database_url)() as s:

@@ -6,21 +6,13 @@ import time
 
 import pytest
 
-from tests.utils.service import Service, create_pg_database, drop_pg_database, wait_for
+from tests.utils.service import running_service, wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def crash_service(request, tiny_model_dir, tmp_path):
-    pg_name = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'redraft.db'}"
-    else:
-        pg_name, url = create_pg_database()
-    svc = Service(url, tiny_model_dir, tmp_path).start(workers=1)
-    yield svc
-    svc.stop()
-    if pg_name:
-        drop_pg_database(pg_name)
+    with running_service(request.param, tiny_model_dir, tmp_path) as svc:
+        yield svc
 
 
 def test_sigkill_mid_job_then_a_new_worker_completes_it(crash_service):

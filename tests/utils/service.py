@@ -10,6 +10,8 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,6 +37,23 @@ def create_pg_database() -> tuple[str, str]:
 def drop_pg_database(name: str) -> None:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def running_service(backend: str, model_dir: Path, work_dir: Path, workers: int = 1) -> Iterator[Service]:
+    """A started Service on a fresh database of ``backend`` ("sqlite" or "postgresql"), stopped after."""
+    pg_name = None
+    if backend == "sqlite":
+        url = f"sqlite:///{work_dir / 'redraft.db'}"
+    else:
+        pg_name, url = create_pg_database()
+    svc = Service(url, model_dir, work_dir).start(workers=workers)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        if pg_name:
+            drop_pg_database(pg_name)
 
 
 def reset_caches() -> None:

@@ -1,1 +1,0 @@
-from tests.utils.fixtures import *  # noqa: F401,F403
