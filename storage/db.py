@@ -58,9 +58,9 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
-def reset_engine() -> None:
-    """Dispose every engine (tests switch databases within one process)."""
-    for engine in _engines.values():
-        engine.dispose()
-    _engines.clear()
-    _makers.clear()
+def reset_engine(url: str | None = None) -> None:
+    """Dispose the engine for ``url``, or every engine (tests switch databases within one process)."""
+    for key in [url] if url is not None else list(_engines):
+        if (engine := _engines.pop(key, None)) is not None:
+            engine.dispose()
+        _makers.pop(key, None)

@@ -6,15 +6,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from redraft.errors import Conflict, NotFound
 from storage.models import ApiKey, Draft, Job, Step, Tenant, utcnow
 
+ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -23,6 +24,7 @@ def _hash(key: str) -> str:
 
 
 def get_or_create_tenant(s: Session, name: str) -> Tenant:
+    """The tenant called ``name``, created (and flushed) if new."""
     tenant = s.scalar(select(Tenant).where(Tenant.name == name))
     if tenant is None:
         tenant = Tenant(name=name)
@@ -42,12 +44,14 @@ def create_api_key(s: Session, tenant_name: str) -> tuple[str, ApiKey]:
 
 
 def tenant_for_key(s: Session, key: str) -> Tenant | None:
+    """The key's tenant; None for an unknown or revoked key."""
     row = s.scalar(select(ApiKey).where(ApiKey.key_hash == _hash(key), ApiKey.revoked_at.is_(None)))
     return s.get(Tenant, row.tenant_id) if row else None
 
 
 def create_job(s: Session, *, tenant_id: str, kind: str, model: str, request: dict, params: dict,
                canvas: dict) -> Job:
+    """A new queued job (flushed, so its id is set; the caller commits, then enqueues)."""
     job = Job(tenant_id=tenant_id, kind=kind, model=model, request=request, params=params, canvas=canvas,
               status="queued")
     s.add(job)
@@ -57,7 +61,15 @@ def create_job(s: Session, *, tenant_id: str, kind: str, model: str, request: di
 
 def get_job(s: Session, job_id: str, tenant_id: str | None = None) -> Job:
     """The job; NotFound also when it belongs to another tenant (a tenant never learns it exists)."""
-    job = s.get(Job, job_id)
+    return _check(s.get(Job, job_id), job_id, tenant_id)
+
+
+def _locked(s: Session, job_id: str, tenant_id: str | None = None) -> Job:
+    """The job re-read under a row lock (PostgreSQL; SQLite serialises writers), for a state change."""
+    return _check(s.get(Job, job_id, with_for_update=True, populate_existing=True), job_id, tenant_id)
+
+
+def _check(job: Job | None, job_id: str, tenant_id: str | None) -> Job:
     if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
         raise NotFound(f"job {job_id} not found")
     return job
@@ -65,6 +77,7 @@ def get_job(s: Session, job_id: str, tenant_id: str | None = None) -> Job:
 
 def list_jobs(s: Session, tenant_id: str, limit: int = 50, offset: int = 0,
               status: str | None = None) -> tuple[list[Job], int]:
+    """One page of the tenant's jobs, newest first, and the total count."""
     where = [Job.tenant_id == tenant_id] + ([Job.status == status] if status else [])
     count = s.scalar(select(func.count()).select_from(Job).where(*where)) or 0
     jobs = s.scalars(select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
@@ -79,7 +92,8 @@ def claim_job(s: Session, job_id: str, max_attempts: int, heartbeat_timeout_s: f
     deleted, so the re-run never duplicates them. Ownership is a compare-and-swap on ``attempts``,
     so two deliveries racing for the same job cannot both win, on SQLite or PostgreSQL.
     """
-    job = s.get(Job, job_id, with_for_update=True)
+    # populate_existing: a row this session already holds may be stale (sessions do not expire on commit).
+    job = s.get(Job, job_id, with_for_update=True, populate_existing=True)
     if job is None or job.status in TERMINAL:
         s.commit()
         return None
@@ -98,7 +112,7 @@ def claim_job(s: Session, job_id: str, max_attempts: int, heartbeat_timeout_s: f
         s.commit()
         return None
     won = s.execute(
-        update(Job).where(Job.id == job_id, Job.attempts == seen)
+        update(Job).where(Job.id == job_id, Job.attempts == seen, Job.status.in_(ACTIVE), ~Job.cancel_requested)
         .values(attempts=seen + 1, status="running", started_at=now, updated_at=now, steps_run=0)
     ).rowcount
     if won != 1:
@@ -118,6 +132,7 @@ def still_owner(s: Session, job_id: str, attempt: int) -> bool:
 
 
 def add_step(s: Session, job_id: str, step: int, committed: Sequence[Any], remasked: Sequence[Any] = ()) -> None:
+    """Record one denoising step: ``[[position, token_id, token_text, confidence], ...]`` committed."""
     s.add(Step(job_id=job_id, step=step, committed=list(committed), remasked=list(remasked)))
 
 
@@ -127,15 +142,21 @@ def set_steps_run(s: Session, job_id: str, steps_run: int) -> None:
 
 
 def cancel_requested(s: Session, job_id: str) -> bool:
+    """Whether a client asked to cancel the job (the worker checks at every step)."""
     return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
 def finish_job(s: Session, job_id: str, *, text: str, token_ids: list[int], result_extra: dict,
                steps_run: int, parent_id: str | None = None) -> Draft:
-    """Write the job's draft and mark it succeeded, in the caller's one transaction. Idempotent."""
-    job = get_job(s, job_id)
+    """Write the job's draft and mark it succeeded, in the caller's one transaction. Idempotent.
+
+    Raises Conflict when the job was failed or cancelled meanwhile: a finished job never changes state.
+    """
+    job = _locked(s, job_id)
     if job.status == "succeeded" and job.result:
-        return s.get(Draft, job.result["draft_id"])
+        return s.get_one(Draft, job.result["draft_id"])
+    if job.status in TERMINAL:
+        raise Conflict(f"job {job_id} is already {job.status}; it cannot succeed now")
     draft = Draft(tenant_id=job.tenant_id, job_id=job_id, parent_id=parent_id, version=1, text=text,
                   token_ids=token_ids)
     s.add(draft)
@@ -146,20 +167,23 @@ def finish_job(s: Session, job_id: str, *, text: str, token_ids: list[int], resu
     return draft
 
 
-def fail_job(s: Session, job_id: str, code: str, message: str) -> None:
+def fail_job(s: Session, job_id: str, code: str, message: str) -> bool:
+    """Fail a queued or running job; False (no change) when it had already finished."""
     now = utcnow()
-    s.execute(update(Job).where(Job.id == job_id).values(
-        status="failed", error_code=code, error_message=message, finished_at=now, updated_at=now))
+    return s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(
+        status="failed", error_code=code, error_message=message, finished_at=now, updated_at=now)).rowcount == 1
 
 
-def mark_cancelled(s: Session, job_id: str) -> None:
+def mark_cancelled(s: Session, job_id: str) -> bool:
+    """Cancel a queued or running job; False (no change) when it had already finished."""
     now = utcnow()
-    s.execute(update(Job).where(Job.id == job_id).values(status="cancelled", finished_at=now, updated_at=now))
+    return s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE))
+                     .values(status="cancelled", finished_at=now, updated_at=now)).rowcount == 1
 
 
 def request_cancel(s: Session, job_id: str, tenant_id: str) -> Job:
     """Queued: cancelled now, it never runs. Running: flagged; the worker stops at its next step."""
-    job = get_job(s, job_id, tenant_id)
+    job = _locked(s, job_id, tenant_id)
     if job.status in TERMINAL:
         raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled")
     if job.status == "queued":
@@ -170,22 +194,25 @@ def request_cancel(s: Session, job_id: str, tenant_id: str) -> Job:
 
 
 def list_steps(s: Session, job_id: str, after: int | None = None) -> list[Step]:
+    """The job's steps in order; only those after step ``after`` when given (for resuming a stream)."""
     where = [Step.job_id == job_id] + ([Step.step > after] if after is not None else [])
     return list(s.scalars(select(Step).where(*where).order_by(Step.step)))
 
 
 def list_drafts(s: Session, job_id: str) -> list[Draft]:
+    """The job's drafts by version."""
     return list(s.scalars(select(Draft).where(Draft.job_id == job_id).order_by(Draft.version)))
 
 
 def get_draft(s: Session, draft_id: str, tenant_id: str) -> Draft:
+    """The draft; NotFound also when it belongs to another tenant."""
     draft = s.get(Draft, draft_id)
     if draft is None or draft.tenant_id != tenant_id:
         raise NotFound(f"draft {draft_id} not found")
     return draft
 
 
-def _stale(now: datetime, heartbeat_timeout_s: float, queued_timeout_s: float):
+def _stale(now: datetime, heartbeat_timeout_s: float, queued_timeout_s: float) -> ColumnElement[bool]:
     return or_(
         (Job.status == "running") & (Job.updated_at < now - timedelta(seconds=heartbeat_timeout_s)),
         (Job.status == "queued") & (Job.updated_at < now - timedelta(seconds=queued_timeout_s)),
@@ -194,7 +221,8 @@ def _stale(now: datetime, heartbeat_timeout_s: float, queued_timeout_s: float):
 
 def stuck_jobs(s: Session, now: datetime, heartbeat_timeout_s: float, queued_timeout_s: float) -> list[Job]:
     """Running jobs whose worker stopped beating, and queued jobs whose message may have been lost."""
-    return list(s.scalars(select(Job).where(_stale(now, heartbeat_timeout_s, queued_timeout_s))))
+    stale = _stale(now, heartbeat_timeout_s, queued_timeout_s)
+    return list(s.scalars(select(Job).where(stale).order_by(Job.created_at)))
 
 
 def mark_reaped(s: Session, job_id: str, heartbeat_timeout_s: float, queued_timeout_s: float) -> bool:
@@ -203,7 +231,7 @@ def mark_reaped(s: Session, job_id: str, heartbeat_timeout_s: float, queued_time
     The job goes back to ``queued``: the next delivery claims it, and the old attempt, if it was
     only slow rather than dead, sees it no longer owns the job and stops.
     """
-    now = datetime.now(UTC)
+    now = utcnow()
     won = s.execute(update(Job).where(Job.id == job_id, _stale(now, heartbeat_timeout_s, queued_timeout_s))
                     .values(updated_at=now, status="queued")).rowcount
     return won == 1

@@ -16,7 +16,7 @@ import redis
 import torch
 
 from constraints.canvas import Canvas
-from redraft.errors import JobCancelled, RedraftError
+from redraft.errors import Conflict, JobCancelled, RedraftError
 from redraft.models import load_tokenizer, special_ids
 from redraft.queue import job_channel
 from redraft.settings import Settings, get_settings
@@ -122,6 +122,8 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
             repo.mark_cancelled(s, job_id)
         publisher.publish(job_id, "done", {"status": "cancelled"})
         return "cancelled"
+    except Conflict:  # finished meanwhile (e.g. cancelled after the last step): nothing left to write
+        return "skipped"
     except RedraftError as exc:
         _fail(job_id, exc.code, exc.message, publisher)
         return "failed"
