@@ -1,0 +1,102 @@
+"""Jinja2 templates with typed slots, rendered in Jinja2's sandbox, compiled to canvas segments.
+
+``{{ slot("name", max_tokens=8, regex=..., choices=[...], json_schema={...}, min_tokens=0) }}``
+marks text the model writes; everything else the template renders is fixed. Loops and
+conditionals over ``variables`` work as in any Jinja2 template.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+from redraft.errors import ConstraintError, InvalidRequest
+
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    name: str
+    max_tokens: int
+    min_tokens: int = 0
+    target: tuple[str, str] | None = None  # ("regex", pattern) | ("json_schema", json) | ("choices", json list)
+
+
+def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None, choices: Any = None,
+              json_schema: Any = None, *, limit: int) -> SlotSpec:
+    """Validate one slot's arguments; every message says what to write instead."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidRequest(f"slot name {name!r} is not valid: use letters, digits, _ . - (up to 64)")
+    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= limit:
+        raise InvalidRequest(f"slot {name!r}: max_tokens must be a whole number from 1 to {limit}; got {max_tokens!r}")
+    if not isinstance(min_tokens, int) or not 0 <= min_tokens <= max_tokens:
+        raise InvalidRequest(f"slot {name!r}: min_tokens must be from 0 to max_tokens ({max_tokens}); got {min_tokens!r}")
+    given = [(k, v) for k, v in (("regex", regex), ("choices", choices), ("json_schema", json_schema)) if v is not None]
+    if len(given) > 1:
+        raise InvalidRequest(f"slot {name!r}: give at most one of regex, choices, json_schema")
+    target = None
+    if given:
+        kind, value = given[0]
+        if kind == "regex":
+            if not isinstance(value, str) or not value:
+                raise ConstraintError(f"slot {name!r}: regex must be a non-empty string")
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ConstraintError(f"slot {name!r}: invalid regex {value!r}: {exc}") from exc
+            target = ("regex", value)
+        elif kind == "choices":
+            if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) and c for c in value):
+                raise ConstraintError(f"slot {name!r}: choices must be a non-empty list of non-empty strings")
+            target = ("choices", json.dumps(list(value)))
+        else:
+            if not isinstance(value, dict):
+                raise ConstraintError(f"slot {name!r}: json_schema must be a JSON object (a dict)")
+            target = ("json_schema", json.dumps(value, sort_keys=True))
+    return SlotSpec(name=name, max_tokens=max_tokens, min_tokens=min_tokens, target=target)
+
+
+def render_template(source: str, variables: dict[str, Any], default_tokens: int, limit: int) -> list[str | SlotSpec]:
+    """Render in the sandbox; return the fixed text pieces and slots in order."""
+    if "slot" in variables:
+        raise InvalidRequest("`slot` is reserved for the slot() helper; rename that variable")
+    nonce = secrets.token_hex(8)
+    slots: list[SlotSpec] = []
+
+    def slot(name: Any, max_tokens: Any = default_tokens, regex: Any = None, choices: Any = None,
+             json_schema: Any = None, min_tokens: Any = 0) -> str:
+        spec = make_slot(name, max_tokens, min_tokens, regex, choices, json_schema, limit=limit)
+        if any(s.name == spec.name for s in slots):
+            raise InvalidRequest(f"slot name {spec.name!r} is used twice; slot names must be unique")
+        slots.append(spec)
+        return f"\x00{nonce}:{len(slots) - 1}\x00"
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    try:
+        rendered = env.from_string(source).render(**variables, slot=slot)
+    except TemplateSyntaxError as exc:
+        raise InvalidRequest(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    except SecurityError as exc:
+        raise InvalidRequest(f"the template does something the sandbox forbids: {exc}") from exc
+    except UndefinedError as exc:
+        raise InvalidRequest(f"the template uses an undefined name: {exc.message}; pass it in `variables`") from exc
+    except (InvalidRequest, ConstraintError):
+        raise
+    except Exception as exc:  # any other error raised while rendering user code is the user's template
+        raise InvalidRequest(f"the template failed to render: {type(exc).__name__}: {exc}") from exc
+    if not slots:
+        raise InvalidRequest('the template has no slot: mark what the model writes with {{ slot("name") }}')
+    pieces: list[str | SlotSpec] = []
+    for i, part in enumerate(re.split(f"\x00{nonce}:(\\d+)\x00", rendered)):
+        if i % 2:
+            pieces.append(slots[int(part)])
+        elif part:
+            pieces.append(part)
+    return pieces
