@@ -26,11 +26,14 @@ from redraft.errors import InvalidRequest
 class LogitsProcessor(Protocol):
     """A plug-in that edits logits before tokens are chosen.
 
-    ``__call__(logits (B, L, V) float32, x (B, L) long, free (B, L) bool) -> (B, L, V)``; may edit
-    ``logits`` in place and return it. Hard constraints set forbidden tokens to ``-inf``.
+    ``__call__(logits (b, L, V) float32, x (b, L) long, free (b, L) bool, rows: list[int]) -> (b, L, V)``
+    where ``rows[j]`` is the batch row that ``logits[j]`` belongs to (the sampler only passes rows
+    that still have work). It may edit ``logits`` in place and return it. Hard constraints set
+    forbidden tokens to ``-inf``; the sampler still ranks commits by the model's own probability of
+    the chosen token, so a constraint decides *what* is written, not *when*.
     """
 
-    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor: ...
 
 
 class ForbidTokens:
@@ -40,7 +43,7 @@ class ForbidTokens:
         self.banned = torch.zeros(vocab_size, dtype=torch.bool)  # (V,)
         self.banned[list(token_ids)] = True
 
-    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor:
         banned = self.banned.to(logits.device)
         logits[..., : banned.numel()].masked_fill_(banned, float("-inf"))
         return logits
@@ -141,9 +144,10 @@ def denoise(
         rows = [i for i in range(b) if step < len(plans[i])]
         idx = torch.tensor(rows, device=x.device)
         still = (x[idx] == mask_id) & ~fixed[idx]  # (b, L)
-        logits = logits_fn(x[idx], None if attention_mask is None else attention_mask[idx])  # (b, L, V)
+        raw = logits_fn(x[idx], None if attention_mask is None else attention_mask[idx])  # (b, L, V)
+        logits = raw.clone() if processors else raw
         for proc in processors:
-            logits = proc(logits, x[idx], still)
+            logits = proc(logits, x[idx], still, rows)
         records: list[StepRecord | None] = [None] * b
         for j, i in enumerate(rows):
             lo, hi, k = plans[i][step]
@@ -151,7 +155,7 @@ def denoise(
             if cand.numel() == 0:
                 continue
             row_logits = logits[j, cand].double()  # (n, V) float64: Gumbel noise on float32 ties too often
-            probs = row_logits.softmax(-1)  # (n, V)
+            probs = raw[j, cand].double().softmax(-1)  # (n, V) the model's own distribution ranks the commits
             if cfg.temperature > 0:
                 u = torch.rand(row_logits.shape, generator=generators[i], dtype=torch.float64).to(x.device)
                 gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
