@@ -20,6 +20,8 @@ from redraft.models import ModelInfo
 class Slot:
     name: str
     max_tokens: int  # positions on the canvas; unused ones resolve to the empty token
+    min_tokens: int = 0  # real (non-empty) tokens the slot must hold
+    target: tuple[str, str] | None = None  # ("regex" | "json_schema" | "choices", spec): a hard target
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Canvas:
             token_ids=list(data["token_ids"]),
             fixed=list(data["fixed"]),
             slot_of=list(data["slot_of"]),
-            slots=[Slot(**s) for s in data["slots"]],
+            slots=[Slot(**{**s, "target": tuple(s["target"]) if s.get("target") else None}) for s in data["slots"]],
             pieces=list(data["pieces"]),
         )
 
@@ -95,9 +97,9 @@ class CanvasBuilder:
         self._fixed_ids(self.tokenizer.encode(text, add_special_tokens=False).ids)
         self.canvas.pieces.append(text)
 
-    def slot(self, name: str, max_tokens: int) -> int:
+    def slot(self, name: str, max_tokens: int, min_tokens: int = 0, target: tuple[str, str] | None = None) -> int:
         index = len(self.canvas.slots)
-        self.canvas.slots.append(Slot(name=name, max_tokens=max_tokens))
+        self.canvas.slots.append(Slot(name=name, max_tokens=max_tokens, min_tokens=min_tokens, target=target))
         self.canvas.token_ids += [self.info.mask_id] * max_tokens
         self.canvas.fixed += [False] * max_tokens
         self.canvas.slot_of += [index] * max_tokens
