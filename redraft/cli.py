@@ -12,7 +12,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from redraft.training.train import TrainConfig, export, train
 
     cfg = TrainConfig(steps=args.steps) if args.steps else TrainConfig()
-    train(Path(args.build_dir), cfg, max_minutes=args.max_minutes)
+    train(Path(args.build_dir), cfg, max_minutes=args.max_minutes,
+          init_from=Path(args.init_from) if args.init_from else None)
     if args.export:
         export(Path(args.build_dir), Path(args.export))
         print(f"exported to {args.export}")
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: TrainConfig.steps)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long; run again to resume")
     p.add_argument("--export", default=None, metavar="DIR", help="write the Hugging Face model here when done")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="warm-start from an exported model when the build dir has no checkpoint")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("model-report", help="held-out accuracy vs a unigram baseline, and sample infills")

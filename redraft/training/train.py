@@ -123,7 +123,9 @@ def heldout_windows(build_dir: Path, n: int, length: int, seed: int = 99) -> tor
     return Streams(build_dir, "heldout").windows(n, length, torch.Generator().manual_seed(seed))
 
 
-def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None) -> Path:
+def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, init_from: Path | None = None) -> Path:
+    """Train (or resume from ``<build>/checkpoint.pt``). ``init_from``: a previously exported model
+    directory to warm-start from when there is no checkpoint (weights only; a fresh optimiser)."""
     torch.set_flush_denormal(True)  # without it CPU steps slow 4-5x once weights get small
     build_dir.mkdir(parents=True, exist_ok=True)
     if not (build_dir / "train_wiki.pt").exists():
@@ -145,6 +147,11 @@ def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None) -
         gen.set_state(state["gen"])
         step = state["step"]
         print(f"resumed from step {step}")
+    elif init_from is not None:
+        exported = ModernBertForMaskedLM.from_pretrained(init_from, local_files_only=True, dtype=torch.float32)
+        model.load_state_dict(exported.state_dict())
+        step = int(exported.config.redraft.get("trained_steps", 0)) if isinstance(exported.config.redraft, dict) else 0
+        print(f"warm start from {init_from} (trained {step} steps); optimiser state starts fresh")
     train_streams = Streams(build_dir, "train")
     evals = heldout_windows(build_dir, 256, cfg.seq_len)
 
