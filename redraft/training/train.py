@@ -150,7 +150,8 @@ def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, i
     elif init_from is not None:
         exported = ModernBertForMaskedLM.from_pretrained(init_from, local_files_only=True, dtype=torch.float32)
         model.load_state_dict(exported.state_dict())
-        step = int(exported.config.redraft.get("trained_steps", 0)) if isinstance(exported.config.redraft, dict) else 0
+        meta = getattr(exported.config, "redraft", None)
+        step = int(meta.get("trained_steps", 0)) if isinstance(meta, dict) else 0
         print(f"warm start from {init_from} (trained {step} steps); optimiser state starts fresh")
     train_streams = Streams(build_dir, "train")
     evals = heldout_windows(build_dir, 256, cfg.seq_len)
