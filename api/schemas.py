@@ -45,7 +45,25 @@ class InfillJobCreate(SamplingParams):
         return self
 
 
-JobCreate = Annotated[InfillJobCreate, Field(discriminator="kind")]
+class GenerateJobCreate(SamplingParams):
+    kind: Literal["generate"]
+    template: str | None = Field(None, description='Jinja2 source; {{ slot("name", max_tokens=8, regex=...) }} marks model text')
+    variables: dict[str, Any] = Field(default_factory=dict, description="values for the template's variables")
+    prompt: str | None = Field(None, description="fixed context; the answer is one slot named `answer` after it")
+    target: dict[str, Any] | None = Field(None, description='{"regex": ...} | {"json_schema": {...}} | {"choices": [...]}')
+    max_tokens: int | None = Field(None, description="answer slot size (prompt form)")
+    min_tokens: int = Field(0, ge=0, description="answer must hold at least this many tokens (prompt form)")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> GenerateJobCreate:
+        if (self.template is None) == (self.prompt is None):
+            raise ValueError("give exactly one of `template` (with slot() calls) or `prompt` (with an optional `target`)")
+        if self.template is not None and (self.target is not None or self.max_tokens is not None):
+            raise ValueError("`target` and `max_tokens` belong to the prompt form; in a template pass them to slot()")
+        return self
+
+
+JobCreate = Annotated[InfillJobCreate | GenerateJobCreate, Field(discriminator="kind")]
 
 
 class JobLinks(BaseModel):
@@ -71,7 +89,8 @@ class JobTimings(BaseModel):
 
 class JobResult(BaseModel):
     text: str
-    gaps: list[str] = []
+    gaps: list[str] | None = Field(None, description="infill: each gap's text, in order")
+    slots: dict[str, str] | None = Field(None, description="generate: slot name -> text (prompt form: `answer`)")
     draft_id: str
 
 

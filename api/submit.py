@@ -6,9 +6,11 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from api.schemas import GapSegment, InfillJobCreate
+from api.schemas import GapSegment, GenerateJobCreate, InfillJobCreate
 from constraints.canvas import Canvas
+from constraints.generate import compile_generate, prompt_slot
 from constraints.infill import Gap, compile_infill, gap, parse_text
+from constraints.templates import render_template
 from redraft.errors import InvalidRequest
 from redraft.models import ModelInfo, load_model_info, load_tokenizer
 from redraft.queue import enqueue
@@ -29,7 +31,10 @@ def resolve_model(name: str | None, settings: Settings) -> ModelInfo:
     return load_model_info(name, settings.models[name])
 
 
-def sampling_params(req: InfillJobCreate, settings: Settings) -> dict:
+JobRequest = InfillJobCreate | GenerateJobCreate
+
+
+def sampling_params(req: JobRequest, settings: Settings) -> dict:
     steps = settings.default_steps if req.steps is None else req.steps
     if not 1 <= steps <= settings.max_steps:
         raise InvalidRequest(f"steps must be between 1 and {settings.max_steps}; got {steps}")
@@ -42,8 +47,15 @@ def sampling_params(req: InfillJobCreate, settings: Settings) -> dict:
     }
 
 
-def compile_request(req: InfillJobCreate, info: ModelInfo, settings: Settings) -> Canvas:
+def compile_request(req: JobRequest, info: ModelInfo, settings: Settings) -> Canvas:
     tokenizer = load_tokenizer(info.path)
+    if isinstance(req, GenerateJobCreate):
+        if req.template is not None:
+            pieces = render_template(req.template, req.variables, settings.default_gap_tokens, settings.max_gap_tokens)
+        else:
+            max_tokens = req.max_tokens or settings.default_gap_tokens
+            pieces = [req.prompt, prompt_slot(req.target, max_tokens, req.min_tokens, settings.max_gap_tokens)]
+        return compile_generate([p for p in pieces if p], tokenizer, info)
     if req.text is not None:
         segments = parse_text(req.text, settings.default_gap_tokens, settings.max_gap_tokens)
     else:
@@ -58,7 +70,7 @@ def compile_request(req: InfillJobCreate, info: ModelInfo, settings: Settings) -
     return compile_infill(segments, tokenizer, info)
 
 
-def submit_job(session: Session, tenant_id: str, req: InfillJobCreate, settings: Settings) -> Job:
+def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Settings) -> Job:
     """Everything that can be wrong with a request is found here, before any row is written."""
     info = resolve_model(req.model, settings)
     params = sampling_params(req, settings)

@@ -59,7 +59,7 @@ def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None
         else:
             if not isinstance(value, dict):
                 raise ConstraintError(f"slot {name!r}: json_schema must be a JSON object (a dict)")
-            target = ("json_schema", json.dumps(value, sort_keys=True))
+            target = ("json_schema", json.dumps(value))  # property order sets the output field order
     return SlotSpec(name=name, max_tokens=max_tokens, min_tokens=min_tokens, target=target)
 
 

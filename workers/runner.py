@@ -23,7 +23,9 @@ from redraft.settings import Settings, get_settings
 from storage import repo
 from storage.db import session_scope
 from storage.models import Job
+from constraints.generate import slot_values
 from workers.adapters import get_adapter
+from workers.constrained import SlotTargets, constrained_slots
 from workers.sampler import ForbidTokens, SamplerConfig, StepRecord, denoise
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
         if job is None:
             return "skipped"
         attempt = job.attempts
-        params, canvas_json = dict(job.params), job.canvas
+        kind, params, canvas_json = job.kind, dict(job.params), job.canvas
     started = time.monotonic()
     try:
         if load_error is not None:
@@ -105,12 +107,17 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
             if time.monotonic() - started > settings.job_timeout_s:
                 raise JobTimeout(f"the job ran longer than {settings.job_timeout_s} s and was stopped")
 
-        processors = [ForbidTokens(special_ids(adapter.info), adapter.info.vocab_size)]
+        special = special_ids(adapter.info)
+        processors = [ForbidTokens(special, adapter.info.vocab_size)]
+        targets = constrained_slots(canvas, tokenizer, adapter.info, special)
+        if targets:
+            processors.append(SlotTargets({0: targets}, adapter.info.empty_id))
         result = denoise(adapter.logits, x, fixed, adapter.info.mask_id, cfg, [gen], processors, on_step=on_step)
         tokens = result.tokens[0].tolist()
-        text, gaps = canvas.render(tokens, tokenizer, adapter.info)
+        text, values = canvas.render(tokens, tokenizer, adapter.info)
+        extra = {"gaps": values} if kind == "infill" else {"slots": slot_values(canvas, values)}
         with session_scope() as s:
-            draft = repo.finish_job(s, job_id, text=text, token_ids=tokens, result_extra={"gaps": gaps},
+            draft = repo.finish_job(s, job_id, text=text, token_ids=tokens, result_extra=extra,
                                     steps_run=len(result.history[0]))
             draft_id = draft.id
         publisher.publish(job_id, "done", {"status": "succeeded", "draft_id": draft_id, "text": text})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -145,6 +146,15 @@ BAD = [
     ({"kind": "infill"}, 422, "exactly one of"),
     ({"kind": "infill", "segments": [{"text": "only text"}]}, 422, "no gap"),
     ({"kind": "infill", "text": "x [[gap]]", "bogus": 1}, 422, "bogus"),
+    ({"kind": "generate", "prompt": "x", "target": {"regex": "(unclosed"}}, 422, "invalid regex"),
+    ({"kind": "generate", "prompt": "x", "target": {"regex": "[0-9]{50}"}, "max_tokens": 4}, 422, "needs"),
+    ({"kind": "generate", "prompt": "x", "target": {"choices": []}}, 422, "choices"),
+    ({"kind": "generate", "prompt": "x", "target": {"regex": "a", "choices": ["a"]}}, 422, "exactly one of"),
+    ({"kind": "generate", "template": "{{ ''.__class__ }}{{ slot('a') }}"}, 422, "sandbox"),
+    ({"kind": "generate", "template": "{% if %}"}, 422, "syntax error"),
+    ({"kind": "generate", "template": "{{ who }} {{ slot('a') }}"}, 422, "undefined"),
+    ({"kind": "generate", "template": "no slots"}, 422, "no slot"),
+    ({"kind": "generate", "prompt": "x", "template": "y"}, 422, "exactly one of"),
 ]
 
 
@@ -155,6 +165,25 @@ def test_bad_input_is_a_clear_4xx_and_writes_nothing(client, body, status, match
     assert r.status_code == status, r.text
     assert match in r.json()["detail"]
     assert client.get("/v1/jobs").json()["count"] == before
+
+
+def test_generate_prompt_with_regex_target(client):
+    job = submit(client, kind="generate", prompt="Date of the meeting: ", target={"regex": "[0-9]{4}-[0-9]{2}-[0-9]{2}"},
+                 max_tokens=12, temperature=1.0, seed=5)
+    done = wait_for(client, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    answer = done["result"]["slots"]["answer"]
+    assert re.fullmatch("[0-9]{4}-[0-9]{2}-[0-9]{2}", answer)
+    assert done["result"]["text"] == "Date of the meeting: " + answer
+
+
+def test_generate_template_keeps_literals_and_fills_slots(client):
+    template = ('To {{ who }},\nYour order of {{ n }} items ships on {{ slot("day", max_tokens=4, '
+                'choices=["Monday", "Friday"]) }}. Code: {{ slot("code", max_tokens=6, regex="[A-Z]{3}[0-9]{2}") }}.')
+    done = wait_for(client, submit(client, kind="generate", template=template, variables={"who": "Ann", "n": 3})["id"])
+    slots = done["result"]["slots"]
+    assert slots["day"] in ("Monday", "Friday") and re.fullmatch("[A-Z]{3}[0-9]{2}", slots["code"])
+    assert done["result"]["text"] == f"To Ann,\nYour order of 3 items ships on {slots['day']}. Code: {slots['code']}."
 
 
 def test_malformed_json_and_unknown_ids(client):

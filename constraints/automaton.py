@@ -1,0 +1,362 @@
+"""Token automata for constrained slots: regex / JSON schema / choices -> DFA over token ids.
+
+A constrained slot is a run of ``n`` canvas positions whose text must fullmatch a regex (or a JSON
+schema, or one of a list of choices). Unused positions hold the EMPTY token, which is dropped from
+the text and may only come after the last real token. Tokens are committed in any order, so the
+decoder does not walk left to right: it finds the best *whole-slot* assignment consistent with the
+positions committed so far (``workers.slot_decoder.best_path``, the torch side).
+
+Compilation (slow, cached per (kind, spec, tokenizer)) uses outlines-core: the regex becomes a DFA
+over bytes, walked by every token's exact bytes. The result is a dense numpy table
+``next_state: (S, V) int32`` with -1 for "not allowed"; it costs ``S * V * 4`` bytes (a date regex
+with Unicode ``\\d`` has ~200 states: 6.6 MB at V = 8192), capped at ``MAX_TABLE_ENTRIES``.
+Special tokens (and EOS, and the tokenizer's added special tokens, EMPTY among them) are never
+real tokens: their columns are -1. outlines-core 0.2.14's index drops some valid transitions; the
+compiler works around it with an end marker (see ``_END_BYTES``), and the tests check acceptance
+against Python's ``re.fullmatch``.
+
+Torch-free (numpy only): imported by the API at submission (``compile_target``, ``require_fits``)
+and by the workers. Never import torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import weakref
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import outlines_core
+from outlines_core.json_schema import build_regex_from_schema
+from tokenizers import Tokenizer
+
+from redraft.errors import ConstraintError
+from redraft.models import token_bytes
+
+MAX_TABLE_ENTRIES = 64 * 1024 * 1024  # S * V cap: 256 MiB of int32
+_CACHE_SIZE = 256  # compiled automata kept per tokenizer
+
+
+@dataclass(eq=False)
+class TokenAutomaton:
+    """A DFA over token ids. Every state can still reach a final state (dead states are pruned).
+
+    Compared by identity (``eq=False``) and weak-referenceable: the workers cache per-device torch
+    copies of the tables keyed by the automaton (``workers.slot_decoder``).
+    """
+
+    pattern: str  # the regex it was compiled from
+    n_states: int  # S
+    initial: int  # always 0
+    final: np.ndarray = field(repr=False)  # (S,) bool
+    next_state: np.ndarray = field(repr=False)  # (S, V) int32, -1: token not allowed from that state
+    _min_length: int | None = field(default=None, repr=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.next_state.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.next_state.nbytes)
+
+
+# ---------------------------------------------------------------------------------------------- compile
+
+
+def compile_regex(pattern: str, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
+    """The token automaton accepting exactly the token sequences whose bytes fullmatch ``pattern``."""
+    if not isinstance(pattern, str):
+        raise ConstraintError(f"a regex must be a string, not {type(pattern).__name__}")
+    return _cached(("regex", pattern), pattern, tokenizer, eos_id, special_ids)
+
+
+def compile_json_schema(schema: dict, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
+    """The automaton of outlines-core's regex for ``schema`` (compact JSON, as outlines writes it)."""
+    if not isinstance(schema, dict):
+        raise ConstraintError(f"a JSON schema must be an object, not {type(schema).__name__}")
+    try:
+        spec = json.dumps(schema)  # key order kept: it is the order of the fields in the output
+    except (TypeError, ValueError) as exc:
+        raise ConstraintError(f"the JSON schema is not serialisable JSON: {exc}") from exc
+    key = ("json_schema", spec)
+    cached = _lookup(key, tokenizer, eos_id, special_ids)
+    if cached is not None:
+        return cached
+    try:
+        pattern = build_regex_from_schema(spec)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConstraintError(f"the JSON schema cannot be turned into a constraint: {exc}") from exc
+    return _cached(key, pattern, tokenizer, eos_id, special_ids)
+
+
+def compile_choices(choices: list[str], tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
+    """The automaton accepting exactly one of ``choices`` (literal strings, not regexes)."""
+    if not choices or not all(isinstance(c, str) for c in choices):
+        raise ConstraintError("choices must be a non-empty list of strings")
+    pattern = "(" + "|".join(_escape(c) for c in choices) + ")"
+    return _cached(("choices", tuple(choices)), pattern, tokenizer, eos_id, special_ids)
+
+
+def compile_target(
+    target: tuple[str, str], tokenizer: Tokenizer, eos_id: int, special_ids: set[int]
+) -> TokenAutomaton:
+    """The automaton of a slot target as stored on a canvas: ``("regex", pattern)``,
+    ``("json_schema", json_text)`` (a JSON object, key order kept) or ``("choices", json_text)``
+    (a JSON list of strings)."""
+    try:
+        kind, spec = target
+    except (TypeError, ValueError) as exc:
+        raise ConstraintError(f"a target must be a (kind, spec) pair, not {target!r}") from exc
+    if kind == "regex":
+        return compile_regex(spec, tokenizer, eos_id, special_ids)
+    if kind not in ("json_schema", "choices"):
+        raise ConstraintError(f"unknown target kind {kind!r}; expected regex, json_schema or choices")
+    if not isinstance(spec, str):
+        raise ConstraintError(f"a {kind} target must be JSON text, not {type(spec).__name__}")
+    try:
+        value = json.loads(spec)
+    except ValueError as exc:
+        raise ConstraintError(f"the {kind} target is not valid JSON: {exc}") from exc
+    if kind == "json_schema":
+        return compile_json_schema(value, tokenizer, eos_id, special_ids)
+    if not isinstance(value, list):
+        raise ConstraintError("choices must be a non-empty list of strings")
+    return compile_choices(value, tokenizer, eos_id, special_ids)
+
+
+def min_length_tokens(automaton: TokenAutomaton) -> int:
+    """The fewest real tokens of any accepted sequence (BFS from the initial state)."""
+    if automaton._min_length is None:
+        succ = _successors(automaton.next_state)
+        final = automaton.final.tolist()
+        dist = {automaton.initial: 0}
+        queue = deque([automaton.initial])
+        while queue:
+            s = queue.popleft()
+            if final[s]:
+                automaton._min_length = dist[s]
+                break
+            for d in succ[s]:
+                if d not in dist:
+                    dist[d] = dist[s] + 1
+                    queue.append(d)
+        else:  # unreachable: pruning keeps only states that reach a final state
+            raise ConstraintError(f"the constraint {automaton.pattern!r} accepts no token sequence")
+    return automaton._min_length
+
+
+def require_fits(automaton: TokenAutomaton, n_positions: int) -> None:
+    """ConstraintError (422) unless some accepted sequence fits in a slot of ``n_positions``."""
+    k = min_length_tokens(automaton)
+    if k > n_positions:
+        raise ConstraintError(
+            f"shortest match of {automaton.pattern!r} needs {k} tokens but the slot has {n_positions}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- accept
+
+
+def accepts(automaton: TokenAutomaton, token_ids: list[int]) -> bool:
+    """True iff the real tokens ``token_ids`` drive the automaton from its initial to a final state."""
+    table = automaton.next_state
+    state = automaton.initial
+    for t in token_ids:
+        if not 0 <= t < automaton.vocab_size:
+            return False
+        state = int(table[state, t])
+        if state < 0:
+            return False
+    return bool(automaton.final[state])
+
+
+# ---------------------------------------------------------------------------------------------- internals
+
+_lock = threading.Lock()
+# tokenizer -> {(kind, spec, eos_id, specials): automaton}, LRU per tokenizer; dies with the tokenizer.
+_automata: weakref.WeakKeyDictionary[Tokenizer, OrderedDict] = weakref.WeakKeyDictionary()
+# tokenizer -> {(eos_id, specials): outlines_core.Vocabulary}
+_vocabularies: weakref.WeakKeyDictionary[Tokenizer, dict] = weakref.WeakKeyDictionary()
+
+
+def _lookup(key: tuple, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton | None:
+    full = (*key, eos_id, frozenset(special_ids))
+    with _lock:
+        per_tok = _automata.get(tokenizer)
+        if per_tok is None or full not in per_tok:
+            return None
+        per_tok.move_to_end(full)
+        return per_tok[full]
+
+
+def _cached(key: tuple, pattern: str, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
+    hit = _lookup(key, tokenizer, eos_id, special_ids)
+    if hit is not None:
+        return hit
+    automaton = _compile(pattern, tokenizer, eos_id, frozenset(special_ids))
+    full = (*key, eos_id, frozenset(special_ids))
+    with _lock:
+        per_tok = _automata.setdefault(tokenizer, OrderedDict())
+        per_tok[full] = automaton
+        while len(per_tok) > _CACHE_SIZE:
+            per_tok.popitem(last=False)
+    return automaton
+
+
+def _excluded_ids(tokenizer: Tokenizer, eos_id: int, special_ids: frozenset[int]) -> set[int]:
+    """Never real tokens: the given specials, EOS, and every added special token (EMPTY included)."""
+    added = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    return set(special_ids) | {eos_id} | added
+
+
+def _vocabulary(tokenizer: Tokenizer, eos_id: int, special_ids: frozenset[int]) -> outlines_core.Vocabulary:
+    """outlines-core's vocabulary keyed by each token's exact *bytes*.
+
+    outlines-core reads ``str`` keys as their UTF-8 bytes (no GPT-2 ``Ġ`` decoding: ``"Ġ"`` would be
+    the two bytes C4 A0, not a space), so byte-level tokens are given as ``bytes`` keys, partial
+    UTF-8 sequences included.
+    """
+    key = (eos_id, special_ids)
+    with _lock:
+        hit = _vocabularies.get(tokenizer, {}).get(key)
+    if hit is not None:
+        return hit
+    decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
+    if "ByteLevel" not in json.dumps(decoder):
+        raise ConstraintError("regex, JSON-schema and choice constraints need a byte-level BPE tokenizer")
+    added = tokenizer.get_added_tokens_decoder()
+    excluded = _excluded_ids(tokenizer, eos_id, special_ids)
+    mapping: dict[bytes, list[int]] = {}
+    for i in range(tokenizer.get_vocab_size(with_added_tokens=True)):
+        if i in excluded or tokenizer.id_to_token(i) is None:
+            continue
+        data = added[i].content.encode("utf-8") if i in added else token_bytes(tokenizer, i)
+        if data:
+            mapping.setdefault(data, []).append(i)
+    mapping.pop(_END_BYTES, None)  # a real token spelling the marker could not be told apart from it
+    mapping[_END_BYTES] = [_end_id(tokenizer)]
+    vocabulary = outlines_core.Vocabulary(eos_id, mapping)
+    with _lock:
+        _vocabularies.setdefault(tokenizer, {})[key] = vocabulary
+    return vocabulary
+
+
+def _compile(pattern: str, tokenizer: Tokenizer, eos_id: int, special_ids: frozenset[int]) -> TokenAutomaton:
+    vocabulary = _vocabulary(tokenizer, eos_id, special_ids)
+    inner = _strip_anchors(pattern)
+    try:
+        outlines_core.Index(inner, _byte_vocabulary())  # the pattern alone parses ("a)(b" would not)
+        index = outlines_core.Index(f"(?:{inner})\\x{{10FFFF}}", vocabulary)
+    except ValueError as exc:
+        try:
+            re.compile(pattern)
+        except re.error as py_exc:
+            raise ConstraintError(f"invalid regex {pattern!r}: {py_exc}") from exc
+        raise ConstraintError(
+            f"regex {pattern!r} cannot be compiled to an automaton ({exc}); not supported: look-around, "
+            "backreferences, Unicode \\b, and anchors other than a leading ^ and a trailing $"
+        ) from exc
+
+    V = tokenizer.get_vocab_size(with_added_tokens=True)
+    end = _end_id(tokenizer)
+    excluded = _excluded_ids(tokenizer, eos_id, special_ids)
+    transitions = index.get_transitions()
+    # Final: the marker token completes the match. (Having a marker transition is not enough: P may
+    # take U+10FFFF as content, e.g. inside a JSON string.)
+    accepting = set(index.get_final_states())
+    finals = {s for s, trans in transitions.items() if trans.get(end) in accepting}
+    raw: dict[int, dict[int, int]] = {
+        s: {t: d for t, d in trans.items() if t not in excluded and t < V} for s, trans in transitions.items()
+    }
+    initial = index.get_initial_state()
+
+    # Keep only states reachable from the initial state that can still reach a final state.
+    reach, queue = {initial}, deque([initial])
+    while queue:
+        for d in raw.get(queue.popleft(), {}).values():
+            if d not in reach:
+                reach.add(d)
+                queue.append(d)
+    preds: dict[int, set[int]] = {}
+    for s in reach:
+        for d in raw.get(s, {}).values():
+            preds.setdefault(d, set()).add(s)
+    live = {s for s in reach if s in finals}
+    queue = deque(live)
+    while queue:
+        for p in preds.get(queue.popleft(), ()):
+            if p not in live:
+                live.add(p)
+                queue.append(p)
+    if initial not in live:
+        raise ConstraintError(f"regex {pattern!r} matches no text this tokenizer can write")
+
+    order = [initial, *sorted(live - {initial})]
+    number = {s: k for k, s in enumerate(order)}
+    S = len(order)
+    if S * V > MAX_TABLE_ENTRIES:
+        raise ConstraintError(
+            f"regex {pattern!r} compiles to {S} states; its transition table ({S} x {V} tokens, "
+            f"{S * V * 4 / 2**20:.0f} MiB) exceeds the cap of {MAX_TABLE_ENTRIES} entries; simplify the pattern"
+        )
+    next_state = np.full((S, V), -1, dtype=np.int32)  # (S, V)
+    for s in order:
+        pairs = [(t, number[d]) for t, d in raw.get(s, {}).items() if d in live]
+        if pairs:
+            toks, dsts = zip(*pairs)
+            next_state[number[s], list(toks)] = np.asarray(dsts, dtype=np.int32)
+    final = np.zeros(S, dtype=np.bool_)  # (S,)
+    final[[number[s] for s in order if s in finals]] = True
+    return TokenAutomaton(pattern=pattern, n_states=S, initial=0, final=final, next_state=next_state)
+
+
+# outlines-core 0.2.14 builds the index from a regex-automata *search* DFA and keeps a token only if
+# its end state is "not a match state" or "a full match at end of input". Two consequences, both
+# under-acceptance: (1) match states are reported one byte late, so a token that continues past a
+# full match into a non-final state is dropped ("3" then "-" in ``3(-3)?``); (2) leftmost-first
+# semantics stop at the first match ("ab" is lost in ``(a|ab)``, "a" in ``a*?``). We compile
+# ``(?:P)\x{10FFFF}`` instead and add a fake token (id V) spelling the end marker U+10FFFF: no
+# real-token prefix is ever a full match, so neither problem arises, and a state is final iff the
+# marker token takes it to a full match. (w + marker is in L(P) + marker iff w is in L(P), whatever w contains.)
+_END_BYTES = "\U0010FFFF".encode()
+
+
+@lru_cache(maxsize=1)
+def _byte_vocabulary() -> outlines_core.Vocabulary:
+    """One token per byte: a cheap vocabulary to check that a pattern parses on its own."""
+    return outlines_core.Vocabulary(256, {bytes([b]): [b] for b in range(256)})
+
+
+def _end_id(tokenizer: Tokenizer) -> int:
+    return tokenizer.get_vocab_size(with_added_tokens=True)
+
+
+def _strip_anchors(pattern: str) -> str:
+    """Drop a leading ``^``/``\\A`` and a trailing unescaped ``$``/``\\z``: a slot fullmatches anyway,
+    and outlines-core cannot start from a ``^`` inside a group nor end before the end marker.
+    (Anchors elsewhere in the pattern are rejected or make their branch unmatchable.)"""
+    for anchor in ("^", "\\A"):
+        if pattern.startswith(anchor):
+            pattern = pattern[len(anchor):]
+            break
+    for anchor in ("$", "\\z"):
+        if pattern.endswith(anchor):
+            head = pattern[: -len(anchor)]
+            if (len(head) - len(head.rstrip("\\"))) % 2 == 0:
+                return head
+    return pattern
+
+
+def _successors(next_state: np.ndarray) -> list[list[int]]:
+    """For each state, the distinct states one token away."""
+    return [np.unique(row[row >= 0]).tolist() for row in next_state]
+
+
+def _escape(text: str) -> str:
+    """A regex literal for ``text``, in syntax both Python ``re`` and outlines-core (Rust) accept."""
+    return "".join(c if c.isalnum() or c == "_" or ord(c) > 127 else f"\\x{ord(c):02x}" for c in text)

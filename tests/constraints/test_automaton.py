@@ -1,0 +1,249 @@
+"""Token automata (torch-free), on Redraft's real tokenizer (models/redraft-tiny). The slot decoder
+is tested in tests/workers/test_slot_decoder.py, with the helpers here.
+
+The oracle is Python's ``re.fullmatch`` on the decoded bytes, never the automaton itself. One known
+gap: outlines-core's Unicode classes (``\\d`` ...) follow a newer Unicode than this Python's
+``unicodedata`` (e.g. U+1CCF5 is a digit in Unicode 16, unassigned in 14), so text with code points
+Python does not know is checked against the automaton only (``python_knows``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import constraints.automaton as automaton_module
+from constraints.automaton import (
+    TokenAutomaton,
+    accepts,
+    compile_choices,
+    compile_json_schema,
+    compile_regex,
+    compile_target,
+    min_length_tokens,
+    require_fits,
+)
+from redraft.errors import ConstraintError
+from redraft.models import load_model_info, load_tokenizer, special_ids, token_bytes
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "redraft-tiny"
+INFO = load_model_info("redraft-tiny", MODEL_DIR)
+TOKENIZER = load_tokenizer(MODEL_DIR)
+SPECIALS = set(special_ids(INFO))
+EMPTY = INFO.empty_id
+EOS = INFO.eos_id
+V = TOKENIZER.get_vocab_size()
+NEVER_REAL = SPECIALS | {EMPTY, EOS}
+
+REGEXES = [
+    r"\d{4}-\d{2}-\d{2}",
+    r"[a-z]{1,8}@[a-z]{1,8}\.(com|org)",
+    r"-?(0|[1-9][0-9]{0,5})",
+    r"[A-Za-z_][A-Za-z0-9_]{0,7}",
+    r"(yes|no|maybe)",
+    r"(ab|c){2,4}x?",
+    r" ?[a-z]+( [a-z]+){0,2}\.",
+    r"(no|none|n)( thanks)?",
+    r'"[^"]{0,4}"',  # the content class also matches U+10FFFF (the compiler's end marker)
+    r".{0,3}z",
+]
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6}, "age": {"type": "integer"}},
+     "required": ["name", "age"]},
+    {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                      "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}},
+     "required": ["ok", "tags"]},
+    {"enum": ["red", "green", 3]},
+]
+CHOICES = ["yes", "no", "maybe so", "a.b|c", "naïve", "(x)", "tab\there"]
+seeds = st.integers(0, 2**31 - 1)
+SLOW = settings(max_examples=25, deadline=None)
+
+
+def regex(pattern: str) -> TokenAutomaton:
+    return compile_regex(pattern, TOKENIZER, EOS, SPECIALS)
+
+
+def text_of(path: list[int]) -> str:
+    """The slot's text; asserts the layout (real tokens, then only EMPTY) and valid UTF-8."""
+    k = path.index(EMPTY) if EMPTY in path else len(path)
+    assert all(t == EMPTY for t in path[k:]), f"a real token after EMPTY: {path}"
+    assert not NEVER_REAL & set(path[:k]), f"a special token written: {path}"
+    return b"".join(token_bytes(TOKENIZER, t) for t in path[:k]).decode("utf-8")
+
+
+def python_knows(text: str) -> bool:
+    """Every code point is assigned in this Python's Unicode database (so ``re`` can judge it)."""
+    return all(unicodedata.category(ch) != "Cn" for ch in text)
+
+
+def check(automaton: TokenAutomaton, path: list[int] | None, n: int, committed: list[int | None]) -> str:
+    assert path is not None
+    assert len(path) == n
+    assert all(c is None or t == c for t, c in zip(path, committed)), "a committed position changed"
+    text = text_of(path)
+    assert re.fullmatch(automaton.pattern, text) or not python_knows(text), (automaton.pattern, text)
+    assert accepts(automaton, [t for t in path if t != EMPTY])
+    return text
+
+
+# ------------------------------------------------------------------------------------------ compile
+
+
+def test_compile_is_cached_and_specials_are_never_allowed():
+    a = regex(REGEXES[0])
+    assert regex(REGEXES[0]) is a
+    assert isinstance(a.next_state, np.ndarray) and isinstance(a.final, np.ndarray)
+    assert a.next_state.shape == (a.n_states, V) and a.next_state.dtype == np.int32
+    assert a.final.shape == (a.n_states,) and a.final.dtype == np.bool_
+    assert a.vocab_size == V and a.nbytes == a.n_states * V * 4
+    assert (a.next_state[:, sorted(NEVER_REAL)] == -1).all()
+    xy = compile_choices(["x", "y"], TOKENIZER, EOS, SPECIALS)
+    assert compile_choices(["x", "y"], TOKENIZER, EOS, SPECIALS) is xy
+    ab = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+          "required": ["a", "b"]}
+    ba = {**ab, "properties": dict(reversed(ab["properties"].items()))}
+    # Property order is the output's field order: not one cache entry.
+    patterns = {compile_json_schema(s, TOKENIZER, EOS, SPECIALS).pattern for s in (ab, ba)}
+    assert len(patterns) == 2
+
+
+@pytest.mark.parametrize("pattern", ["a(", "a)(b", "[z-a]", "a{2,1}", "\\", "(?=a)b", r"(a)\1", r"a$|b"])
+def test_invalid_regex_raises_constraint_error(pattern):
+    with pytest.raises(ConstraintError, match="regex"):
+        regex(pattern)
+
+
+@pytest.mark.parametrize("pattern,texts", [
+    (r"3(-3)?", ["3", "3-3"]),  # a token continuing past a full match into a non-final state
+    (r"(a|ab)", ["a", "ab"]),  # leftmost-first would stop at "a"
+    (r"a*?", ["", "a", "aa"]),  # lazy repeat would stop at ""
+    (r"^(yes|no)$", ["yes", "no"]),  # end anchors are redundant, not fatal
+])
+def test_no_under_acceptance(pattern, texts):
+    """Regressions for outlines-core's index dropping valid transitions (see constraints/automaton.py)."""
+    a = regex(pattern)
+    for text in texts:
+        for ids in (TOKENIZER.encode(text, add_special_tokens=False).ids, [TOKENIZER.token_to_id(c) for c in text]):
+            assert accepts(a, ids), (pattern, text, ids)
+    choices = compile_choices(["no", "none"], TOKENIZER, EOS, SPECIALS)
+    assert accepts(choices, [TOKENIZER.token_to_id("no")])
+    assert accepts(choices, [TOKENIZER.token_to_id("no"), TOKENIZER.token_to_id("ne")])
+
+
+def test_invalid_schema_and_choices_raise_constraint_error():
+    with pytest.raises(ConstraintError, match="JSON schema"):
+        compile_json_schema({"type": "nonsense"}, TOKENIZER, EOS, SPECIALS)
+    with pytest.raises(ConstraintError, match="non-empty"):
+        compile_choices([], TOKENIZER, EOS, SPECIALS)
+
+
+def test_table_cap(monkeypatch):
+    monkeypatch.setattr(automaton_module, "MAX_TABLE_ENTRIES", 10 * V)
+    with pytest.raises(ConstraintError, match="exceeds the cap"):
+        regex(r"[a-z]{20}")  # 21 states
+
+
+@pytest.mark.parametrize("pattern", REGEXES)
+def test_min_length_and_require_fits(pattern):
+    a = regex(pattern)
+    k = min_length_tokens(a)
+    assert k >= 1 and min_length_tokens(a) == k
+    assert not accepts(a, [])  # none of REGEXES matches the empty string
+    require_fits(a, k)
+    with pytest.raises(ConstraintError, match=f"needs {k} tokens but the slot has {k - 1}"):
+        require_fits(a, k - 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pattern=st.sampled_from(REGEXES), data=st.data())
+def test_tokenised_matches_are_accepted(pattern, data):
+    """Any string that fullmatches, tokenised by the tokenizer, is accepted."""
+    text = data.draw(st.from_regex(pattern, fullmatch=True))
+    ids = TOKENIZER.encode(text, add_special_tokens=False).ids
+    assert b"".join(token_bytes(TOKENIZER, t) for t in ids) == text.encode()
+    assert accepts(regex(pattern), ids)
+
+
+@SLOW
+@given(pattern=st.sampled_from(REGEXES), seed=seeds)
+def test_accepts_iff_bytes_fullmatch(pattern, seed):
+    """Random walks on the automaton, then random token substitutions: accepted <=> bytes fullmatch."""
+    a = regex(pattern)
+    rng = random.Random(seed)
+    state, walk = a.initial, []
+    for _ in range(rng.randrange(12)):
+        allowed = np.flatnonzero(a.next_state[state] >= 0).tolist()
+        if not allowed:  # a final state with nothing after it
+            break
+        walk.append(rng.choice(allowed))
+        state = int(a.next_state[state, walk[-1]])
+    candidates = [walk]
+    for _ in range(3):
+        if walk:
+            mutated = list(walk)
+            mutated[rng.randrange(len(walk))] = rng.choice([rng.randrange(5, V), *walk])
+            candidates.append(mutated)
+    for seq in candidates:
+        data = b"".join(token_bytes(TOKENIZER, t) for t in seq)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            assert not accepts(a, seq)
+            continue
+        if not python_knows(text):
+            continue
+        matches = re.fullmatch(pattern, text) is not None
+        assert accepts(a, seq) == matches, (pattern, seq, data)
+
+
+# ------------------------------------------------------------------------------------------ compile_target
+
+
+def test_compile_target_dispatches_to_the_same_cached_automata():
+    schema = SCHEMAS[0]
+    assert compile_target(("regex", REGEXES[0]), TOKENIZER, EOS, SPECIALS) is regex(REGEXES[0])
+    by_text = compile_target(("json_schema", json.dumps(schema)), TOKENIZER, EOS, SPECIALS)
+    assert by_text is compile_json_schema(schema, TOKENIZER, EOS, SPECIALS)
+    by_list = compile_target(("choices", json.dumps(CHOICES)), TOKENIZER, EOS, SPECIALS)
+    assert by_list is compile_choices(CHOICES, TOKENIZER, EOS, SPECIALS)
+    assert accepts(by_list, TOKENIZER.encode("maybe so", add_special_tokens=False).ids)
+    # A canvas round-trips targets through JSON as lists: a 2-list works like the tuple.
+    assert compile_target(["regex", REGEXES[0]], TOKENIZER, EOS, SPECIALS) is regex(REGEXES[0])
+
+
+@pytest.mark.parametrize("target,message", [
+    (("json_schema", "{not json"), "json_schema target is not valid JSON"),
+    (("json_schema", "[1, 2]"), "JSON schema must be an object"),
+    (("json_schema", '{"type": "nonsense"}'), "JSON schema"),
+    (("choices", "yes"), "choices target is not valid JSON"),
+    (("choices", '"yes"'), "non-empty list of strings"),
+    (("choices", "[]"), "non-empty list of strings"),
+    (("choices", '["a", 1]'), "non-empty list of strings"),
+    (("choices", ["a", "b"]), "must be JSON text"),
+    (("regex", "a("), "invalid regex"),
+    (("grammar", "x"), "unknown target kind"),
+    (("regex",), "pair"),
+    (None, "pair"),
+])
+def test_compile_target_rejects_bad_targets(target, message):
+    with pytest.raises(ConstraintError, match=message):
+        compile_target(target, TOKENIZER, EOS, SPECIALS)
+
+
+def test_importing_the_module_does_not_import_torch():
+    """The API process imports constraints.automaton and must stay light: no torch."""
+    code = "import constraints.automaton, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

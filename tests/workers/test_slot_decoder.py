@@ -1,0 +1,204 @@
+"""The slot decoder (``workers.slot_decoder.best_path``) on Redraft's real tokenizer; the automata,
+the tokenizer and the text checks come from tests/constraints/test_automaton.py."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import re
+import weakref
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from constraints.automaton import (
+    TokenAutomaton,
+    compile_choices,
+    compile_json_schema,
+    compile_regex,
+    min_length_tokens,
+    require_fits,
+)
+from redraft.errors import ConstraintError
+from redraft.models import token_bytes
+from tests.constraints.test_automaton import (
+    CHOICES,
+    EMPTY,
+    EOS,
+    INFO,
+    REGEXES,
+    SCHEMAS,
+    SLOW,
+    SPECIALS,
+    TOKENIZER,
+    V,
+    check,
+    regex,
+    seeds,
+    text_of,
+)
+from workers import slot_decoder
+from workers.slot_decoder import best_path
+
+
+def random_logp(seed: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (3 * torch.randn(n, V, generator=g)).log_softmax(-1)  # (n, V)
+
+
+def free_score(path: list[int], logp: torch.Tensor, committed: list[int | None]) -> float:
+    return sum(float(logp[i, t]) for i, t in enumerate(path) if committed[i] is None)
+
+
+def test_device_tensors_are_cached_per_automaton():
+    """Repeated calls (one per denoising step) reuse the torch copies; they die with the automaton."""
+    a = compile_regex(r"(q|r){1,3}zz", TOKENIZER, EOS, SPECIALS)
+    src, tok, dst = slot_decoder.edges(a)
+    assert slot_decoder.edges(a) is slot_decoder.edges(a, torch.device("cpu"))
+    table, final = slot_decoder.tables(a)
+    assert slot_decoder.tables(a, "cpu") is slot_decoder.tables(a)
+    assert table.dtype == torch.int32 and final.dtype == torch.bool
+    assert torch.equal(table, torch.from_numpy(a.next_state)) and torch.equal(final, torch.from_numpy(a.final))
+    assert src.dtype == tok.dtype == dst.dtype == torch.int64
+    keys = (src * V + tok).tolist()
+    assert keys == sorted(keys) and len(keys) == int((a.next_state >= 0).sum())
+    assert torch.equal(table[src, tok].long(), dst)
+    assert table.data_ptr() != a.next_state.ctypes.data  # a copy: the numpy table is never shared
+    path = best_path(a, random_logp(0, 4), [None] * 4, EMPTY)
+    check(a, path, 4, [None] * 4)
+    assert a in slot_decoder._edges and a in slot_decoder._tables
+
+    # An automaton built by hand (outside the compile cache): its cached tensors go when it does.
+    table = np.full((1, V), -1, dtype=np.int32)
+    table[0, TOKENIZER.token_to_id("q")] = 0
+    loop = TokenAutomaton(pattern="q*", n_states=1, initial=0, final=np.ones(1, dtype=np.bool_), next_state=table)
+    before = (len(slot_decoder._edges), len(slot_decoder._tables))
+    assert best_path(loop, random_logp(1, 3), [None] * 3, EMPTY) is not None
+    assert (len(slot_decoder._edges), len(slot_decoder._tables)) == (before[0] + 1, before[1] + 1)
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None
+    assert (len(slot_decoder._edges), len(slot_decoder._tables)) == before
+
+
+# ------------------------------------------------------------------------------------------ best_path
+
+
+@SLOW
+@given(pattern=st.sampled_from(REGEXES), seed=seeds, extra=st.integers(0, 6), data=st.data())
+def test_best_path_matches_and_keeps_commits(pattern, seed, extra, data):
+    a = regex(pattern)
+    n = min_length_tokens(a) + extra
+    free = [None] * n
+    path = best_path(a, random_logp(seed, n), free, EMPTY)
+    check(a, path, n, free)
+
+    keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    committed = [t if k else None for t, k in zip(path, keep)]
+    logp = random_logp(seed + 1, n)
+    again = best_path(a, logp, committed, EMPTY)
+    check(a, again, n, committed)
+    # The old path is still feasible, so the new optimum is at least as good under the new logp.
+    assert free_score(again, logp, committed) >= free_score(path, logp, committed) - 1e-9
+
+
+@settings(max_examples=15, deadline=None)
+@given(schema=st.sampled_from(SCHEMAS), seed=seeds)
+def test_json_schema_output_validates(schema, seed):
+    a = compile_json_schema(schema, TOKENIZER, EOS, SPECIALS)
+    n = min_length_tokens(a) + 4
+    path = best_path(a, random_logp(seed, n), [None] * n, EMPTY)
+    value = json.loads(check(a, path, n, [None] * n))
+    jsonschema.validate(value, schema)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=seeds, n=st.integers(4, 8))
+def test_choices_output_is_a_choice(seed, n):
+    a = compile_choices(CHOICES, TOKENIZER, EOS, SPECIALS)
+    path = best_path(a, random_logp(seed, n), [None] * n, EMPTY)
+    assert text_of(path) in CHOICES
+
+
+@pytest.mark.parametrize("pattern", REGEXES)
+def test_slot_too_short(pattern):
+    a = regex(pattern)
+    k = min_length_tokens(a)
+    assert k >= 1
+    assert best_path(a, random_logp(0, k - 1), [None] * (k - 1), EMPTY) is None
+    with pytest.raises(ConstraintError, match=f"needs {k} tokens but the slot has {k - 1}"):
+        require_fits(a, k - 1)
+    require_fits(a, k)
+    path = best_path(a, random_logp(0, k), [None] * k, EMPTY)
+    check(a, path, k, [None] * k)
+    assert EMPTY not in path  # exactly k real tokens: no accepted sequence is shorter
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=seeds, min_tokens=st.integers(0, 7))
+def test_min_tokens(seed, min_tokens):
+    a = regex(r"[a-z]{1,8}")
+    path = best_path(a, random_logp(seed, 6), [None] * 6, EMPTY, min_tokens=min_tokens)
+    if min_tokens > 6:
+        assert path is None
+    else:
+        check(a, path, 6, [None] * 6)
+        assert len(path) - path.count(EMPTY) >= min_tokens
+
+
+def test_impossible_commits_return_none():
+    a = regex(r"[a-z]{1,8}")
+    x = TOKENIZER.token_to_id("x")
+    logp = random_logp(1, 4)
+    assert best_path(a, logp, [None, EMPTY, x, None], EMPTY) is None  # real token after EMPTY
+    assert best_path(a, logp, [EMPTY, None, None, None], EMPTY) is None  # empty match not allowed
+    assert best_path(a, logp, [None, INFO.mask_id, None, None], EMPTY) is None  # special token
+    assert best_path(a, logp, [None, TOKENIZER.token_to_id("1"), None, None], EMPTY) is None
+    assert best_path(compile_choices(["", "a"], TOKENIZER, EOS, SPECIALS), logp, [EMPTY] * 4, EMPTY) == [EMPTY] * 4
+    assert best_path(a, logp[:0], [], EMPTY) is None
+    everything_banned = torch.full((4, V), float("-inf"))
+    assert best_path(a, everything_banned, [x, None, None, None], EMPTY) is None
+    assert best_path(a, everything_banned, [x, EMPTY, EMPTY, EMPTY], EMPTY) == [x, EMPTY, EMPTY, EMPTY]
+
+
+# Tiny alphabet for brute force: digits with a two-digit token, "-", a letter, and EMPTY.
+ALPHABET = [TOKENIZER.token_to_id(s) for s in ["1", "2", "12", "-", "3", "a"]] + [EMPTY]
+BRUTE_PATTERNS = [r"[0-9]{1,3}(-[0-9])?", r"(12|3)+a?", r"1?2?-?3?", r"(1|12)(-3)?"]
+
+
+@SLOW
+@given(pattern=st.sampled_from(BRUTE_PATTERNS), seed=seeds, n=st.integers(1, 4), min_tokens=st.integers(0, 3),
+       data=st.data())
+def test_best_path_is_the_maximum(pattern, seed, n, min_tokens, data):
+    """Against exhaustive enumeration over a restricted vocabulary (other tokens' logp is -inf)."""
+    a = regex(pattern)
+    logp = torch.full((n, V), float("-inf"))
+    logp[:, ALPHABET] = torch.randn(n, len(ALPHABET), generator=torch.Generator().manual_seed(seed))
+    committed = data.draw(st.lists(st.one_of(st.none(), st.sampled_from(ALPHABET)), min_size=n, max_size=n))
+
+    best, best_score = None, float("-inf")
+    for seq in itertools.product(ALPHABET, repeat=n):
+        k = seq.index(EMPTY) if EMPTY in seq else n
+        if any(t != EMPTY for t in seq[k:]) or k < min_tokens:
+            continue
+        if any(c is not None and seq[i] != c for i, c in enumerate(committed)):
+            continue
+        text = b"".join(token_bytes(TOKENIZER, t) for t in seq[:k]).decode()
+        if re.fullmatch(pattern, text):
+            score = free_score(list(seq), logp, committed)
+            if score > best_score:
+                best, best_score = list(seq), score
+
+    path = best_path(a, logp, committed, EMPTY, min_tokens=min_tokens)
+    if best is None:
+        assert path is None
+    else:
+        check(a, path, n, committed)
+        assert len(path) - path.count(EMPTY) >= min_tokens
+        assert free_score(path, logp, committed) == pytest.approx(best_score, abs=1e-6)

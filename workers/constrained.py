@@ -1,0 +1,66 @@
+"""Hard structure targets during denoising: every constrained slot commits only tokens that lie on
+its best accepted path, so the canvas always stays completable (no dead ends, no retries).
+
+At each step, for each constrained slot still holding masks, ``best_path`` runs dynamic programming
+over (slot position, automaton state) on the current log-probabilities, keeping the tokens already
+committed; each free position is then allowed exactly its path token. The sampler ranks commits by
+the model's own probability of those tokens, so the most certain parts of the path land first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer
+
+from constraints.automaton import TokenAutomaton, compile_target
+from constraints.canvas import Canvas
+from redraft.errors import ConstraintError
+from redraft.models import ModelInfo
+from workers.slot_decoder import best_path
+
+
+@dataclass(frozen=True)
+class ConstrainedSlot:
+    name: str
+    positions: list[int]  # contiguous canvas positions of the slot
+    automaton: TokenAutomaton
+    min_tokens: int
+
+
+def constrained_slots(canvas: Canvas, tokenizer: Tokenizer, info: ModelInfo, special: list[int]) -> list[ConstrainedSlot]:
+    """Compile (cached) the automaton of every slot that has a hard target."""
+    out = []
+    for index, slot in enumerate(canvas.slots):
+        if slot.target is None:
+            continue
+        automaton = compile_target(slot.target, tokenizer, info.eos_id if info.eos_id is not None else -1, set(special))
+        out.append(ConstrainedSlot(slot.name, canvas.slot_positions(index), automaton, slot.min_tokens))
+    return out
+
+
+class SlotTargets:
+    """Logits processor: at free positions of constrained slots, allow only the best path's token."""
+
+    def __init__(self, slots_per_row: dict[int, list[ConstrainedSlot]], empty_id: int) -> None:
+        self.slots_per_row = slots_per_row  # batch row -> its constrained slots
+        self.empty_id = empty_id
+
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        for j, row in enumerate(rows):
+            for slot in self.slots_per_row.get(row, ()):
+                pos = torch.tensor(slot.positions, device=logits.device)  # (n,)
+                slot_free = free[j, pos]  # (n,)
+                if not bool(slot_free.any()):
+                    continue
+                logp = logits[j, pos].float().log_softmax(-1)  # (n, V)
+                committed = [None if f else int(t) for f, t in zip(slot_free.tolist(), x[j, pos].tolist())]
+                path = best_path(slot.automaton, logp, committed, self.empty_id, slot.min_tokens)
+                if path is None:  # cannot happen from a canvas the API accepted; fail loudly if it does
+                    raise ConstraintError(f"slot {slot.name!r} can no longer satisfy {slot.automaton.pattern!r}")
+                forced = torch.tensor(path, device=logits.device)[slot_free]  # (f,)
+                at = pos[slot_free]  # (f,)
+                logits[j, at] = float("-inf")
+                logits[j, at, forced] = 0.0
+        return logits
