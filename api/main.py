@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routes import drafts, jobs, system
+from api.routes import drafts, jobs, system, templates
 from redraft.errors import RedraftError
 from redraft.settings import get_settings
 
@@ -45,6 +45,7 @@ def create_app() -> FastAPI:
 
     app.include_router(jobs.router)
     app.include_router(drafts.router)
+    app.include_router(templates.router)
     app.include_router(system.router)
     return app
 

@@ -48,6 +48,7 @@ class InfillJobCreate(SamplingParams):
 class GenerateJobCreate(SamplingParams):
     kind: Literal["generate"]
     template: str | None = Field(None, description='Jinja2 source; {{ slot("name", max_tokens=8, regex=...) }} marks model text')
+    template_name: str | None = Field(None, description="a template saved with POST /v1/templates")
     variables: dict[str, Any] = Field(default_factory=dict, description="values for the template's variables")
     prompt: str | None = Field(None, description="fixed context; the answer is one slot named `answer` after it")
     target: dict[str, Any] | None = Field(None, description='{"regex": ...} | {"json_schema": {...}} | {"choices": [...]}')
@@ -56,9 +57,10 @@ class GenerateJobCreate(SamplingParams):
 
     @model_validator(mode="after")
     def _one_form(self) -> GenerateJobCreate:
-        if (self.template is None) == (self.prompt is None):
-            raise ValueError("give exactly one of `template` (with slot() calls) or `prompt` (with an optional `target`)")
-        if self.template is not None and (self.target is not None or self.max_tokens is not None):
+        if sum(v is not None for v in (self.template, self.template_name, self.prompt)) != 1:
+            raise ValueError("give exactly one of `template` (with slot() calls), `template_name` (a saved template) "
+                             "or `prompt` (with an optional `target`)")
+        if self.prompt is None and (self.target is not None or self.max_tokens is not None):
             raise ValueError("`target` and `max_tokens` belong to the prompt form; in a template pass them to slot()")
         return self
 
@@ -159,3 +161,23 @@ class ModelsPublic(BaseModel):
 class ErrorBody(BaseModel):
     detail: str
     code: str
+
+
+class TemplateCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="unique per tenant; saving again replaces it")
+    source: str = Field(min_length=1, max_length=100_000, description="Jinja2 source with slot() calls")
+    description: str | None = None
+
+
+class TemplatePublic(BaseModel):
+    name: str
+    source: str
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplatesPublic(BaseModel):
+    data: list[TemplatePublic]
+    count: int

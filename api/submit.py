@@ -11,7 +11,7 @@ from constraints.canvas import Canvas
 from constraints.generate import compile_generate, prompt_slot
 from constraints.infill import Gap, compile_infill, gap, parse_text
 from constraints.templates import render_template
-from redraft.errors import InvalidRequest
+from redraft.errors import InvalidRequest, NotFound
 from redraft.models import ModelInfo, load_model_info, load_tokenizer
 from redraft.queue import enqueue
 from redraft.settings import Settings
@@ -47,11 +47,12 @@ def sampling_params(req: JobRequest, settings: Settings) -> dict:
     }
 
 
-def compile_request(req: JobRequest, info: ModelInfo, settings: Settings) -> Canvas:
+def compile_request(req: JobRequest, info: ModelInfo, settings: Settings, saved_source: str | None = None) -> Canvas:
     tokenizer = load_tokenizer(info.path)
     if isinstance(req, GenerateJobCreate):
-        if req.template is not None:
-            pieces = render_template(req.template, req.variables, settings.default_gap_tokens, settings.max_gap_tokens)
+        source = req.template if req.template is not None else saved_source
+        if source is not None:
+            pieces = render_template(source, req.variables, settings.default_gap_tokens, settings.max_gap_tokens)
         else:
             max_tokens = req.max_tokens or settings.default_gap_tokens
             pieces = [req.prompt, prompt_slot(req.target, max_tokens, req.min_tokens, settings.max_gap_tokens)]
@@ -74,7 +75,13 @@ def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Sett
     """Everything that can be wrong with a request is found here, before any row is written."""
     info = resolve_model(req.model, settings)
     params = sampling_params(req, settings)
-    canvas = compile_request(req, info, settings)
+    saved = None
+    if isinstance(req, GenerateJobCreate) and req.template_name is not None:
+        try:
+            saved = repo.get_template(session, tenant_id, req.template_name).source
+        except NotFound as exc:
+            raise InvalidRequest(exc.message, code="unknown_template") from exc
+    canvas = compile_request(req, info, settings, saved)
     job = repo.create_job(
         session,
         tenant_id=tenant_id,

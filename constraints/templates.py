@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from redraft.errors import ConstraintError, InvalidRequest
@@ -100,3 +100,15 @@ def render_template(source: str, variables: dict[str, Any], default_tokens: int,
         elif part:
             pieces.append(part)
     return pieces
+
+
+def validate_template(source: str) -> None:
+    """Check a template for saving: it parses in the sandbox and calls slot() at least once."""
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    try:
+        tree = env.parse(source)
+    except TemplateSyntaxError as exc:
+        raise InvalidRequest(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    calls = [c for c in tree.find_all(nodes.Call) if isinstance(c.node, nodes.Name) and c.node.name == "slot"]
+    if not calls:
+        raise InvalidRequest('the template has no slot: mark what the model writes with {{ slot("name") }}')

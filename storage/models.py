@@ -109,3 +109,15 @@ class Step(Base):
     committed: Mapped[list[Any]] = mapped_column(JSONType)  # [[position, token_id, token_text, confidence], ...]
     remasked: Mapped[list[Any]] = mapped_column(JSONType, default=list)  # [[position, token_id], ...]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Template(Base):
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_templates_tenant_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

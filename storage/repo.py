@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from redraft.errors import Conflict, NotFound
-from storage.models import ApiKey, Draft, Job, Step, Tenant, utcnow
+from storage.models import ApiKey, Draft, Job, Step, Template, Tenant, utcnow
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -235,3 +235,26 @@ def mark_reaped(s: Session, job_id: str, heartbeat_timeout_s: float, queued_time
     won = s.execute(update(Job).where(Job.id == job_id, _stale(now, heartbeat_timeout_s, queued_timeout_s))
                     .values(updated_at=now, status="queued")).rowcount
     return won == 1
+
+
+def save_template(s: Session, tenant_id: str, name: str, source: str, description: str | None = None) -> Template:
+    """Create the tenant's template ``name``, or replace its source if it exists."""
+    row = s.scalar(select(Template).where(Template.tenant_id == tenant_id, Template.name == name))
+    if row is None:
+        row = Template(tenant_id=tenant_id, name=name, source=source, description=description)
+        s.add(row)
+    else:
+        row.source, row.description, row.updated_at = source, description, utcnow()
+    s.flush()
+    return row
+
+
+def get_template(s: Session, tenant_id: str, name: str) -> Template:
+    row = s.scalar(select(Template).where(Template.tenant_id == tenant_id, Template.name == name))
+    if row is None:
+        raise NotFound(f"template {name!r} not found; save it with POST /v1/templates first")
+    return row
+
+
+def list_templates(s: Session, tenant_id: str) -> list[Template]:
+    return list(s.scalars(select(Template).where(Template.tenant_id == tenant_id).order_by(Template.name)))

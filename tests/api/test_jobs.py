@@ -217,3 +217,22 @@ def test_fixed_text_is_byte_identical_through_the_service(client, parts, tail):
     assert done["status"] == "succeeded", done["error"]
     gaps = done["result"]["gaps"]
     assert done["result"]["text"] == "".join(w + g for (w, _), g in zip(parts, gaps)) + tail
+
+
+def test_saved_templates_are_validated_per_tenant_and_usable(service, client):
+    bad = client.post("/v1/templates", json={"name": "broken", "source": "{% for x in %}"})
+    assert bad.status_code == 422 and "syntax error" in bad.json()["detail"]
+    assert client.post("/v1/templates", json={"name": "noslot", "source": "plain"}).status_code == 422
+    source = 'Hi {{ who }}, the answer is {{ slot("ans", max_tokens=3, choices=["yes", "no"]) }}.'
+    r = client.post("/v1/templates", json={"name": "yesno", "source": source})
+    assert r.status_code == 201 and r.json()["name"] == "yesno"
+    assert [t["name"] for t in client.get("/v1/templates").json()["data"]] == ["yesno"]
+    assert client.get("/v1/templates/yesno").json()["source"] == source
+    done = wait_for(client, submit(client, kind="generate", template_name="yesno", variables={"who": "Bo"})["id"])
+    assert done["result"]["text"] in ("Hi Bo, the answer is yes.", "Hi Bo, the answer is no.")
+    missing = client.post("/v1/jobs", json={"kind": "generate", "template_name": "nope"})
+    assert missing.status_code == 422 and "not found" in missing.json()["detail"]
+    with service.client(service.new_key("someone-else")) as other:
+        assert other.get("/v1/templates/yesno").status_code == 404
+        assert other.post("/v1/jobs", json={"kind": "generate", "template_name": "yesno",
+                                             "variables": {"who": "x"}}).status_code == 422

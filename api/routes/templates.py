@@ -1,0 +1,40 @@
+"""/v1/templates: a tenant's saved Jinja2 templates, validated on save."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import CurrentTenant, SessionDep
+from api.schemas import TemplateCreate, TemplatePublic, TemplatesPublic
+from constraints.templates import validate_template
+from storage import repo
+from storage.models import Template
+
+router = APIRouter(prefix="/v1/templates", tags=["templates"])
+
+
+def template_public(row: Template) -> TemplatePublic:
+    return TemplatePublic(name=row.name, source=row.source, description=row.description, created_at=row.created_at,
+                          updated_at=row.updated_at)
+
+
+@router.post("", status_code=201, response_model=TemplatePublic)
+def save_template(body: TemplateCreate, session: SessionDep, tenant: CurrentTenant) -> TemplatePublic:
+    """Save (or replace) a template; use it with {"kind": "generate", "template_name": ...}."""
+    validate_template(body.source)
+    row = repo.save_template(session, tenant.id, body.name, body.source, body.description)
+    session.commit()
+    return template_public(row)
+
+
+@router.get("", response_model=TemplatesPublic)
+def list_templates(session: SessionDep, tenant: CurrentTenant) -> TemplatesPublic:
+    """The tenant's templates, by name."""
+    rows = repo.list_templates(session, tenant.id)
+    return TemplatesPublic(data=[template_public(r) for r in rows], count=len(rows))
+
+
+@router.get("/{name}", response_model=TemplatePublic)
+def get_template(name: str, session: SessionDep, tenant: CurrentTenant) -> TemplatePublic:
+    """One saved template."""
+    return template_public(repo.get_template(session, tenant.id, name))
