@@ -55,7 +55,8 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     publisher = Publisher(settings)
     with session_scope() as s:
-        model = s.get(Job, job_id).model if s.get(Job, job_id) else None
+        row = s.get(Job, job_id)
+        model = row.model if row else None
     # Load the model (lazily, once per process) before claiming, so a slow first load does not
     # look like a dead worker to the reaper.
     adapter, load_error = None, None
