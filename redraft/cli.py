@@ -74,6 +74,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from redraft.training.train import export
+
+    export(Path(args.build_dir), Path(args.out))
+    print(f"exported {args.build_dir}/checkpoint.pt to {args.out}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from redraft.training.report import run_report
 
@@ -108,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="warm-start from an exported model when the build dir has no checkpoint")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export-model", help="write the latest checkpoint as a Hugging Face model directory")
+    p.add_argument("--build-dir", default="build/train")
+    p.add_argument("--out", default="models/redraft-tiny")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("model-report", help="held-out accuracy vs a unigram baseline, and sample infills")
     p.add_argument("--model-dir", default="models/redraft-tiny")
