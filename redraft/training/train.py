@@ -211,7 +211,12 @@ def export(build_dir: Path, out_dir: Path) -> None:
     model.load_state_dict(state["model"])
     model = model.half()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.config.redraft = {"family": "masked_lm", "trained_steps": state["step"], "train_config": asdict(cfg)}
+    model.config.redraft = {
+        "family": "masked_lm",
+        "description": f"Redraft's own small masked-diffusion model ({state['step']} training steps; see README.md)",
+        "trained_steps": state["step"],
+        "train_config": asdict(cfg),
+    }
     model.save_pretrained(out_dir, safe_serialization=True)
     fast = PreTrainedTokenizerFast.from_pretrained(build_dir / "tokenizer")
     fast.save_pretrained(out_dir)
