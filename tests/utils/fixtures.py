@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from redraft.models import load_model_info, load_tokenizer
+from redraft.settings import DEFAULT_MODEL_DIR
 from tests.utils.models import make_tiny_random_model
 from workers.adapters import get_adapter
 
@@ -23,3 +24,11 @@ def tiny_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_model_dir):
     return get_adapter("tiny-random", tiny_model_dir, "cpu")
+
+
+@pytest.fixture(scope="session", params=["tiny-random", "redraft-tiny"])
+def any_adapter(request, tiny_model_dir):
+    """Each model the property tests must hold for: a tiny random one and the shipped one."""
+    if request.param == "tiny-random":
+        return get_adapter("tiny-random", tiny_model_dir, "cpu")
+    return get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, "cpu")

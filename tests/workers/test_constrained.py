@@ -49,28 +49,28 @@ def generate(adapter, tokenizer, pieces, seed, steps=6, temperature=1.0):
 @settings(max_examples=30, deadline=None)
 @given(regex=st.sampled_from(REGEXES), seed=st.integers(0, 2**31), steps=st.integers(1, 12),
        temperature=st.sampled_from([0.0, 1.0, 2.0]))
-def test_regex_answers_always_fullmatch(tiny_adapter, tiny_model, regex, seed, steps, temperature):
+def test_regex_answers_always_fullmatch(any_adapter, tiny_model, regex, seed, steps, temperature):
     _, tokenizer = tiny_model
     pieces = ["Q: give one.\nA: ", prompt_slot({"regex": regex}, 24, 0, 64)]
-    text, slots = generate(tiny_adapter, tokenizer, pieces, seed, steps, temperature)
+    text, slots = generate(any_adapter, tokenizer, pieces, seed, steps, temperature)
     assert re.fullmatch(regex, slots["answer"]), slots
     assert text == "Q: give one.\nA: " + slots["answer"]
 
 
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**31))
-def test_json_schema_answers_parse_and_validate(tiny_adapter, tiny_model, seed):
+def test_json_schema_answers_parse_and_validate(any_adapter, tiny_model, seed):
     _, tokenizer = tiny_model
-    _, slots = generate(tiny_adapter, tokenizer, ["Person: ", prompt_slot({"json_schema": SCHEMA}, 40, 0, 64)], seed)
+    _, slots = generate(any_adapter, tokenizer, ["Person: ", prompt_slot({"json_schema": SCHEMA}, 40, 0, 64)], seed)
     jsonschema.validate(json.loads(slots["answer"]), SCHEMA)
 
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31), choices=st.lists(st.sampled_from(["red", "green", "blue", "dark red", "none"]),
                                                      min_size=1, max_size=4, unique=True))
-def test_choices_answers_are_one_of_the_choices(tiny_adapter, tiny_model, seed, choices):
+def test_choices_answers_are_one_of_the_choices(any_adapter, tiny_model, seed, choices):
     _, tokenizer = tiny_model
-    _, slots = generate(tiny_adapter, tokenizer, ["Colour: ", prompt_slot({"choices": choices}, 8, 0, 64)], seed)
+    _, slots = generate(any_adapter, tokenizer, ["Colour: ", prompt_slot({"choices": choices}, 8, 0, 64)], seed)
     assert slots["answer"] in choices
 
 
@@ -79,12 +79,12 @@ literal = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characte
 
 @settings(max_examples=15, deadline=None)
 @given(name=literal, items=st.lists(literal, min_size=1, max_size=3), seed=st.integers(0, 2**31))
-def test_template_literals_are_preserved_byte_for_byte(tiny_adapter, tiny_model, name, items, seed):
+def test_template_literals_are_preserved_byte_for_byte(any_adapter, tiny_model, name, items, seed):
     _, tokenizer = tiny_model
     source = ('Dear {{ name }},\n{% for item in items %}* {{ item }}: {{ slot("qty" ~ loop.index, max_tokens=4, '
               'regex="[0-9]{1,3}") }} units\n{% endfor %}Regards, {{ slot("sender", max_tokens=5) }}')
     pieces = render_template(source, {"name": name, "items": items}, 8, 64)
-    text, slots = generate(tiny_adapter, tokenizer, pieces, seed)
+    text, slots = generate(any_adapter, tokenizer, pieces, seed)
     expected = f"Dear {name},\n" + "".join(f"* {it}: {slots[f'qty{i}']} units\n" for i, it in enumerate(items, 1))
     assert text == expected + "Regards, " + slots["sender"]
     assert all(re.fullmatch("[0-9]{1,3}", slots[f"qty{i}"]) for i in range(1, len(items) + 1))
