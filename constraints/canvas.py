@@ -22,6 +22,7 @@ class Slot:
     max_tokens: int  # positions on the canvas; unused ones resolve to the empty token
     min_tokens: int = 0  # real (non-empty) tokens the slot must hold
     target: tuple[str, str] | None = None  # ("regex" | "json_schema" | "choices", spec): a hard target
+    vocab: str | None = None  # a simple per-position vocabulary ("digits", "no_newline", ...; constraints/vocab.py)
 
 
 @dataclass
@@ -97,9 +98,10 @@ class CanvasBuilder:
         self._fixed_ids(self.tokenizer.encode(text, add_special_tokens=False).ids)
         self.canvas.pieces.append(text)
 
-    def slot(self, name: str, max_tokens: int, min_tokens: int = 0, target: tuple[str, str] | None = None) -> int:
+    def slot(self, name: str, max_tokens: int, min_tokens: int = 0, target: tuple[str, str] | None = None,
+             vocab: str | None = None) -> int:
         index = len(self.canvas.slots)
-        self.canvas.slots.append(Slot(name=name, max_tokens=max_tokens, min_tokens=min_tokens, target=target))
+        self.canvas.slots.append(Slot(name, max_tokens, min_tokens, target, vocab))
         self.canvas.token_ids += [self.info.mask_id] * max_tokens
         self.canvas.fixed += [False] * max_tokens
         self.canvas.slot_of += [index] * max_tokens

@@ -40,7 +40,7 @@ def compile_generate(pieces: list[str | SlotSpec], tokenizer: Tokenizer, info: M
             require_fits(automaton, piece.max_tokens)
             if piece.min_tokens > piece.max_tokens:
                 raise InvalidRequest(f"slot {piece.name!r}: min_tokens exceeds max_tokens")
-        builder.slot(piece.name, piece.max_tokens, piece.min_tokens, target)
+        builder.slot(piece.name, piece.max_tokens, piece.min_tokens, target, piece.vocab)
     return builder.build()
 
 

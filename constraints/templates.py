@@ -1,6 +1,6 @@
 """Jinja2 templates with typed slots, rendered in Jinja2's sandbox, compiled to canvas segments.
 
-``{{ slot("name", max_tokens=8, regex=..., choices=[...], json_schema={...}, min_tokens=0) }}``
+``{{ slot("name", max_tokens=8, regex=..., choices=[...], json_schema={...}, min_tokens=0, vocab=...) }}``
 marks text the model writes; everything else the template renders is fixed. Loops and
 conditionals over ``variables`` work as in any Jinja2 template.
 """
@@ -16,6 +16,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
+from constraints.vocab import check_vocab
 from redraft.errors import ConstraintError, InvalidRequest
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -27,10 +28,11 @@ class SlotSpec:
     max_tokens: int
     min_tokens: int = 0
     target: tuple[str, str] | None = None  # ("regex", pattern) | ("json_schema", json) | ("choices", json list)
+    vocab: str | None = None  # a simple vocabulary mask: "digits", "letters", "no_newline", "ascii"
 
 
 def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None, choices: Any = None,
-              json_schema: Any = None, *, limit: int) -> SlotSpec:
+              json_schema: Any = None, vocab: Any = None, *, limit: int) -> SlotSpec:
     """Validate one slot's arguments; every message says what to write instead."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidRequest(f"slot name {name!r} is not valid: use letters, digits, _ . - (up to 64)")
@@ -60,7 +62,8 @@ def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None
             if not isinstance(value, dict):
                 raise ConstraintError(f"slot {name!r}: json_schema must be a JSON object (a dict)")
             target = ("json_schema", json.dumps(value))  # property order sets the output field order
-    return SlotSpec(name=name, max_tokens=max_tokens, min_tokens=min_tokens, target=target)
+    check_vocab(vocab)
+    return SlotSpec(name=name, max_tokens=max_tokens, min_tokens=min_tokens, target=target, vocab=vocab)
 
 
 def render_template(source: str, variables: dict[str, Any], default_tokens: int, limit: int) -> list[str | SlotSpec]:
@@ -71,8 +74,8 @@ def render_template(source: str, variables: dict[str, Any], default_tokens: int,
     slots: list[SlotSpec] = []
 
     def slot(name: Any, max_tokens: Any = default_tokens, regex: Any = None, choices: Any = None,
-             json_schema: Any = None, min_tokens: Any = 0) -> str:
-        spec = make_slot(name, max_tokens, min_tokens, regex, choices, json_schema, limit=limit)
+             json_schema: Any = None, min_tokens: Any = 0, vocab: Any = None) -> str:
+        spec = make_slot(name, max_tokens, min_tokens, regex, choices, json_schema, vocab, limit=limit)
         if any(s.name == spec.name for s in slots):
             raise InvalidRequest(f"slot name {spec.name!r} is used twice; slot names must be unique")
         slots.append(spec)

@@ -25,7 +25,7 @@ from storage.db import session_scope
 from storage.models import Job
 from constraints.generate import slot_values
 from workers.adapters import get_adapter
-from workers.constrained import SlotTargets, constrained_slots
+from workers.constrained import SlotTargets, SlotVocabulary, constrained_slots
 from workers.sampler import ForbidTokens, SamplerConfig, StepRecord, denoise
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,9 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
         special = special_ids(adapter.info)
         processors = [ForbidTokens(special, adapter.info.vocab_size)]
         targets = constrained_slots(canvas, tokenizer, adapter.info, special)
+        vocabularies = SlotVocabulary.for_canvas(canvas, tokenizer, adapter.info, special)
+        if vocabularies is not None:
+            processors.append(vocabularies)
         if targets:
             processors.append(SlotTargets({0: targets}, adapter.info.empty_id))
         result = denoise(adapter.logits, x, fixed, adapter.info.mask_id, cfg, [gen], processors, on_step=on_step)

@@ -16,7 +16,7 @@ from constraints.generate import compile_generate, prompt_slot, slot_values
 from constraints.templates import render_template
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.models import special_ids
-from workers.constrained import SlotTargets, constrained_slots
+from workers.constrained import SlotTargets, SlotVocabulary, constrained_slots
 from workers.sampler import ForbidTokens, SamplerConfig, denoise
 
 REGEXES = [
@@ -104,3 +104,23 @@ def test_unsatisfiable_or_invalid_specs_fail_at_compile_time(tiny_model, pieces_
     info, tokenizer = tiny_model
     with pytest.raises(error, match=match):
         compile_generate(pieces_fn(), tokenizer, info)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31), vocab=st.sampled_from(["digits", "letters", "no_newline"]))
+def test_vocabulary_slots_use_only_their_vocabulary(tiny_adapter, tiny_model, seed, vocab):
+    info, tokenizer = tiny_model
+    pieces = render_template('Code: {{ slot("c", max_tokens=6, vocab="%s") }}!' % vocab, {}, 8, 64)
+    canvas = compile_generate(pieces, tokenizer, info)
+    special = special_ids(info)
+    procs = [ForbidTokens(special, info.vocab_size), SlotVocabulary.for_canvas(canvas, tokenizer, info, special)]
+    out = denoise(tiny_adapter.logits, torch.tensor([canvas.token_ids]), torch.tensor([canvas.fixed]), info.mask_id,
+                  SamplerConfig(steps=3, temperature=2.0), [torch.Generator().manual_seed(seed)], procs)
+    _, values = canvas.render(out.tokens[0].tolist(), tokenizer, info)
+    check = {"digits": str.isdigit, "letters": str.isalpha, "no_newline": lambda v: "\n" not in v and "\r" not in v}
+    assert values[0] == "" or check[vocab](values[0])
+
+
+def test_unknown_vocab_is_rejected():
+    with pytest.raises(InvalidRequest, match="unknown vocab"):
+        render_template('{{ slot("c", vocab="emoji") }}', {}, 8, 64)
