@@ -100,6 +100,7 @@ class CanvasBuilder:
 
     def slot(self, name: str, max_tokens: int, min_tokens: int = 0, target: tuple[str, str] | None = None,
              vocab: str | None = None) -> int:
+        self._detach_trailing_space()
         index = len(self.canvas.slots)
         self.canvas.slots.append(Slot(name, max_tokens, min_tokens, target, vocab))
         self.canvas.token_ids += [self.info.mask_id] * max_tokens
@@ -107,6 +108,17 @@ class CanvasBuilder:
         self.canvas.slot_of += [index] * max_tokens
         self.canvas.pieces.append(index)
         return index
+
+    def _detach_trailing_space(self) -> None:
+        """Byte-level models write a word with its leading space (" Paris"), and never saw a lone space
+        token before a word. So a space that ends the fixed text before a slot stays in the text (it is
+        still rendered, byte for byte) but not on the canvas: the model sees "is [MASK]", as in training,
+        and ``render`` drops the slot value's leading space after it."""
+        pieces, ids = self.canvas.pieces, self.canvas.token_ids
+        space = self.tokenizer.encode(" ", add_special_tokens=False).ids
+        if (pieces and isinstance(pieces[-1], str) and pieces[-1].endswith(" ") and len(space) == 1
+                and ids and ids[-1] == space[0] and self.canvas.fixed[-1]):
+            del ids[-1], self.canvas.fixed[-1], self.canvas.slot_of[-1]
 
     def build(self) -> Canvas:
         if self.info.eos_id is not None and self.info.family == "masked_lm":
