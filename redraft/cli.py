@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,6 +62,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     workers = [start_worker(env, settings.var_dir / "worker.log", settings.queue_name) for _ in range(args.workers)]
     print(f"{args.workers} worker(s) started (log: {settings.var_dir / 'worker.log'}); API on "
           f"http://{args.host}:{args.port}", flush=True)
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with this handler that becomes a
+    # SystemExit, so the cleanup below runs instead of the process dying with children left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         from api.main import create_app
 
@@ -68,9 +73,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for w in workers:
             w.terminate()
         for w in workers:
-            w.wait(timeout=30)
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
         if redis_proc is not None:
             redis_proc.terminate()
+            redis_proc.wait(timeout=10)
     return 0
 
 
