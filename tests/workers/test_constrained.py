@@ -28,6 +28,33 @@ REGEXES = [
     r"(ab){1,3}c?",  # bounded repeat
     r"[A-Z][a-z]+ [0-9]{1,3}",  # street-ish
 ]
+WORD = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=6)
+
+
+@st.composite
+def realistic_regexes(draw):
+    """Regexes from the families people constrain to: dates, emails, numbers, identifiers,
+    alternations and bounded repeats, with drawn bounds, separators and words."""
+    kind = draw(st.sampled_from(["date", "email", "number", "identifier", "alternation", "repeat"]))
+    if kind == "date":
+        sep = draw(st.sampled_from(["-", "/", "."]))
+        return f"[0-9]{{4}}{re.escape(sep)}[0-9]{{2}}{re.escape(sep)}[0-9]{{2}}"
+    if kind == "email":
+        a, b = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+        tlds = draw(st.lists(st.sampled_from(["com", "org", "net", "io"]), min_size=1, max_size=3, unique=True))
+        return f"[a-z]{{1,{a}}}@[a-z]{{1,{b}}}\\.({'|'.join(tlds)})"
+    if kind == "number":
+        n = draw(st.integers(1, 6))
+        frac = draw(st.booleans())
+        return f"-?[0-9]{{1,{n}}}" + ("(\\.[0-9]{1,2})?" if frac else "")
+    if kind == "identifier":
+        return f"[A-Za-z_][A-Za-z0-9_]{{0,{draw(st.integers(0, 8))}}}"
+    if kind == "alternation":
+        return "(" + "|".join(draw(st.lists(WORD, min_size=1, max_size=4, unique=True))) + ")"
+    lo = draw(st.integers(0, 2))
+    return f"({draw(WORD)}){{{lo},{lo + draw(st.integers(0, 2))}}}{draw(WORD)}?"
+
+
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
                                            "age": {"type": "integer"}}, "required": ["name", "age"]}
 
@@ -47,7 +74,8 @@ def generate(adapter, tokenizer, pieces, seed, steps=6, temperature=1.0):
 
 
 @settings(max_examples=30, deadline=None)
-@given(regex=st.sampled_from(REGEXES), seed=st.integers(0, 2**31), steps=st.integers(1, 12),
+@given(regex=st.one_of(st.sampled_from(REGEXES), realistic_regexes()), seed=st.integers(0, 2**31),
+       steps=st.integers(1, 12),
        temperature=st.sampled_from([0.0, 1.0, 2.0]))
 def test_regex_answers_always_fullmatch(any_adapter, tiny_model, regex, seed, steps, temperature):
     _, tokenizer = tiny_model
