@@ -20,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from redraft.errors import InvalidRequest
+from redraft.errors import ConstraintError, InvalidRequest
 
 
 class LogitsProcessor(Protocol):
@@ -52,12 +52,29 @@ class ForbidTokens:
 REMASKING = ("low_confidence", "random")
 
 
+class Admissible(Protocol):
+    """Optional second hook of a processor: a final check of one commit in the light of the commits
+    made earlier in the same step (the logits mask saw the canvas before any of them).
+
+    ``admissible(row, x_row (L,), position, token) -> bool``; a refused commit stays masked for a
+    later step. Safety guards use it so that two neighbours committed in one step cannot form a
+    banned phrase together.
+    """
+
+    def admissible(self, row: int, x_row: torch.Tensor, position: int, token: int) -> bool: ...
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     steps: int  # forward passes for the whole canvas (fewer if there are fewer masks than steps)
     block_size: int | None = None  # semi-autoregressive blocks of this many positions, left to right
     temperature: float = 0.0  # 0: argmax; > 0: Gumbel-max sampling at this temperature
     remasking: str = "low_confidence"  # which proposals to commit first: most confident, or random
+    # Self-correction (ReMDM-style): during a run, up to ``remask_budget`` already committed tokens whose
+    # commit-time confidence is below ``remask_below`` go back to [MASK] and are written again later, with
+    # more context. Fixed positions are never touched. 0 turns it off.
+    remask_budget: int = 0
+    remask_below: float = 0.5
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -68,6 +85,10 @@ class SamplerConfig:
             raise InvalidRequest(f"temperature must be 0 (greedy) or positive; got {self.temperature}")
         if self.remasking not in REMASKING:
             raise InvalidRequest(f"remasking must be one of {', '.join(REMASKING)}; got {self.remasking!r}")
+        if self.remask_budget < 0:
+            raise InvalidRequest(f"remask_budget must be 0 (off) or positive; got {self.remask_budget}")
+        if not 0.0 < self.remask_below <= 1.0:
+            raise InvalidRequest(f"remask_below must be a confidence in (0, 1]; got {self.remask_below}")
 
 
 @dataclass
@@ -76,20 +97,23 @@ class StepRecord:
     positions: list[int]  # committed at this step
     tokens: list[int]
     confidences: list[float]  # probability of the committed token when it was committed
+    remasked: list[tuple[int, int]] = field(default_factory=list)  # (position, token it held) sent back to [MASK]
 
 
 @dataclass
 class SampleResult:
     tokens: torch.Tensor  # (B, L)
-    confidence: torch.Tensor  # (B, L) commit-time confidence; 1.0 on fixed positions
+    confidence: torch.Tensor  # (B, L) commit-time confidence of the final token; 1.0 on fixed positions
     history: list[list[StepRecord]] = field(default_factory=list)  # per row
 
 
 def plan(free: list[int], steps: int, block_size: int | None) -> list[tuple[int, int, int]]:
-    """A row's schedule: for each step, (block start, block end, tokens to commit).
+    """A row's schedule: for each block, left to right, (block start, block end, steps for it).
 
     Steps are shared across blocks in proportion to their masks (a block of a long gap gets more
-    steps than a block with one mask) and each block commits its masks evenly over its steps.
+    steps than a block with one mask); within a block each step commits ``ceil(masks left / steps
+    left)``, so the masks are spread evenly (LLaDA's linear schedule) and anything a step could not
+    commit (a refused or blocked proposal, a re-masked token) is picked up by the steps after it.
     """
     if not free:
         return []
@@ -102,14 +126,19 @@ def plan(free: list[int], steps: int, block_size: int | None) -> list[tuple[int,
             blocks[p // block_size] = blocks.get(p // block_size, 0) + 1
         bounds = {b: (b * block_size, (b + 1) * block_size) for b in blocks}
     total = len(free)
-    schedule = []
-    for b in sorted(blocks):
-        m = blocks[b]
-        s = min(m, max(1, round(steps * m / total)))
-        base, extra = divmod(m, s)
-        lo, hi = bounds[b]
-        schedule += [(lo, hi, base + (1 if i < extra else 0)) for i in range(s)]
-    return schedule
+    return [(*bounds[b], min(blocks[b], max(1, round(steps * blocks[b] / total)))) for b in sorted(blocks)]
+
+
+@dataclass
+class _RowState:
+    blocks: list[tuple[int, int, int]]
+    block: int = 0  # index into blocks
+    step_in_block: int = 0
+    remask_left: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.block < len(self.blocks)
 
 
 @torch.no_grad()
@@ -130,30 +159,47 @@ def denoise(
     adapter's ``logits``. ``generators[i]`` seeds row ``i`` alone, so a row's output does not depend
     on its batch-mates. ``on_step(step, records)`` is called after every step with one record per
     row (None for rows that had nothing to do); raising from it stops the run (cancellation).
+
+    A proposal whose processed logit is ``-inf`` (every token forbidden there, for now) is not
+    committed; nor is one a processor's ``admissible`` refuses. Such positions wait for a later step;
+    when a block's planned steps are spent, extra steps follow until it is complete, and a step that
+    can commit nothing at all raises ``ConstraintError`` rather than loop or write a forbidden token.
     """
     x = x.clone()  # (B, L); never mutate the caller's canvas
     b, length = x.shape
     if len(generators) != b:
         raise ValueError(f"need one generator per row: {b} rows, {len(generators)} generators")
-    free = (x == mask_id) & ~fixed  # (B, L) positions still to write
-    plans = [plan(free[i].nonzero().squeeze(1).tolist(), cfg.steps, cfg.block_size) for i in range(b)]
+    free = (x == mask_id) & ~fixed  # (B, L) positions the sampler may write (and re-mask)
+    states = [
+        _RowState(plan(free[i].nonzero().squeeze(1).tolist(), cfg.steps, cfg.block_size), remask_left=cfg.remask_budget)
+        for i in range(b)
+    ]
+    checkers = [p for p in processors if hasattr(p, "admissible")]
     confidence = torch.where(fixed, 1.0, 0.0).to(torch.float32)  # (B, L)
     history: list[list[StepRecord]] = [[] for _ in range(b)]
     positions = torch.arange(length, device=x.device)  # (L,)
-    for step in range(max((len(p) for p in plans), default=0)):
-        rows = [i for i in range(b) if step < len(plans[i])]
+    step = 0
+    while True:
+        for i, st in enumerate(states):  # a block whose masks are all written is done
+            while st.active and not _block_masks(x[i], free[i], mask_id, st, positions).any():
+                st.block, st.step_in_block = st.block + 1, 0
+        rows = [i for i, st in enumerate(states) if st.active]
+        if not rows:
+            break
         idx = torch.tensor(rows, device=x.device)
-        still = (x[idx] == mask_id) & ~fixed[idx]  # (b, L)
+        still = (x[idx] == mask_id) & free[idx]  # (b, L)
         raw = logits_fn(x[idx], None if attention_mask is None else attention_mask[idx])  # (b, L, V)
         logits = raw.clone() if processors else raw
         for proc in processors:
             logits = proc(logits, x[idx], still, rows)
         records: list[StepRecord | None] = [None] * b
         for j, i in enumerate(rows):
-            lo, hi, k = plans[i][step]
-            cand = (still[j] & (positions >= lo) & (positions < hi)).nonzero().squeeze(1)  # (n,)
-            if cand.numel() == 0:
-                continue
+            st = states[i]
+            lo, hi, block_steps = st.blocks[st.block]
+            in_block = (positions >= lo) & (positions < hi)
+            cand = (still[j] & in_block).nonzero().squeeze(1)  # (n,)
+            last_planned = st.step_in_block >= block_steps - 1
+            k = -(-cand.numel() // max(1, block_steps - st.step_in_block))  # ceil: masks left / steps left
             row_logits = logits[j, cand].double()  # (n, V) float64: Gumbel noise on float32 ties too often
             probs = raw[j, cand].double().softmax(-1)  # (n, V) the model's own distribution ranks the commits
             if cfg.temperature > 0:
@@ -162,18 +208,64 @@ def denoise(
                 proposal = (row_logits / cfg.temperature + gumbel).argmax(-1)  # (n,)
             else:
                 proposal = row_logits.argmax(-1)  # (n,)
+            allowed = row_logits.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) > float("-inf")  # (n,)
             conf = probs.gather(-1, proposal.unsqueeze(-1)).squeeze(-1)  # (n,)
             if cfg.remasking == "random":
                 order = torch.rand(cand.numel(), generator=generators[i]).to(x.device)
             else:
                 order = conf
-            chosen = order.topk(min(k, cand.numel())).indices  # (k,)
-            pos = cand[chosen]
-            x[i, pos] = proposal[chosen]
-            confidence[i, pos] = conf[chosen].float()
-            rec = StepRecord(step, pos.tolist(), proposal[chosen].tolist(), conf[chosen].float().tolist())
+            pos_out, tok_out, conf_out = [], [], []
+            for c in order.argsort(descending=True, stable=True).tolist():
+                if len(pos_out) == k:
+                    break
+                p, t = int(cand[c]), int(proposal[c])
+                if not bool(allowed[c]) or not all(chk.admissible(i, x[i], p, t) for chk in checkers):
+                    continue
+                x[i, p] = t
+                confidence[i, p] = float(conf[c])
+                pos_out.append(p), tok_out.append(t), conf_out.append(float(conf[c]))
+            if not pos_out and last_planned:
+                raise ConstraintError(
+                    f"no admissible token for positions {cand.tolist()[:8]} under the job's targets; "
+                    f"loosen the targets or give the slot more room"
+                )
+            remasked = self_correct(x[i], free[i], confidence[i], in_block, pos_out, st, cfg, mask_id) \
+                if not last_planned else []
+            rec = StepRecord(step, pos_out, tok_out, [round(c, 6) for c in conf_out], remasked)
             history[i].append(rec)
             records[i] = rec
+            st.step_in_block += 1
         if on_step is not None:
             on_step(step, records)
+        step += 1
     return SampleResult(tokens=x, confidence=confidence, history=history)
+
+
+def _block_masks(x_row: torch.Tensor, free_row: torch.Tensor, mask_id: int, st: _RowState,
+                 positions: torch.Tensor) -> torch.Tensor:
+    lo, hi, _ = st.blocks[st.block]
+    return (x_row == mask_id) & free_row & (positions >= lo) & (positions < hi)  # (L,)
+
+
+def self_correct(x_row: torch.Tensor, free_row: torch.Tensor, conf_row: torch.Tensor, in_block: torch.Tensor,
+                 just_committed: list[int], st: _RowState, cfg: SamplerConfig, mask_id: int) -> list[tuple[int, int]]:
+    """ReMDM-style remasking: send the least confident earlier commits of this block back to [MASK].
+
+    At most half as many as this step committed (so the canvas keeps moving) and never more than the
+    run's remaining budget; never a fixed position, never a token committed in this very step, never
+    on a block's last planned step (so the block still finishes on schedule).
+    """
+    n = min(st.remask_left, (len(just_committed) + 1) // 2)
+    if n <= 0:
+        return []
+    eligible = free_row & in_block & (x_row != mask_id) & (conf_row < cfg.remask_below)  # (L,)
+    eligible[just_committed] = False
+    where = eligible.nonzero().squeeze(1)
+    if where.numel() == 0:
+        return []
+    lowest = where[conf_row[where].argsort(stable=True)[:n]]
+    out = [(int(p), int(x_row[p])) for p in lowest]
+    x_row[lowest] = mask_id
+    conf_row[lowest] = 0.0
+    st.remask_left -= len(out)
+    return out

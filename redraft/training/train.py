@@ -20,6 +20,7 @@ from tqdm import tqdm
 from transformers import ModernBertConfig, ModernBertForMaskedLM, PreTrainedTokenizerFast
 
 from redraft.training.data import SpecialIds, Streams, mdlm_batch, prepare
+from redraft.training.tokenizer import save_tokenizer
 
 
 @dataclass
@@ -128,6 +129,10 @@ def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, i
     directory to warm-start from when there is no checkpoint (weights only; a fresh optimiser)."""
     torch.set_flush_denormal(True)  # without it CPU steps slow 4-5x once weights get small
     build_dir.mkdir(parents=True, exist_ok=True)
+    tok_dir = build_dir / "tokenizer"
+    if init_from is not None and not (tok_dir / "tokenizer.json").exists():
+        # A warm start must keep the exported model's token ids: reuse its tokenizer, never retrain one.
+        save_tokenizer(Tokenizer.from_file(str(Path(init_from) / "tokenizer.json")), tok_dir)
     if not (build_dir / "train_wiki.pt").exists():
         prepare(build_dir)
     tokenizer = Tokenizer.from_file(str(build_dir / "tokenizer" / "tokenizer.json"))
@@ -138,6 +143,7 @@ def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, i
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
+    rewarm_from = None  # a warm start's fresh optimiser ramps its rate up again from this step
     ckpt_path = build_dir / "checkpoint.pt"
     log_path = build_dir / "train_log.jsonl"
     if ckpt_path.exists():
@@ -146,12 +152,14 @@ def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, i
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step = state["step"]
+        rewarm_from = state.get("rewarm_from")
         print(f"resumed from step {step}")
     elif init_from is not None:
         exported = ModernBertForMaskedLM.from_pretrained(init_from, local_files_only=True, dtype=torch.float32)
         model.load_state_dict(exported.state_dict())
         meta = getattr(exported.config, "redraft", None)
         step = int(meta.get("trained_steps", 0)) if isinstance(meta, dict) else 0
+        rewarm_from = step
         print(f"warm start from {init_from} (trained {step} steps); optimiser state starts fresh")
     train_streams = Streams(build_dir, "train")
     evals = heldout_windows(build_dir, 256, cfg.seq_len)
@@ -159,7 +167,7 @@ def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, i
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                    "step": step, "config": asdict(cfg)}, tmp)
+                    "step": step, "config": asdict(cfg), "rewarm_from": rewarm_from}, tmp)
         tmp.replace(ckpt_path)
 
     started = time.monotonic()
@@ -167,8 +175,11 @@ def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, i
     bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
     model.train()
     while step < cfg.steps:
+        lr = lr_at(step, cfg)
+        if rewarm_from is not None and step - rewarm_from < cfg.warmup_steps // 3:
+            lr *= (step - rewarm_from + 1) / (cfg.warmup_steps // 3)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr
         x = train_streams.windows(cfg.batch_size, cfg.seq_len, gen)
         inputs, targets, weights = mdlm_batch(x, special, gen)
         loss = masked_loss(model, inputs.to(device), targets.to(device), weights.to(device), cfg.gather_multiple)
@@ -178,7 +189,7 @@ def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, i
         opt.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(step, cfg):.2e}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
         record = {"step": step, "loss": round(loss.item(), 4), "elapsed_s": round(time.monotonic() - started, 1)}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redraft.errors import InvalidRequest
+from redraft.errors import ConstraintError, InvalidRequest
 from redraft.models import special_ids
 from workers.sampler import ForbidTokens, SamplerConfig, denoise, plan
 
@@ -82,13 +82,96 @@ def test_special_tokens_are_never_written(tiny_adapter):
 
 
 @pytest.mark.parametrize("kwargs", [{"steps": 0}, {"steps": 4, "block_size": 0}, {"steps": 4, "temperature": -1},
-                                    {"steps": 4, "remasking": "best"}])
+                                    {"steps": 4, "remasking": "best"},
+                                    {"steps": 4, "remask_budget": -1}, {"steps": 4, "remask_below": 0}])
 def test_bad_config_is_a_clear_error(kwargs):
     with pytest.raises(InvalidRequest):
         SamplerConfig(**kwargs)
 
 
-def test_plan_commits_every_mask_within_the_step_budget():
+def test_plan_shares_the_step_budget_between_blocks():
     schedule = plan(list(range(10)) + list(range(40, 50)), steps=8, block_size=16)
-    assert sum(k for _, _, k in schedule) == 20 and len(schedule) == 8
-    assert all(k >= 1 for _, _, k in schedule)
+    assert schedule == [(0, 16, 4), (32, 48, 3), (48, 64, 1)]  # 10, 8 and 2 masks
+    assert plan([3, 4, 5], steps=10, block_size=None) == [(0, 6, 3)]  # never more steps than masks
+
+
+@settings(max_examples=30, deadline=None)
+@given(canvas=canvases(), cfg=configs, seed=st.integers(0, 2**31), budget=st.integers(1, 12),
+       below=st.sampled_from([0.05, 0.5, 1.0]))
+def test_self_correction_rewrites_only_free_positions_within_budget(tiny_adapter, canvas, cfg, seed, budget, below):
+    x, fixed = canvas
+    cfg = SamplerConfig(cfg.steps, cfg.block_size, cfg.temperature, cfg.remasking, remask_budget=budget,
+                        remask_below=below)
+    out = run(tiny_adapter, x, fixed, cfg, seed)
+    assert torch.equal(out.tokens[fixed], x[fixed])
+    assert not (out.tokens == MASK).any()
+    holding: dict[int, int] = {}  # replay the history: position -> token it holds now
+    n_remasked = 0
+    for rec in out.history[0]:
+        for p, t in zip(rec.positions, rec.tokens):
+            assert p not in holding, "a position is only written while it is masked"
+            holding[p] = t
+        for p, t in rec.remasked:
+            assert not fixed[0, p] and holding.pop(p) == t and p not in rec.positions
+            n_remasked += 1
+    assert n_remasked <= budget
+    assert holding == {p: int(out.tokens[0, p]) for p in (~fixed[0]).nonzero().squeeze(1).tolist()}
+    assert all(c < below for rec in out.history[0] for p, _ in rec.remasked
+               for c in [_commit_conf(out.history[0], p, rec.step)])
+
+
+def _commit_conf(history, position, before_step):
+    """The confidence ``position`` was last committed with before ``before_step``."""
+    conf = None
+    for rec in history:
+        if rec.step > before_step:
+            break
+        for p, c in zip(rec.positions, rec.confidences):
+            if p == position:
+                conf = c
+    return conf
+
+
+class NoTwoNeighbours:
+    """A checker in the shape of the safety guards: refuses a commit next to one made in the same step,
+    and forbids token 100 everywhere through the logits."""
+
+    def __init__(self):
+        self.this_step: set[int] = set()
+        self.neighbours_refused = 0
+
+    def __call__(self, logits, x, free, rows):
+        self.this_step = set()
+        logits[..., 100] = float("-inf")
+        return logits
+
+    def admissible(self, row, x_row, position, token):
+        if position - 1 in self.this_step or position + 1 in self.this_step:
+            self.neighbours_refused += 1
+            return False
+        self.this_step.add(position)
+        return True
+
+
+@settings(max_examples=20, deadline=None)
+@given(canvas=canvases(), cfg=configs, seed=st.integers(0, 2**31))
+def test_refused_commits_wait_for_a_later_step(tiny_adapter, canvas, cfg, seed):
+    x, fixed = canvas
+    checker = NoTwoNeighbours()
+    procs = [ForbidTokens(special_ids(tiny_adapter.info), tiny_adapter.info.vocab_size), checker]
+    out = denoise(tiny_adapter.logits, x, fixed, MASK, cfg, [torch.Generator().manual_seed(seed)], procs)
+    assert not (out.tokens == MASK).any() and torch.equal(out.tokens[fixed], x[fixed])
+    for rec in out.history[0]:
+        assert not any(p + 1 in rec.positions for p in rec.positions)
+    assert 100 not in out.tokens[0, ~fixed[0]].tolist()
+
+
+def test_a_position_with_no_allowed_token_is_a_clear_error(tiny_adapter):
+    def forbid_everything_at_3(logits, x, free, rows):
+        logits[:, 3] = float("-inf")
+        return logits
+
+    x = torch.full((1, 8), MASK)
+    with pytest.raises(ConstraintError, match="no admissible token"):
+        denoise(tiny_adapter.logits, x, torch.zeros(1, 8, dtype=torch.bool), MASK, SamplerConfig(steps=4),
+                [torch.Generator().manual_seed(0)], [forbid_everything_at_3])
