@@ -23,6 +23,21 @@ class GapSegment(BaseModel):
     gap: GapSpec
 
 
+class SafetySpec(BaseModel):
+    """Safety targets, on any job kind. ``banned`` and ``pii`` hold during decoding (token masks);
+    ``avoid`` steers away from topics by re-masking and re-writing spans a scorer rates high."""
+
+    model_config = ConfigDict(extra="forbid")
+    banned: list[str] = Field(default_factory=list, description="phrases never written (case-insensitive)")
+    pii: bool | list[Literal["email", "phone", "card"]] = Field(
+        False, description="true (all kinds) or a list: never write email addresses, phone or card numbers")
+    avoid: list[str] = Field(default_factory=list, max_length=32, description="topics in words to steer away from")
+    avoid_threshold: float = Field(0.25, gt=0.0, le=1.0, description=(
+        "a span scoring above this is rewritten (the default suits the packaged MiniLM scorer: sentences on a "
+        "topic score about 0.2-0.45 against it, unrelated ones below 0.2)"))
+    avoid_rounds: int = Field(3, ge=1, le=10, description="at most this many rewrite rounds")
+
+
 class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="a name from GET /v1/models (default: the server's default)")
@@ -31,6 +46,11 @@ class SamplingParams(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 is greedy; above 0 samples (Gumbel-max)")
     block_size: int | None = Field(None, ge=1, description="semi-autoregressive blocks of this many tokens")
     remasking: Literal["low_confidence", "random"] = "low_confidence"
+    remask_budget: int = Field(0, ge=0, le=4096, description=(
+        "self-correction: up to this many committed tokens may be re-masked and written again during "
+        "denoising (ReMDM-style; 0 is off)"))
+    remask_below: float = Field(0.5, gt=0.0, le=1.0, description="only tokens committed below this confidence")
+    safety: SafetySpec | None = None
 
 
 class InfillJobCreate(SamplingParams):
@@ -65,7 +85,67 @@ class GenerateJobCreate(SamplingParams):
         return self
 
 
-JobCreate = Annotated[InfillJobCreate | GenerateJobCreate, Field(discriminator="kind")]
+class SpanEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int = Field(ge=0, description="first character to rewrite")
+    end: int = Field(ge=0, description="one past the last character; start == end inserts")
+    max_tokens: int | None = Field(None, ge=1, description="room for the rewrite (default: its current length)")
+
+
+class AutoRevise(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    confidence_below: float | None = Field(None, gt=0.0, le=1.0, description="rewrite tokens written below this")
+    least_confident: int | None = Field(None, ge=1, description="rewrite the k tokens written least confidently")
+
+    @model_validator(mode="after")
+    def _one(self) -> AutoRevise:
+        if (self.confidence_below is None) == (self.least_confident is None):
+            raise ValueError('auto takes exactly one of {"confidence_below": x} or {"least_confident": k}')
+        return self
+
+
+class CharRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
+class ReviseTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    span: CharRange | None = Field(None, description="where the target applies (or name a `slot`)")
+    slot: str | None = Field(None, description="a slot of the draft (from the job that wrote it)")
+    regex: str | None = None
+    choices: list[str] | None = None
+    json_schema: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1, description="room for the rewrite")
+
+    @model_validator(mode="after")
+    def _where(self) -> ReviseTarget:
+        if (self.span is None) == (self.slot is None):
+            raise ValueError("a revise target needs exactly one of `span` or `slot`")
+        if sum(v is not None for v in (self.regex, self.choices, self.json_schema)) != 1:
+            raise ValueError("a revise target needs exactly one of `regex`, `choices`, `json_schema`")
+        return self
+
+
+class ReviseJobCreate(SamplingParams):
+    kind: Literal["revise"]
+    draft_id: str | None = Field(None, description="a draft Redraft wrote (its confidences allow `auto`)")
+    text: str | None = Field(None, min_length=1, description="or any text to revise")
+    spans: list[SpanEdit] = Field(default_factory=list, description="character ranges to rewrite")
+    auto: AutoRevise | None = Field(None, description="rewrite what the model was least sure of")
+    targets: list[ReviseTarget] = Field(default_factory=list, description="rewrite where these do not hold")
+
+    @model_validator(mode="after")
+    def _source(self) -> ReviseJobCreate:
+        if (self.draft_id is None) == (self.text is None):
+            raise ValueError("give exactly one of `draft_id` (a draft to revise) or `text`")
+        if not (self.spans or self.auto or self.targets or self.safety):
+            raise ValueError("say what to reconsider: `spans`, `auto`, `targets` and/or `safety`")
+        return self
+
+
+JobCreate = Annotated[InfillJobCreate | GenerateJobCreate | ReviseJobCreate, Field(discriminator="kind")]
 
 
 class JobLinks(BaseModel):
@@ -89,11 +169,21 @@ class JobTimings(BaseModel):
     attempts: int
 
 
+class SafetyRound(BaseModel):
+    round: int
+    max_score: float = Field(description="the highest topic score of any written span in this round's draft")
+    mean_score: float
+    rewritten: list[dict[str, Any]] = Field(description="spans above the threshold: start, end, text, topic, score")
+
+
 class JobResult(BaseModel):
     text: str
     gaps: list[str] | None = Field(None, description="infill: each gap's text, in order")
     slots: dict[str, str] | None = Field(None, description="generate: slot name -> text (prompt form: `answer`)")
+    edits: list[dict[str, Any]] | None = Field(None, description="revise: each rewritten range, old and new text")
+    safety_rounds: list[SafetyRound] | None = Field(None, description="avoid: each scoring round")
     draft_id: str
+    parent_draft_id: str | None = None
 
 
 class JobPublic(BaseModel):
@@ -114,9 +204,11 @@ class JobsPublic(BaseModel):
 
 
 class StepPublic(BaseModel):
+    """Replay a step by applying ``committed`` and then ``remasked`` (positions sent back to the mask)."""
+
     step: int
     committed: list[tuple[int, int, str, float]] = Field(description="[position, token_id, token_text, confidence]")
-    remasked: list[Any] = []
+    remasked: list[tuple[int, int]] = Field(default_factory=list, description="[position, token_id it held]")
 
 
 class StepsPublic(BaseModel):
@@ -135,12 +227,36 @@ class DraftPublic(BaseModel):
     version: int
     text: str
     token_ids: list[int]
+    layout: dict[str, Any] | None = Field(None, description=(
+        "written: [[start, end, confidence], ...] for each token the model wrote (character offsets); "
+        "slots: [{name, start, end}]; null for imported text"))
     created_at: datetime
 
 
 class DraftsPublic(BaseModel):
     data: list[DraftPublic]
     count: int
+
+
+class LineagePublic(BaseModel):
+    draft_id: str
+    ancestors: list[DraftPublic] = Field(description="from the root down to the parent")
+    descendants: list[DraftPublic] = Field(description="every revision made from it, breadth-first")
+
+
+class DiffOp(BaseModel):
+    op: Literal["equal", "insert", "delete", "replace"]
+    a: tuple[int, int] = Field(description="character range in `against`")
+    b: tuple[int, int] = Field(description="character range in this draft")
+    old: str = Field(description="text removed from `against` ('' for equal and insert)")
+    new: str = Field(description="text added in this draft ('' for equal and delete)")
+
+
+class DiffPublic(BaseModel):
+    draft_id: str
+    against: str
+    changed: bool
+    ops: list[DiffOp]
 
 
 class ModelPublic(BaseModel):

@@ -6,10 +6,16 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from api.schemas import GapSegment, GenerateJobCreate, InfillJobCreate
+from dataclasses import asdict
+
+from api.schemas import GapSegment, GenerateJobCreate, InfillJobCreate, ReviseJobCreate
 from constraints.canvas import Canvas
 from constraints.generate import compile_generate, prompt_slot
 from constraints.infill import Gap, compile_infill, gap, parse_text
+from constraints.revise import (
+    auto_regions, compile_revision, span_regions, target_regions, violation_regions,
+)
+from constraints.safety import SafetyTargets, find_violations, parse_safety
 from constraints.templates import render_template
 from redraft.errors import InvalidRequest, NotFound
 from redraft.models import ModelInfo, load_model_info, load_tokenizer
@@ -31,23 +37,69 @@ def resolve_model(name: str | None, settings: Settings) -> ModelInfo:
     return load_model_info(name, settings.models[name])
 
 
-JobRequest = InfillJobCreate | GenerateJobCreate
+JobRequest = InfillJobCreate | GenerateJobCreate | ReviseJobCreate
 
 
 def sampling_params(req: JobRequest, settings: Settings) -> dict:
     steps = settings.default_steps if req.steps is None else req.steps
     if not 1 <= steps <= settings.max_steps:
         raise InvalidRequest(f"steps must be between 1 and {settings.max_steps}; got {steps}")
-    return {
+    params = {
         "steps": steps,
         "seed": req.seed,
         "temperature": req.temperature,
         "block_size": req.block_size,
         "remasking": req.remasking,
+        "remask_budget": req.remask_budget,
+        "remask_below": req.remask_below,
     }
+    if req.safety is not None:
+        params["safety"] = req.safety.model_dump(mode="json")
+    return params
 
 
-def compile_request(req: JobRequest, info: ModelInfo, settings: Settings, saved_source: str | None = None) -> Canvas:
+def safety_targets(req: JobRequest) -> SafetyTargets | None:
+    """The hard safety targets (banned, pii), validated; ``avoid`` is the workers' (it needs a model)."""
+    if req.safety is None:
+        return None
+    return parse_safety({"banned": req.safety.banned, "pii": req.safety.pii})
+
+
+def revision_canvas(session: Session, tenant_id: str, req: ReviseJobCreate, info: ModelInfo,
+                    settings: Settings) -> tuple[Canvas, dict]:
+    """The revise job's canvas and its plan (source, kept ranges, regions) for the worker."""
+    tokenizer = load_tokenizer(info.path)
+    layout = None
+    if req.draft_id is not None:
+        try:
+            draft = repo.get_draft(session, req.draft_id, tenant_id)
+        except NotFound as exc:
+            raise InvalidRequest(f"{exc.message}: revise one of your drafts (GET /v1/jobs/{{id}}/drafts)",
+                                 code="unknown_draft") from exc
+        text, layout = draft.text, draft.layout
+    else:
+        text = req.text
+    limit, default = settings.max_gap_tokens, settings.default_gap_tokens
+    regions = span_regions(text, [s.model_dump() for s in req.spans], tokenizer, default, limit)
+    if req.auto is not None:
+        regions += auto_regions(layout, req.auto.model_dump())
+    regions += target_regions(text, layout, [t.model_dump(exclude_none=True) for t in req.targets], tokenizer, info,
+                              default, limit)
+    targets = safety_targets(req)
+    if targets is not None:
+        regions += violation_regions(text, find_violations(text, targets), tokenizer, limit)
+    avoid = req.safety is not None and bool(req.safety.avoid)
+    if not regions and not avoid:
+        raise InvalidRequest(
+            "nothing to revise: the spans are empty, no token is below the auto threshold, and the text already "
+            "meets every target; loosen `auto` or name `spans`", code="nothing_to_revise")
+    # With `avoid`, the worker first scores the text and may add regions (then it recompiles the canvas).
+    canvas, kept, regions = compile_revision(text, regions, tokenizer, info, allow_empty=avoid)
+    return canvas, {"kept": kept, "regions": [asdict(r) for r in regions]}
+
+
+def compile_request(req: InfillJobCreate | GenerateJobCreate, info: ModelInfo, settings: Settings,
+                    saved_source: str | None = None) -> Canvas:
     tokenizer = load_tokenizer(info.path)
     if isinstance(req, GenerateJobCreate):
         source = req.template if req.template is not None else saved_source
@@ -75,13 +127,17 @@ def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Sett
     """Everything that can be wrong with a request is found here, before any row is written."""
     info = resolve_model(req.model, settings)
     params = sampling_params(req, settings)
-    saved = None
+    safety_targets(req)
+    saved, plan = None, None
     if isinstance(req, GenerateJobCreate) and req.template_name is not None:
         try:
             saved = repo.get_template(session, tenant_id, req.template_name).source
         except NotFound as exc:
             raise InvalidRequest(exc.message, code="unknown_template") from exc
-    canvas = compile_request(req, info, settings, saved)
+    if isinstance(req, ReviseJobCreate):
+        canvas, plan = revision_canvas(session, tenant_id, req, info, settings)
+    else:
+        canvas = compile_request(req, info, settings, saved)
     job = repo.create_job(
         session,
         tenant_id=tenant_id,
@@ -91,6 +147,9 @@ def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Sett
         params=params,
         canvas=canvas.to_json(),
     )
+    if plan is not None:  # revise: the new draft's parent is the draft given, or the text given, imported
+        parent_id = req.draft_id or repo.add_source_draft(session, job, req.text, []).id
+        job.params = {**job.params, "revise": {"parent_id": parent_id, **plan}}
     session.commit()
     try:
         enqueue(job.id)

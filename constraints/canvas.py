@@ -61,20 +61,68 @@ class Canvas:
 
     def render(self, token_ids: list[int], tokenizer: Tokenizer, info: ModelInfo) -> tuple[str, list[str]]:
         """Final text and each slot's value from a fully denoised token sequence."""
-        values = [self.slot_value(token_ids, i, tokenizer, info) for i in range(len(self.slots))]
-        # Byte-level models attach a word's space to the word (" cat"); after fixed text that already
-        # ends in whitespace that space would double, so drop one. Fixed text is never touched.
-        for k, piece in enumerate(self.pieces):
-            if isinstance(piece, int) and k > 0 and isinstance(self.pieces[k - 1], str):
-                if self.pieces[k - 1][-1:].isspace() and values[piece].startswith(" "):
-                    values[piece] = values[piece][1:]
-        text = "".join(p if isinstance(p, str) else values[p] for p in self.pieces)
+        text, values, _ = self.render_layout(token_ids, [1.0] * len(token_ids), tokenizer, info)
         return text, values
 
-    def slot_value(self, token_ids: list[int], index: int, tokenizer: Tokenizer, info: ModelInfo) -> str:
-        ids = [token_ids[i] for i in self.slot_positions(index)]
-        ids = [t for t in ids if t not in (info.empty_id, info.mask_id)]
-        return tokenizer.decode(ids, skip_special_tokens=True)
+    def render_layout(self, token_ids: list[int], confidence: list[float], tokenizer: Tokenizer,
+                      info: ModelInfo) -> tuple[str, list[str], dict[str, Any]]:
+        """Text, slot values, and the layout a revision needs: each piece's span in the text, and for
+        every written (non-empty) token its character span, commit-time confidence and canvas position.
+
+        Byte-level models attach a word's space to the word (" cat"); after fixed text that already
+        ends in whitespace that space would double, so one is dropped. Fixed text is never touched.
+        """
+        spans: dict[int, list[tuple[int, int, int]]] = {}  # slot -> [(start, end, position)] within its value
+        values = []
+        for index in range(len(self.slots)):
+            value, offsets = self._slot_tokens(token_ids, index, tokenizer, info)
+            values.append(value)
+            spans[index] = offsets
+        text_parts: list[str] = []
+        piece_spans: list[list[int]] = []
+        written: list[list[float | int]] = []
+        slots: list[dict[str, Any]] = []
+        at = 0
+        for k, piece in enumerate(self.pieces):
+            if isinstance(piece, str):
+                text_parts.append(piece)
+                piece_spans.append([at, at + len(piece)])
+                at += len(piece)
+                continue
+            value, drop = values[piece], 0
+            if k > 0 and isinstance(self.pieces[k - 1], str) and self.pieces[k - 1][-1:].isspace() \
+                    and value.startswith(" "):
+                value, drop = value[1:], 1
+            values[piece] = value
+            for start, end, position in spans[piece]:
+                start, end = max(0, start - drop), max(0, end - drop)
+                if end > start:
+                    written.append([at + start, at + end, round(float(confidence[position]), 6), position])
+            text_parts.append(value)
+            piece_spans.append([at, at + len(value)])
+            slots.append({"name": self.slots[piece].name, "start": at, "end": at + len(value)})
+            at += len(value)
+        layout = {"pieces": piece_spans, "written": written, "slots": slots}
+        return "".join(text_parts), values, layout
+
+    def _slot_tokens(self, token_ids: list[int], index: int, tokenizer: Tokenizer,
+                     info: ModelInfo) -> tuple[str, list[tuple[int, int, int]]]:
+        """A slot's value and each non-empty token's (start, end, canvas position) in it.
+
+        Offsets come from decoding growing prefixes, which holds for any tokenizer; a token that ends
+        inside a multi-byte character owns the (replacement) character it starts.
+        """
+        kept = [(p, token_ids[p]) for p in self.slot_positions(index)
+                if token_ids[p] not in (info.empty_id, info.mask_id)]
+        ids = [t for _, t in kept]
+        value = tokenizer.decode(ids, skip_special_tokens=True)
+        offsets, prev = [], 0
+        for n, (position, _) in enumerate(kept):
+            end = len(tokenizer.decode(ids[: n + 1], skip_special_tokens=True)) if n + 1 < len(kept) else len(value)
+            end = min(max(end, prev), len(value))
+            offsets.append((prev, end, position))
+            prev = end
+        return value, offsets
 
 
 class CanvasBuilder:
@@ -120,10 +168,10 @@ class CanvasBuilder:
                 and ids and ids[-1] == space[0] and self.canvas.fixed[-1]):
             del ids[-1], self.canvas.fixed[-1], self.canvas.slot_of[-1]
 
-    def build(self) -> Canvas:
+    def build(self, require_slot: bool = True) -> Canvas:
         if self.info.eos_id is not None and self.info.family == "masked_lm":
             self._fixed_ids([self.info.eos_id])
-        if not self.canvas.slots:
+        if require_slot and not self.canvas.slots:
             raise InvalidRequest("nothing to generate: the request has no gap or slot")
         if self.canvas.length > self.info.context_length:
             raise InvalidRequest(

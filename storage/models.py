@@ -93,10 +93,14 @@ class Draft(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    parent_id: Mapped[str | None] = mapped_column(ForeignKey("drafts.id", ondelete="SET NULL"))
-    version: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("drafts.id", ondelete="SET NULL"), index=True)
+    version: Mapped[int] = mapped_column(Integer)  # 1 + the parent's version: counts along the lineage
     text: Mapped[str] = mapped_column(Text)
     token_ids: Mapped[list[int]] = mapped_column(JSONType)
+    # Where the model's tokens sit in ``text``: {"written": [[start, end, confidence], ...] (character
+    # offsets, commit-time confidence), "slots": [{"name", "start", "end"}]}. None for text Redraft did
+    # not write (a revise job's imported source).
+    layout: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -119,7 +119,9 @@ def claim_job(s: Session, job_id: str, max_attempts: int, heartbeat_timeout_s: f
         s.rollback()
         return None
     s.execute(delete(Step).where(Step.job_id == job_id))
-    s.execute(delete(Draft).where(Draft.job_id == job_id))
+    # A revise job's imported source text is its input, not its output: it stays.
+    source = (job.params or {}).get("revise", {}).get("parent_id")
+    s.execute(delete(Draft).where(Draft.job_id == job_id, *([Draft.id != source] if source else [])))
     s.commit()
     s.refresh(job)
     return job
@@ -136,6 +138,11 @@ def add_step(s: Session, job_id: str, step: int, committed: Sequence[Any], remas
     s.add(Step(job_id=job_id, step=step, committed=list(committed), remasked=list(remasked)))
 
 
+def set_canvas(s: Session, job_id: str, canvas: dict) -> None:
+    """Replace a job's canvas before its first step (a revise job whose scorer added regions)."""
+    s.execute(update(Job).where(Job.id == job_id).values(canvas=canvas, updated_at=utcnow()))
+
+
 def set_steps_run(s: Session, job_id: str, steps_run: int) -> None:
     """Record progress; also the heartbeat the reaper watches."""
     s.execute(update(Job).where(Job.id == job_id).values(steps_run=steps_run, updated_at=utcnow()))
@@ -147,9 +154,10 @@ def cancel_requested(s: Session, job_id: str) -> bool:
 
 
 def finish_job(s: Session, job_id: str, *, text: str, token_ids: list[int], result_extra: dict,
-               steps_run: int, parent_id: str | None = None) -> Draft:
+               steps_run: int, parent_id: str | None = None, layout: dict | None = None) -> Draft:
     """Write the job's draft and mark it succeeded, in the caller's one transaction. Idempotent.
 
+    ``parent_id``: the draft this one revises (its version is the parent's plus one).
     Raises Conflict when the job was failed or cancelled meanwhile: a finished job never changes state.
     """
     job = _locked(s, job_id)
@@ -157,8 +165,9 @@ def finish_job(s: Session, job_id: str, *, text: str, token_ids: list[int], resu
         return s.get_one(Draft, job.result["draft_id"])
     if job.status in TERMINAL:
         raise Conflict(f"job {job_id} is already {job.status}; it cannot succeed now")
-    draft = Draft(tenant_id=job.tenant_id, job_id=job_id, parent_id=parent_id, version=1, text=text,
-                  token_ids=token_ids)
+    parent = s.get(Draft, parent_id) if parent_id else None
+    draft = Draft(tenant_id=job.tenant_id, job_id=job_id, parent_id=parent.id if parent else None,
+                  version=parent.version + 1 if parent else 1, text=text, token_ids=token_ids, layout=layout)
     s.add(draft)
     s.flush()
     now = utcnow()
@@ -202,6 +211,33 @@ def list_steps(s: Session, job_id: str, after: int | None = None) -> list[Step]:
 def list_drafts(s: Session, job_id: str) -> list[Draft]:
     """The job's drafts by version."""
     return list(s.scalars(select(Draft).where(Draft.job_id == job_id).order_by(Draft.version)))
+
+
+def add_source_draft(s: Session, job: Job, text: str, token_ids: list[int]) -> Draft:
+    """A revise job's imported text (one Redraft did not write), so its result has a parent to diff against."""
+    draft = Draft(tenant_id=job.tenant_id, job_id=job.id, parent_id=None, version=1, text=text,
+                  token_ids=token_ids, layout=None)
+    s.add(draft)
+    s.flush()
+    return draft
+
+
+def lineage(s: Session, draft: Draft, max_depth: int = 1000) -> tuple[list[Draft], list[Draft]]:
+    """(ancestors from the root down to ``draft``'s parent, every descendant breadth-first)."""
+    ancestors: list[Draft] = []
+    parent_id = draft.parent_id
+    while parent_id is not None and len(ancestors) < max_depth:
+        parent = s.get_one(Draft, parent_id)
+        ancestors.append(parent)
+        parent_id = parent.parent_id
+    descendants: list[Draft] = []
+    frontier = [draft.id]
+    while frontier and len(descendants) < max_depth:
+        children = list(s.scalars(select(Draft).where(Draft.parent_id.in_(frontier))
+                                  .order_by(Draft.created_at, Draft.id)))
+        descendants += children
+        frontier = [c.id for c in children]
+    return ancestors[::-1], descendants
 
 
 def get_draft(s: Session, draft_id: str, tenant_id: str) -> Draft:

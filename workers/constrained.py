@@ -62,8 +62,11 @@ class SlotTargets:
                     raise ConstraintError(f"slot {slot.name!r} can no longer satisfy {slot.automaton.pattern!r}")
                 forced = torch.tensor(path, device=logits.device)[slot_free]  # (f,)
                 at = pos[slot_free]  # (f,)
+                # A path token another hard mask forbids here (a safety guard) stays forbidden: the
+                # position waits, and the next step's path goes around it.
+                keep = torch.isfinite(logits[j, at, forced])  # (f,)
                 logits[j, at] = float("-inf")
-                logits[j, at, forced] = 0.0
+                logits[j, at, forced] = torch.where(keep, 0.0, float("-inf"))
         return logits
 
 

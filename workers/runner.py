@@ -15,18 +15,24 @@ from typing import Any
 import redis
 import torch
 
+from tokenizers import Tokenizer
+
 from constraints.canvas import Canvas
+from constraints.generate import slot_values
+from constraints.revise import Region, carry_layout, compile_revision, token_count
+from constraints.safety import parse_safety
 from redraft.errors import Conflict, JobCancelled, RedraftError
 from redraft.models import load_tokenizer, special_ids
 from redraft.queue import job_channel
 from redraft.settings import Settings, get_settings
 from storage import repo
 from storage.db import session_scope
-from storage.models import Job
-from constraints.generate import slot_values
+from storage.models import Draft, Job
 from workers.adapters import get_adapter
 from workers.constrained import SlotTargets, SlotVocabulary, constrained_slots
+from workers.guards import SafetyGuard
 from workers.sampler import ForbidTokens, SamplerConfig, StepRecord, denoise
+from workers.scorers import load_scorer, split_spans
 
 log = logging.getLogger(__name__)
 
@@ -72,58 +78,16 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
             return "skipped"
         attempt = job.attempts
         kind, params, canvas_json = job.kind, dict(job.params), job.canvas
-    started = time.monotonic()
     try:
         if load_error is not None:
             raise load_error
-        tokenizer = load_tokenizer(adapter.info.path)
-        canvas = Canvas.from_json(canvas_json)
-        cfg = SamplerConfig(
-            steps=params["steps"],
-            block_size=params.get("block_size"),
-            temperature=params.get("temperature", 0.0),
-            remasking=params.get("remasking", "low_confidence"),
-        )
-        device = adapter.device
-        x = torch.tensor([canvas.token_ids], device=device)  # (1, L)
-        fixed = torch.tensor([canvas.fixed], device=device)  # (1, L)
-        gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
-
-        def on_step(step: int, records: list[StepRecord | None]) -> None:
-            rec = records[0]
-            if rec is None:
-                return
-            committed = [
-                [p, t, tokenizer.decode([t], skip_special_tokens=False), round(c, 5)]
-                for p, t, c in zip(rec.positions, rec.tokens, rec.confidences)
-            ]
-            with session_scope() as s:
-                if not repo.still_owner(s, job_id, attempt):
-                    raise JobCancelled("another attempt owns this job now", code="superseded")
-                if repo.cancel_requested(s, job_id):
-                    raise JobCancelled("cancelled by the client")
-                repo.add_step(s, job_id, step, committed)
-                repo.set_steps_run(s, job_id, step + 1)
-            publisher.publish(job_id, "step", {"step": step, "committed": committed, "remasked": []})
-            if time.monotonic() - started > settings.job_timeout_s:
-                raise JobTimeout(f"the job ran longer than {settings.job_timeout_s} s and was stopped")
-
-        special = special_ids(adapter.info)
-        processors = [ForbidTokens(special, adapter.info.vocab_size)]
-        targets = constrained_slots(canvas, tokenizer, adapter.info, special)
-        vocabularies = SlotVocabulary.for_canvas(canvas, tokenizer, adapter.info, special)
-        if vocabularies is not None:
-            processors.append(vocabularies)
-        if targets:
-            processors.append(SlotTargets({0: targets}, adapter.info.empty_id))
-        result = denoise(adapter.logits, x, fixed, adapter.info.mask_id, cfg, [gen], processors, on_step=on_step)
-        tokens = result.tokens[0].tolist()
-        text, values = canvas.render(tokens, tokenizer, adapter.info)
-        extra = {"gaps": values} if kind == "infill" else {"slots": slot_values(canvas, values)}
+        sink = StepSink(job_id, attempt, load_tokenizer(adapter.info.path), publisher, settings)
+        draft = Drafting(adapter, Canvas.from_json(canvas_json), params, sink, settings)
+        text, extra, layout, parent_id = draft.run(kind)
         with session_scope() as s:
-            draft = repo.finish_job(s, job_id, text=text, token_ids=tokens, result_extra=extra,
-                                    steps_run=len(result.history[0]))
-            draft_id = draft.id
+            row = repo.finish_job(s, job_id, text=text, token_ids=draft.tokens, result_extra=extra,
+                                  steps_run=sink.offset, parent_id=parent_id, layout=layout)
+            draft_id = row.id
         publisher.publish(job_id, "done", {"status": "succeeded", "draft_id": draft_id, "text": text})
         return "succeeded"
     except JobCancelled as exc:
@@ -142,6 +106,213 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
         log.exception("job %s failed", job_id)
         _fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}", publisher)
         return "failed"
+
+
+class StepSink:
+    """Writes each denoising step (and each round boundary) to the database and publishes it.
+
+    Step numbers run on across rounds (``offset``). Every write checks that this attempt still owns
+    the job and that no one asked to cancel it, and touches the heartbeat.
+    """
+
+    def __init__(self, job_id: str, attempt: int, tokenizer: Tokenizer, publisher: Publisher,
+                 settings: Settings) -> None:
+        self.job_id, self.attempt, self.tokenizer = job_id, attempt, tokenizer
+        self.publisher, self.settings = publisher, settings
+        self.offset = 0  # steps written so far
+        self.started = time.monotonic()
+
+    def __call__(self, step: int, records: list[StepRecord | None]) -> None:
+        rec = records[0]
+        if rec is None:
+            return
+        committed = [
+            [p, t, self.tokenizer.decode([t], skip_special_tokens=False), round(c, 5)]
+            for p, t, c in zip(rec.positions, rec.tokens, rec.confidences)
+        ]
+        self.write(committed, [list(r) for r in rec.remasked])
+
+    def write(self, committed: list[list], remasked: list[list[int]]) -> None:
+        step = self.offset
+        with session_scope() as s:
+            if not repo.still_owner(s, self.job_id, self.attempt):
+                raise JobCancelled("another attempt owns this job now", code="superseded")
+            if repo.cancel_requested(s, self.job_id):
+                raise JobCancelled("cancelled by the client")
+            repo.add_step(s, self.job_id, step, committed, remasked)
+            repo.set_steps_run(s, self.job_id, step + 1)
+        self.offset += 1
+        self.publisher.publish(self.job_id, "step", {"step": step, "committed": committed, "remasked": remasked})
+        if time.monotonic() - self.started > self.settings.job_timeout_s:
+            raise JobTimeout(f"the job ran longer than {self.settings.job_timeout_s} s and was stopped")
+
+
+class DownWeight:
+    """Soft guide: subtract ``penalty`` from chosen tokens at chosen positions (``avoid`` rounds)."""
+
+    def __init__(self, penalty: float) -> None:
+        self.penalty = penalty
+        self.tokens: dict[int, set[int]] = {}  # position -> token ids to down-weight there
+
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        for position, ids in self.tokens.items():
+            logits[:, position, sorted(ids)] -= self.penalty
+        return logits
+
+
+class Drafting:
+    """One job's denoising: processors, the sampler, ``avoid`` rounds, and the resulting draft."""
+
+    def __init__(self, adapter, canvas: Canvas, params: dict[str, Any], sink: StepSink, settings: Settings) -> None:
+        self.adapter, self.info, self.canvas, self.params, self.sink = adapter, adapter.info, canvas, params, sink
+        self.settings = settings
+        self.tokenizer = sink.tokenizer
+        self.cfg = SamplerConfig(
+            steps=params["steps"],
+            block_size=params.get("block_size"),
+            temperature=params.get("temperature", 0.0),
+            remasking=params.get("remasking", "low_confidence"),
+            remask_budget=params.get("remask_budget", 0),
+            remask_below=params.get("remask_below", 0.5),
+        )
+        self.safety = params.get("safety") or {}
+        self.gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
+        self.down = DownWeight(settings.avoid_penalty)
+        self.tokens: list[int] = []
+
+    def processors(self) -> list:
+        special = special_ids(self.info)
+        procs: list = [ForbidTokens(special, self.info.vocab_size), self.down]
+        vocabularies = SlotVocabulary.for_canvas(self.canvas, self.tokenizer, self.info, special)
+        if vocabularies is not None:
+            procs.append(vocabularies)
+        hard = parse_safety({"banned": self.safety.get("banned", []), "pii": self.safety.get("pii", False)})
+        if hard is not None:
+            procs.append(SafetyGuard.for_canvas(self.canvas, hard, self.tokenizer, self.info))
+        targets = constrained_slots(self.canvas, self.tokenizer, self.info, special)
+        if targets:
+            procs.append(SlotTargets({0: targets}, self.info.empty_id))
+        return procs
+
+    def denoise(self, x: torch.Tensor, confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write every free masked position of ``x`` (L,); returns (tokens, commit-time confidence)."""
+        device = self.adapter.device
+        fixed = torch.tensor([self.canvas.fixed], device=device)  # (1, L)
+        result = denoise(self.adapter.logits, x.unsqueeze(0).to(device), fixed, self.info.mask_id, self.cfg,
+                         [self.gen], self.processors(), on_step=self.sink)
+        conf = result.confidence[0].cpu()
+        if confidence is not None:  # positions written in an earlier round keep their confidence
+            conf = torch.where(x == self.info.mask_id, conf, confidence)
+        return result.tokens[0].cpu(), conf
+
+    def run(self, kind: str) -> tuple[str, dict[str, Any], dict[str, Any], str | None]:
+        revise = self.params.get("revise")
+        source_layout, kept, regions, rounds = None, [], [], []
+        if revise is not None:
+            with session_scope() as s:
+                parent = s.get_one(Draft, revise["parent_id"])
+                source_text, source_layout = parent.text, parent.layout
+            kept, regions = revise["kept"], [Region(**r) for r in revise["regions"]]
+            if self.safety.get("avoid"):
+                regions, rounds = self.avoid_source(source_text, regions)
+        x = torch.tensor(self.canvas.token_ids)
+        tokens, conf = self.denoise(x) if (x == self.info.mask_id).any() else (x, torch.ones(len(x)))
+        if self.safety.get("avoid"):
+            tokens, conf = self.avoid_rounds(tokens, conf, rounds)
+        self.tokens = tokens.tolist()
+        text, values, rendered = self.canvas.render_layout(self.tokens, conf.tolist(), self.tokenizer, self.info)
+        layout = carry_layout(source_layout, kept, self.canvas, rendered)
+        if kind == "infill":
+            extra: dict[str, Any] = {"gaps": values}
+        elif kind == "generate":
+            extra = {"slots": slot_values(self.canvas, values)}
+        else:
+            extra = {"edits": [{"start": r.start, "end": r.end, "old": source_text[r.start:r.end], "new": v,
+                                "reason": r.reason} for r, v in zip(regions, values)],
+                     "parent_draft_id": revise["parent_id"]}
+        if rounds:
+            extra["safety_rounds"] = rounds
+        return text, extra, layout, revise["parent_id"] if revise else None
+
+    # ------------------------------------------------------------------------------------------ avoid
+
+    def score(self, text: str, ranges: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+        """Spans of ``text`` inside ``ranges``, each one's best topic score and which topic."""
+        spans = split_spans(text, ranges)
+        if not spans:
+            return [], torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        scorer = load_scorer(self.settings.safety_scorer, str(self.adapter.device))
+        scores = scorer.score([text[a:b] for a, b in spans], list(self.safety["avoid"]))  # (n, T)
+        best, which = scores.max(dim=1)
+        return spans, best, which
+
+    def record(self, rounds: list[dict], text: str, spans, best, which, threshold: float) -> list[tuple[int, int]]:
+        above = [i for i in range(len(spans)) if float(best[i]) > threshold]
+        rounds.append({
+            "round": len(rounds),
+            "max_score": round(float(best.max()), 4) if len(spans) else 0.0,
+            "mean_score": round(float(best.mean()), 4) if len(spans) else 0.0,
+            "rewritten": [{"start": spans[i][0], "end": spans[i][1], "text": text[spans[i][0]:spans[i][1]],
+                           "topic": self.safety["avoid"][int(which[i])], "score": round(float(best[i]), 4)}
+                          for i in above],
+        })
+        return [spans[i] for i in above]
+
+    def avoid_source(self, source: str, regions: list[Region]) -> tuple[list[Region], list[dict]]:
+        """Revise + avoid: score the source text first; spans above the threshold join the regions
+        (their old tokens down-weighted), and the canvas is rebuilt and stored before any step."""
+        threshold = self.safety.get("avoid_threshold", 0.25)
+        rounds: list[dict] = []
+        spans, best, which = self.score(source, [(0, len(source))])
+        hot = self.record(rounds, source, spans, best, which, threshold)
+        if not hot:
+            return regions, rounds
+        regions = regions + [Region(a, b, token_count(source[a:b], self.tokenizer) + 2, "avoid") for a, b in hot]
+        canvas, kept, regions = compile_revision(source, regions, self.tokenizer, self.info)
+        for index, r in enumerate(regions):
+            if "avoid" in r.reason:
+                old = set(self.tokenizer.encode(source[r.start:r.end], add_special_tokens=False).ids)
+                for position in canvas.slot_positions(index):
+                    self.down.tokens.setdefault(position, set()).update(old)
+        self.canvas = canvas
+        self.params["revise"] = {**self.params["revise"], "kept": kept}
+        with session_scope() as s:
+            repo.set_canvas(s, self.sink.job_id, canvas.to_json())
+        return regions, rounds
+
+    def avoid_rounds(self, tokens: torch.Tensor, conf: torch.Tensor, rounds: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score the written spans; re-mask those above the threshold, down-weight the tokens they held,
+        and denoise again; at most ``avoid_rounds`` rewrites, each recorded with its scores."""
+        threshold = self.safety.get("avoid_threshold", 0.25)
+        for rewrite in range(self.safety.get("avoid_rounds", 3) + 1):
+            text, _, rendered = self.canvas.render_layout(tokens.tolist(), conf.tolist(), self.tokenizer, self.info)
+            spans, best, which = self.score(text, [(s["start"], s["end"]) for s in rendered["slots"]])
+            hot = self.record(rounds, text, spans, best, which, threshold)
+            if not hot or rewrite == self.safety.get("avoid_rounds", 3):
+                break
+            positions = self.positions_in(rendered["written"], hot)
+            remasked = [[p, int(tokens[p])] for p in positions]
+            old = {int(tokens[p]) for p in positions} - {self.info.empty_id}
+            for p in positions:
+                self.down.tokens.setdefault(p, set()).update(old)
+            tokens = tokens.clone()
+            tokens[positions] = self.info.mask_id
+            self.sink.write([], remasked)  # the round boundary: these positions go back to [MASK]
+            tokens, conf = self.denoise(tokens, conf)
+        return tokens, conf
+
+    def positions_in(self, written: list[list], spans: list[tuple[int, int]]) -> list[int]:
+        """Canvas positions of the written tokens overlapping ``spans``, with the EMPTY positions
+        between them in the same slot (so the rewrite has the room the old text had)."""
+        hit = sorted({int(w[3]) for w in written for a, b in spans if w[0] < b and w[1] > a})
+        slot_of = self.canvas.slot_of
+        out: set[int] = set()
+        for p in hit:
+            out.add(p)
+            nxt = [q for q in hit if q > p and slot_of[q] == slot_of[p]]
+            if nxt:
+                out.update(range(p, min(nxt) + 1))
+        return sorted(out)
 
 
 def _fail(job_id: str, code: str, message: str, publisher: Publisher) -> None:

@@ -58,7 +58,8 @@ def step_public(step: Step) -> StepPublic:
 
 def draft_public(draft: Draft) -> DraftPublic:
     return DraftPublic(id=draft.id, job_id=draft.job_id, parent_id=draft.parent_id, version=draft.version,
-                       text=draft.text, token_ids=draft.token_ids, created_at=draft.created_at)
+                       text=draft.text, token_ids=draft.token_ids, layout=draft.layout,
+                       created_at=draft.created_at)
 
 
 @router.post("", status_code=202, response_model=JobPublic)
