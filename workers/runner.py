@@ -32,7 +32,7 @@ from workers.adapters import get_adapter
 from workers.constrained import SlotTargets, SlotVocabulary, constrained_slots
 from workers.guards import SafetyGuard
 from workers.sampler import ForbidTokens, SamplerConfig, StepRecord, denoise
-from workers.scorers import load_scorer, split_spans
+from workers.scorers import TopicScorer, load_scorer, split_spans
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,18 @@ class StepSink:
             raise JobTimeout(f"the job ran longer than {self.settings.job_timeout_s} s and was stopped")
 
 
+class MemorySink(StepSink):
+    """A step sink that keeps the steps in memory (scripts and tests run ``Drafting`` without a job row)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer, self.offset, self.job_id = tokenizer, 0, None
+        self.steps: list[tuple[list[list], list[list[int]]]] = []
+
+    def write(self, committed: list[list], remasked: list[list[int]]) -> None:
+        self.steps.append((committed, remasked))
+        self.offset += 1
+
+
 class DownWeight:
     """Soft guide: subtract ``penalty`` from chosen tokens at chosen positions (``avoid`` rounds)."""
 
@@ -163,7 +175,8 @@ class DownWeight:
 class Drafting:
     """One job's denoising: processors, the sampler, ``avoid`` rounds, and the resulting draft."""
 
-    def __init__(self, adapter, canvas: Canvas, params: dict[str, Any], sink: StepSink, settings: Settings) -> None:
+    def __init__(self, adapter, canvas: Canvas, params: dict[str, Any], sink: StepSink, settings: Settings,
+                 scorer: TopicScorer | None = None) -> None:
         self.adapter, self.info, self.canvas, self.params, self.sink = adapter, adapter.info, canvas, params, sink
         self.settings = settings
         self.tokenizer = sink.tokenizer
@@ -179,6 +192,7 @@ class Drafting:
         self.gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
         self.down = DownWeight(settings.avoid_penalty)
         self.tokens: list[int] = []
+        self.scorer = scorer  # None: the configured one (settings.safety_scorer), loaded on first use
 
     def processors(self) -> list:
         special = special_ids(self.info)
@@ -241,8 +255,9 @@ class Drafting:
         spans = split_spans(text, ranges)
         if not spans:
             return [], torch.zeros(0), torch.zeros(0, dtype=torch.long)
-        scorer = load_scorer(self.settings.safety_scorer, str(self.adapter.device))
-        scores = scorer.score([text[a:b] for a, b in spans], list(self.safety["avoid"]))  # (n, T)
+        if self.scorer is None:
+            self.scorer = load_scorer(self.settings.safety_scorer, str(self.adapter.device))
+        scores = self.scorer.score([text[a:b] for a, b in spans], list(self.safety["avoid"]))  # (n, T)
         best, which = scores.max(dim=1)
         return spans, best, which
 
@@ -253,7 +268,7 @@ class Drafting:
             "max_score": round(float(best.max()), 4) if len(spans) else 0.0,
             "mean_score": round(float(best.mean()), 4) if len(spans) else 0.0,
             "rewritten": [{"start": spans[i][0], "end": spans[i][1], "text": text[spans[i][0]:spans[i][1]],
-                           "topic": self.safety["avoid"][int(which[i])], "score": round(float(best[i]), 4)}
+                           "topic": self.safety["avoid"][int(which[i])], "score": float(best[i])}
                           for i in above],
         })
         return [spans[i] for i in above]

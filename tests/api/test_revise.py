@@ -112,6 +112,21 @@ def test_revise_with_safety_rewrites_the_violation(client):
     assert sorted(e["reason"] for e in done["result"]["edits"]) == ["banned", "email"]
 
 
+def test_revise_with_avoid_rewrites_only_the_sentence_on_the_topic(client):
+    text = "We went hiking in the hills. He shot the man with a gun. Then we ate lunch by the lake."
+    done = submit(client, kind="revise", text=text,
+                  safety={"avoid": ["violence and weapons"], "avoid_threshold": 0.3, "avoid_rounds": 2})
+    assert done["status"] == "succeeded", done["error"]
+    rounds = done["result"]["safety_rounds"]
+    assert [r["text"] for r in rounds[0]["rewritten"]] == ["He shot the man with a gun."]
+    assert rounds[0]["max_score"] > 0.3
+    (edit,) = done["result"]["edits"]
+    assert edit["old"] == "He shot the man with a gun." and edit["reason"] == "avoid"
+    new = done["result"]["text"]
+    assert new == text[: edit["start"]] + edit["new"] + text[edit["end"] :]
+    assert all(r["round"] == i for i, r in enumerate(rounds)) and len(rounds) <= 3
+
+
 BAD = [
     ({"kind": "revise", "text": SOURCE}, "say what to reconsider"),
     ({"kind": "revise", "spans": [{"start": 0, "end": 1}]}, "exactly one of `draft_id`"),
