@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import drafts, jobs, system, templates
+from api.web import mount_web
 from redraft.errors import RedraftError
 from redraft.settings import get_settings
 
@@ -47,6 +48,7 @@ def create_app() -> FastAPI:
     app.include_router(drafts.router)
     app.include_router(templates.router)
     app.include_router(system.router)
+    mount_web(app)
     return app
 
 

@@ -46,6 +46,9 @@ class SamplingParams(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 is greedy; above 0 samples (Gumbel-max)")
     block_size: int | None = Field(None, ge=1, description="semi-autoregressive blocks of this many tokens")
     remasking: Literal["low_confidence", "random"] = "low_confidence"
+    threshold: float | None = Field(None, gt=0.0, le=1.0, description=(
+        "parallel decoding: each step commits every masked position whose confidence is at least this "
+        "(at least one per step) instead of following `steps` (Fast-dLLM); omit for the steps schedule"))
     remask_budget: int = Field(0, ge=0, le=4096, description=(
         "self-correction: up to this many committed tokens may be re-masked and written again during "
         "denoising (ReMDM-style; 0 is off)"))
@@ -214,6 +217,9 @@ class StepPublic(BaseModel):
 class StepsPublic(BaseModel):
     job_id: str
     canvas: list[int] = Field(description="the starting canvas: token ids with the mask id at free positions")
+    canvas_text: list[str] = Field(description=(
+        "each starting-canvas token decoded alone with the model's tokenizer (special tokens kept); "
+        "empty when the job's model is no longer served"))
     fixed: list[bool]
     mask_id: int
     data: list[StepPublic]

@@ -50,6 +50,7 @@ def sampling_params(req: JobRequest, settings: Settings) -> dict:
         "temperature": req.temperature,
         "block_size": req.block_size,
         "remasking": req.remasking,
+        "threshold": req.threshold,
         "remask_budget": req.remask_budget,
         "remask_below": req.remask_below,
     }

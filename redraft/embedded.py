@@ -44,8 +44,10 @@ def start_redis(var_dir: Path, port: int | None = None) -> tuple[subprocess.Pope
 
 
 def start_worker(env: dict[str, str], log_file: Path, queue: str = "gpu") -> subprocess.Popen:
-    """One Celery worker process: solo pool, prefetch 1, the model loaded lazily inside it."""
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "-Q", queue, "--pool=solo",
-           "--concurrency=1", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
+    """One Celery worker process: a thread per job it holds (``REDRAFT_WORKER_BATCH_SIZE``, prefetch 1
+    each), one engine thread batching their denoising steps; the model loads lazily inside it."""
+    batch = env.get("REDRAFT_WORKER_BATCH_SIZE") or os.environ.get("REDRAFT_WORKER_BATCH_SIZE") or "16"
+    cmd = [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "-Q", queue, "--pool=threads",
+           f"--concurrency={batch}", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
     with log_file.open("ab") as log:
         return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)

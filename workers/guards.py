@@ -178,7 +178,8 @@ class SafetyGuard:
             if row not in self.rows:
                 continue
             text, guard = self.rows[row]
-            pos = (free[j] & self.in_slot[row].to(free.device)).nonzero().squeeze(1)  # (n,)
+            in_slot = self.in_slot[row].to(free.device)  # (L,) the canvas; x may carry padding after it
+            pos = (free[j, : in_slot.numel()] & in_slot).nonzero().squeeze(1)  # (n,)
             if pos.numel() == 0:
                 continue
             static = self._static_ids(guard, logits.device)

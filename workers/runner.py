@@ -31,10 +31,14 @@ from storage.models import Draft, Job
 from workers.adapters import get_adapter
 from workers.constrained import SlotTargets, SlotVocabulary, constrained_slots
 from workers.guards import SafetyGuard
-from workers.sampler import ForbidTokens, SamplerConfig, StepRecord, denoise
+from workers.engine import BatchEngine, for_adapter
+from workers.sampler import ForbidTokens, Row, SamplerConfig, StepRecord, forward_rows
 from workers.scorers import TopicScorer, load_scorer, split_spans
 
 log = logging.getLogger(__name__)
+
+
+PAD_TO = 16  # canvases are padded to a multiple of this: the engine's length buckets
 
 
 class JobTimeout(RedraftError):
@@ -82,7 +86,8 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
         if load_error is not None:
             raise load_error
         sink = StepSink(job_id, attempt, load_tokenizer(adapter.info.path), publisher, settings)
-        draft = Drafting(adapter, Canvas.from_json(canvas_json), params, sink, settings)
+        draft = Drafting(adapter, Canvas.from_json(canvas_json), params, sink, settings,
+                         engine=for_adapter(adapter, settings.worker_batch_size))
         text, extra, layout, parent_id = draft.run(kind)
         with session_scope() as s:
             row = repo.finish_job(s, job_id, text=text, token_ids=draft.tokens, result_extra=extra,
@@ -109,10 +114,11 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
 
 
 class StepSink:
-    """Writes each denoising step (and each round boundary) to the database and publishes it.
+    """Writes a job's denoising steps (and round boundaries) to the database and publishes them.
 
-    Step numbers run on across rounds (``offset``). Every write checks that this attempt still owns
-    the job and that no one asked to cancel it, and touches the heartbeat.
+    Step numbers run on across rounds (``offset``). Several records arriving together are written in
+    one transaction (the batching engine hands them over in bursts); every write checks that this
+    attempt still owns the job and that no one asked to cancel it, and touches the heartbeat.
     """
 
     def __init__(self, job_id: str, attempt: int, tokenizer: Tokenizer, publisher: Publisher,
@@ -122,27 +128,33 @@ class StepSink:
         self.offset = 0  # steps written so far
         self.started = time.monotonic()
 
-    def __call__(self, step: int, records: list[StepRecord | None]) -> None:
-        rec = records[0]
-        if rec is None:
-            return
-        committed = [
-            [p, t, self.tokenizer.decode([t], skip_special_tokens=False), round(c, 5)]
-            for p, t, c in zip(rec.positions, rec.tokens, rec.confidences)
-        ]
-        self.write(committed, [list(r) for r in rec.remasked])
+    def records(self, batch: list[StepRecord]) -> None:
+        rows = []
+        for rec in batch:
+            committed = [
+                [p, t, self.tokenizer.decode([t], skip_special_tokens=False), round(c, 5)]
+                for p, t, c in zip(rec.positions, rec.tokens, rec.confidences)
+            ]
+            rows.append((committed, [list(r) for r in rec.remasked]))
+        self.write_rows(rows)
 
     def write(self, committed: list[list], remasked: list[list[int]]) -> None:
-        step = self.offset
+        self.write_rows([(committed, remasked)])
+
+    def write_rows(self, rows: list[tuple[list[list], list[list[int]]]]) -> None:
+        first = self.offset
         with session_scope() as s:
             if not repo.still_owner(s, self.job_id, self.attempt):
                 raise JobCancelled("another attempt owns this job now", code="superseded")
             if repo.cancel_requested(s, self.job_id):
                 raise JobCancelled("cancelled by the client")
-            repo.add_step(s, self.job_id, step, committed, remasked)
-            repo.set_steps_run(s, self.job_id, step + 1)
-        self.offset += 1
-        self.publisher.publish(self.job_id, "step", {"step": step, "committed": committed, "remasked": remasked})
+            for i, (committed, remasked) in enumerate(rows):
+                repo.add_step(s, self.job_id, first + i, committed, remasked)
+            repo.set_steps_run(s, self.job_id, first + len(rows))
+        self.offset += len(rows)
+        for i, (committed, remasked) in enumerate(rows):
+            self.publisher.publish(self.job_id, "step", {"step": first + i, "committed": committed,
+                                                         "remasked": remasked})
         if time.monotonic() - self.started > self.settings.job_timeout_s:
             raise JobTimeout(f"the job ran longer than {self.settings.job_timeout_s} s and was stopped")
 
@@ -154,9 +166,9 @@ class MemorySink(StepSink):
         self.tokenizer, self.offset, self.job_id = tokenizer, 0, None
         self.steps: list[tuple[list[list], list[list[int]]]] = []
 
-    def write(self, committed: list[list], remasked: list[list[int]]) -> None:
-        self.steps.append((committed, remasked))
-        self.offset += 1
+    def write_rows(self, rows: list[tuple[list[list], list[list[int]]]]) -> None:
+        self.steps += rows
+        self.offset += len(rows)
 
 
 class DownWeight:
@@ -176,7 +188,7 @@ class Drafting:
     """One job's denoising: processors, the sampler, ``avoid`` rounds, and the resulting draft."""
 
     def __init__(self, adapter, canvas: Canvas, params: dict[str, Any], sink: StepSink, settings: Settings,
-                 scorer: TopicScorer | None = None) -> None:
+                 scorer: TopicScorer | None = None, engine: BatchEngine | None = None) -> None:
         self.adapter, self.info, self.canvas, self.params, self.sink = adapter, adapter.info, canvas, params, sink
         self.settings = settings
         self.tokenizer = sink.tokenizer
@@ -187,7 +199,9 @@ class Drafting:
             remasking=params.get("remasking", "low_confidence"),
             remask_budget=params.get("remask_budget", 0),
             remask_below=params.get("remask_below", 0.5),
+            threshold=params.get("threshold"),
         )
+        self.engine = engine  # None: step alone, in this thread
         self.safety = params.get("safety") or {}
         self.gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
         self.down = DownWeight(settings.avoid_penalty)
@@ -209,15 +223,39 @@ class Drafting:
         return procs
 
     def denoise(self, x: torch.Tensor, confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write every free masked position of ``x`` (L,); returns (tokens, commit-time confidence)."""
+        """Write every free masked position of ``x`` (L,); returns (tokens, commit-time confidence).
+
+        The canvas is padded to a multiple of ``PAD_TO`` (padding fixed and not attended), always, so a
+        job's forward passes have the same shapes alone and in a batch: its text never depends on which
+        other jobs shared the engine.
+        """
         device = self.adapter.device
-        fixed = torch.tensor([self.canvas.fixed], device=device)  # (1, L)
-        result = denoise(self.adapter.logits, x.unsqueeze(0).to(device), fixed, self.info.mask_id, self.cfg,
-                         [self.gen], self.processors(), on_step=self.sink)
-        conf = result.confidence[0].cpu()
+        length = x.numel()
+        padded = self.padded_length(length)
+        pad = padded - length
+        row = Row(
+            x=torch.cat([x, torch.full((pad,), self.info.empty_id)]).to(device),
+            fixed=torch.cat([torch.tensor(self.canvas.fixed), torch.ones(pad, dtype=torch.bool)]).to(device),
+            cfg=self.cfg, generator=self.gen, mask_id=self.info.mask_id, processors=self.processors(),
+            attention_mask=torch.cat([torch.ones(length, dtype=torch.bool), torch.zeros(pad, dtype=torch.bool)]
+                                     ).to(device) if pad else None,
+        )
+        if self.engine is not None:
+            self.engine.run(row, self.sink.records)
+        else:
+            row.on_step = lambda rec: self.sink.records([rec])
+            with torch.no_grad():
+                while row.active:
+                    row.advance(forward_rows(self.adapter.logits, [row])[0])
+        tokens, conf = row.x[:length].cpu(), row.confidence[:length].cpu()
         if confidence is not None:  # positions written in an earlier round keep their confidence
             conf = torch.where(x == self.info.mask_id, conf, confidence)
-        return result.tokens[0].cpu(), conf
+        return tokens, conf
+
+    def padded_length(self, length: int) -> int:
+        if self.info.family != "masked_lm":  # remote-code families may ignore attention masks: never pad them
+            return length
+        return max(length, min(self.info.context_length, -(-length // PAD_TO) * PAD_TO))
 
     def run(self, kind: str) -> tuple[str, dict[str, Any], dict[str, Any], str | None]:
         revise = self.params.get("revise")

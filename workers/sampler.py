@@ -75,6 +75,9 @@ class SamplerConfig:
     # more context. Fixed positions are never touched. 0 turns it off.
     remask_budget: int = 0
     remask_below: float = 0.5
+    # Parallel decoding (Fast-dLLM): each step commits every masked position of the current block whose
+    # confidence is at least this (always at least one), instead of following the ``steps`` schedule.
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -89,6 +92,8 @@ class SamplerConfig:
             raise InvalidRequest(f"remask_budget must be 0 (off) or positive; got {self.remask_budget}")
         if not 0.0 < self.remask_below <= 1.0:
             raise InvalidRequest(f"remask_below must be a confidence in (0, 1]; got {self.remask_below}")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise InvalidRequest(f"threshold must be a confidence in (0, 1] (or omitted); got {self.threshold}")
 
 
 @dataclass
@@ -129,16 +134,134 @@ def plan(free: list[int], steps: int, block_size: int | None) -> list[tuple[int,
     return [(*bounds[b], min(blocks[b], max(1, round(steps * blocks[b] / total)))) for b in sorted(blocks)]
 
 
-@dataclass
-class _RowState:
-    blocks: list[tuple[int, int, int]]
-    block: int = 0  # index into blocks
-    step_in_block: int = 0
-    remask_left: int = 0
+@dataclass(eq=False)
+class Row:
+    """One canvas being denoised: its own config, seed, processors and progress.
+
+    Rows are independent: a row's tokens depend only on its own canvas, config, generator and
+    processors, never on the rows that shared its forward passes (rows of equal length are stacked
+    into one forward pass; ``attention_mask`` marks padding, which must be ``fixed``).
+    ``proc_index`` is the batch index the processors know this row by. ``on_step(record)`` is called
+    after each of the row's steps; raising from it stops the row (the caller decides what that means).
+    """
+
+    x: torch.Tensor  # (L,) token ids, mask_id at positions to write
+    fixed: torch.Tensor  # (L,) bool
+    cfg: SamplerConfig
+    generator: torch.Generator
+    mask_id: int
+    processors: Sequence[LogitsProcessor] = ()
+    attention_mask: torch.Tensor | None = None  # (L,) bool; None: attend everywhere
+    on_step: Callable[[StepRecord], None] | None = None
+    proc_index: int = 0
+    step: int = 0  # steps taken so far
+    last: StepRecord | None = None  # the record of the row's latest step (None: it had nothing to do)
+
+    def __post_init__(self) -> None:
+        self.x = self.x.clone()  # never mutate the caller's canvas
+        self.free = (self.x == self.mask_id) & ~self.fixed  # (L,) positions this row may write and re-mask
+        self.blocks = plan(self.free.nonzero().squeeze(1).tolist(), self.cfg.steps, self.cfg.block_size)
+        self.block, self.step_in_block, self.remask_left = 0, 0, self.cfg.remask_budget
+        self.confidence = torch.where(self.fixed, 1.0, 0.0).to(torch.float32)  # (L,)
+        self.history: list[StepRecord] = []
+        self.positions = torch.arange(self.x.numel(), device=self.x.device)  # (L,)
+        self.checkers = [p for p in self.processors if hasattr(p, "admissible")]
 
     @property
     def active(self) -> bool:
+        """Whether the row still has masks to write (moves past finished blocks)."""
+        while self.block < len(self.blocks) and not self._block_masks().any():
+            self.block, self.step_in_block = self.block + 1, 0
         return self.block < len(self.blocks)
+
+    def _block_masks(self) -> torch.Tensor:
+        lo, hi, _ = self.blocks[self.block]
+        return (self.x == self.mask_id) & self.free & (self.positions >= lo) & (self.positions < hi)  # (L,)
+
+    def advance(self, raw: torch.Tensor) -> StepRecord:
+        """One step from this row's model logits ``raw`` (L, V): choose, commit, maybe self-correct."""
+        cfg, x = self.cfg, self.x
+        still = ((x == self.mask_id) & self.free).unsqueeze(0)  # (1, L)
+        logits = raw.unsqueeze(0).clone() if self.processors else raw.unsqueeze(0)  # (1, L, V)
+        for proc in self.processors:
+            logits = proc(logits, x.unsqueeze(0), still, [self.proc_index])
+        lo, hi, block_steps = self.blocks[self.block]
+        in_block = (self.positions >= lo) & (self.positions < hi)
+        cand = (still[0] & in_block).nonzero().squeeze(1)  # (n,)
+        row_logits = logits[0, cand].double()  # (n, V) float64: Gumbel noise on float32 ties too often
+        probs = raw[cand].double().softmax(-1)  # (n, V) the model's own distribution ranks the commits
+        if cfg.temperature > 0:
+            u = torch.rand(row_logits.shape, generator=self.generator, dtype=torch.float64).to(x.device)
+            gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+            proposal = (row_logits / cfg.temperature + gumbel).argmax(-1)  # (n,)
+        else:
+            proposal = row_logits.argmax(-1)  # (n,)
+        allowed = row_logits.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) > float("-inf")  # (n,)
+        conf = probs.gather(-1, proposal.unsqueeze(-1)).squeeze(-1)  # (n,)
+        if cfg.threshold is not None:
+            # Fast-dLLM: every proposal at or above the threshold, at least one; no planned end.
+            k = max(1, int((conf >= cfg.threshold).sum()))
+            last_planned = False
+        else:
+            last_planned = self.step_in_block >= block_steps - 1
+            k = -(-cand.numel() // max(1, block_steps - self.step_in_block))  # ceil: masks left / steps left
+        order = torch.rand(cand.numel(), generator=self.generator).to(x.device) if cfg.remasking == "random" else conf
+        pos_out, tok_out, conf_out = [], [], []
+        for c in order.argsort(descending=True, stable=True).tolist():
+            if len(pos_out) == k:
+                break
+            p, t = int(cand[c]), int(proposal[c])
+            if not bool(allowed[c]) or not all(chk.admissible(self.proc_index, x, p, t) for chk in self.checkers):
+                continue
+            x[p] = t
+            self.confidence[p] = float(conf[c])
+            pos_out.append(p), tok_out.append(t), conf_out.append(float(conf[c]))
+        if not pos_out and (last_planned or cfg.threshold is not None):
+            raise ConstraintError(
+                f"no admissible token for positions {cand.tolist()[:8]} under the job's targets; "
+                f"loosen the targets or give the slot more room"
+            )
+        remasked: list[tuple[int, int]] = []
+        if not last_planned and bool(self._block_masks().any()):
+            remasked = self_correct(x, self.free, self.confidence, in_block, pos_out, self, cfg, self.mask_id)
+        rec = StepRecord(self.step, pos_out, tok_out, [round(c, 6) for c in conf_out], remasked)
+        self.history.append(rec)
+        self.step_in_block += 1
+        self.step += 1
+        self.last = rec
+        if self.on_step is not None:
+            self.on_step(rec)
+        return rec
+
+
+def forward_rows(logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+                 rows: Sequence[Row]) -> list[torch.Tensor]:
+    """Model logits for each row, one forward pass per group of rows of equal length."""
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    groups: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.x.numel(), []).append(i)
+    for members in groups.values():
+        x = torch.stack([rows[i].x for i in members])  # (b, L)
+        masks = [rows[i].attention_mask for i in members]
+        attn = None if all(m is None for m in masks) else torch.stack(
+            [m if m is not None else torch.ones_like(rows[i].x, dtype=torch.bool) for i, m in zip(members, masks)])
+        raw = logits_fn(x, attn)  # (b, L, V)
+        for j, i in enumerate(members):
+            out[i] = raw[j]
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def step(logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], rows: Sequence[Row]) -> list[Row]:
+    """One denoising step for every active row (one forward pass per length); returns the rows that
+    took it. A row whose ``advance`` raises is not retried here: the exception propagates."""
+    active = [r for r in rows if r.active]
+    for r in rows:
+        r.last = None
+    for row, raw in zip(active, forward_rows(logits_fn, active)):
+        row.advance(raw)
+    return active
 
 
 @torch.no_grad()
@@ -165,90 +288,22 @@ def denoise(
     when a block's planned steps are spent, extra steps follow until it is complete, and a step that
     can commit nothing at all raises ``ConstraintError`` rather than loop or write a forbidden token.
     """
-    x = x.clone()  # (B, L); never mutate the caller's canvas
-    b, length = x.shape
+    b = x.shape[0]
     if len(generators) != b:
         raise ValueError(f"need one generator per row: {b} rows, {len(generators)} generators")
-    free = (x == mask_id) & ~fixed  # (B, L) positions the sampler may write (and re-mask)
-    states = [
-        _RowState(plan(free[i].nonzero().squeeze(1).tolist(), cfg.steps, cfg.block_size), remask_left=cfg.remask_budget)
-        for i in range(b)
-    ]
-    checkers = [p for p in processors if hasattr(p, "admissible")]
-    confidence = torch.where(fixed, 1.0, 0.0).to(torch.float32)  # (B, L)
-    history: list[list[StepRecord]] = [[] for _ in range(b)]
-    positions = torch.arange(length, device=x.device)  # (L,)
-    step = 0
-    while True:
-        for i, st in enumerate(states):  # a block whose masks are all written is done
-            while st.active and not _block_masks(x[i], free[i], mask_id, st, positions).any():
-                st.block, st.step_in_block = st.block + 1, 0
-        rows = [i for i, st in enumerate(states) if st.active]
-        if not rows:
-            break
-        idx = torch.tensor(rows, device=x.device)
-        still = (x[idx] == mask_id) & free[idx]  # (b, L)
-        raw = logits_fn(x[idx], None if attention_mask is None else attention_mask[idx])  # (b, L, V)
-        logits = raw.clone() if processors else raw
-        for proc in processors:
-            logits = proc(logits, x[idx], still, rows)
-        records: list[StepRecord | None] = [None] * b
-        for j, i in enumerate(rows):
-            st = states[i]
-            lo, hi, block_steps = st.blocks[st.block]
-            in_block = (positions >= lo) & (positions < hi)
-            cand = (still[j] & in_block).nonzero().squeeze(1)  # (n,)
-            last_planned = st.step_in_block >= block_steps - 1
-            k = -(-cand.numel() // max(1, block_steps - st.step_in_block))  # ceil: masks left / steps left
-            row_logits = logits[j, cand].double()  # (n, V) float64: Gumbel noise on float32 ties too often
-            probs = raw[j, cand].double().softmax(-1)  # (n, V) the model's own distribution ranks the commits
-            if cfg.temperature > 0:
-                u = torch.rand(row_logits.shape, generator=generators[i], dtype=torch.float64).to(x.device)
-                gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
-                proposal = (row_logits / cfg.temperature + gumbel).argmax(-1)  # (n,)
-            else:
-                proposal = row_logits.argmax(-1)  # (n,)
-            allowed = row_logits.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) > float("-inf")  # (n,)
-            conf = probs.gather(-1, proposal.unsqueeze(-1)).squeeze(-1)  # (n,)
-            if cfg.remasking == "random":
-                order = torch.rand(cand.numel(), generator=generators[i]).to(x.device)
-            else:
-                order = conf
-            pos_out, tok_out, conf_out = [], [], []
-            for c in order.argsort(descending=True, stable=True).tolist():
-                if len(pos_out) == k:
-                    break
-                p, t = int(cand[c]), int(proposal[c])
-                if not bool(allowed[c]) or not all(chk.admissible(i, x[i], p, t) for chk in checkers):
-                    continue
-                x[i, p] = t
-                confidence[i, p] = float(conf[c])
-                pos_out.append(p), tok_out.append(t), conf_out.append(float(conf[c]))
-            if not pos_out and last_planned:
-                raise ConstraintError(
-                    f"no admissible token for positions {cand.tolist()[:8]} under the job's targets; "
-                    f"loosen the targets or give the slot more room"
-                )
-            remasked = self_correct(x[i], free[i], confidence[i], in_block, pos_out, st, cfg, mask_id) \
-                if not last_planned else []
-            rec = StepRecord(step, pos_out, tok_out, [round(c, 6) for c in conf_out], remasked)
-            history[i].append(rec)
-            records[i] = rec
-            st.step_in_block += 1
+    rows = [Row(x[i], fixed[i], cfg, generators[i], mask_id, processors,
+                None if attention_mask is None else attention_mask[i], proc_index=i) for i in range(b)]
+    n = 0
+    while step(logits_fn, rows):
         if on_step is not None:
-            on_step(step, records)
-        step += 1
-    return SampleResult(tokens=x, confidence=confidence, history=history)
-
-
-def _block_masks(x_row: torch.Tensor, free_row: torch.Tensor, mask_id: int, st: _RowState,
-                 positions: torch.Tensor) -> torch.Tensor:
-    lo, hi, _ = st.blocks[st.block]
-    return (x_row == mask_id) & free_row & (positions >= lo) & (positions < hi)  # (L,)
+            on_step(n, [r.last for r in rows])
+        n += 1
+    return SampleResult(tokens=torch.stack([r.x for r in rows]), confidence=torch.stack([r.confidence for r in rows]),
+                        history=[r.history for r in rows])
 
 
 def self_correct(x_row: torch.Tensor, free_row: torch.Tensor, conf_row: torch.Tensor, in_block: torch.Tensor,
-                 just_committed: list[int], st: _RowState, cfg: SamplerConfig, mask_id: int) -> list[tuple[int, int]]:
+                 just_committed: list[int], st: Row, cfg: SamplerConfig, mask_id: int) -> list[tuple[int, int]]:
     """ReMDM-style remasking: send the least confident earlier commits of this block back to [MASK].
 
     At most half as many as this step committed (so the canvas keeps moving) and never more than the

@@ -1,7 +1,8 @@
 """Celery tasks. A task is like a web view: it takes the job id and calls the real logic elsewhere.
 
-Start a worker with: ``celery -A workers.tasks worker -Q gpu --pool=solo --concurrency=1``
-(one process per GPU; the model loads lazily in that process on its first job).
+Start a worker with: ``celery -A workers.tasks worker -Q gpu --pool=threads --concurrency=16``
+(one process per GPU; the model loads lazily in that process on its first job; each task thread
+hands its job to the process's batching engine, ``workers/engine.py``, which steps all of them).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import lru_cache
+from pathlib import Path
 from typing import Annotated
 
 import redis.asyncio as aioredis
@@ -26,7 +28,9 @@ from api.schemas import (
     StepsPublic,
 )
 from api.submit import submit_job
+from redraft.models import load_model_info, load_tokenizer
 from redraft.queue import job_channel
+from redraft.settings import Settings
 from storage import repo
 from storage.db import get_sessionmaker
 from storage.models import Draft, Job, Step
@@ -83,14 +87,27 @@ def get_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JobPubli
     return job_public(repo.get_job(session, job_id, tenant.id))
 
 
+@lru_cache(maxsize=65536)
+def token_text(model_path: Path, token_id: int) -> str:
+    """One token decoded alone, as the workers decode each committed token."""
+    return load_tokenizer(model_path).decode([token_id], skip_special_tokens=False)
+
+
+def canvas_text(job: Job, settings: Settings) -> list[str]:
+    if job.model not in settings.models:
+        return []
+    path = load_model_info(job.model, settings.models[job.model]).path
+    return [token_text(path, t) for t in job.canvas["token_ids"]]
+
+
 @router.get("/{job_id}/steps", response_model=StepsPublic)
-def get_steps(job_id: str, session: SessionDep, tenant: CurrentTenant) -> StepsPublic:
+def get_steps(job_id: str, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> StepsPublic:
     """The step history: enough to replay the canvas from its start to the final tokens."""
     job = repo.get_job(session, job_id, tenant.id)
     steps = [step_public(s) for s in repo.list_steps(session, job.id)]
     mask_id = next((t for t, f in zip(job.canvas["token_ids"], job.canvas["fixed"]) if not f), -1)
-    return StepsPublic(job_id=job.id, canvas=job.canvas["token_ids"], fixed=job.canvas["fixed"], mask_id=mask_id,
-                       data=steps, count=len(steps))
+    return StepsPublic(job_id=job.id, canvas=job.canvas["token_ids"], canvas_text=canvas_text(job, settings),
+                       fixed=job.canvas["fixed"], mask_id=mask_id, data=steps, count=len(steps))
 
 
 @router.get("/{job_id}/drafts", response_model=DraftsPublic)

@@ -95,16 +95,19 @@ def test_same_seed_same_text(client):
 
 
 def test_cancel_queued_and_running_jobs(client):
-    # A long job occupies the single worker; the one behind it is still queued when cancelled.
-    long = submit(client, text="[[gap:120]] and [[gap:120]]", steps=240)
+    # Two long jobs fill the worker's two batch slots; the one behind them is still queued when cancelled.
+    longs = [submit(client, text="[[gap:120]] and [[gap:120]]", steps=240) for _ in range(2)]
+    for job in longs:
+        wait_for(client, job["id"], until=("running", "succeeded"))
     queued = submit(client, text=TEXT)
     r = client.post(f"/v1/jobs/{queued['id']}/cancel")
     assert r.status_code == 202 and r.json()["status"] == "cancelled"
-    wait_for(client, long["id"], until=("running", "succeeded"))
-    r = client.post(f"/v1/jobs/{long['id']}/cancel")
-    assert r.status_code == 202, r.text
-    final = wait_for(client, long["id"])
-    assert final["status"] == "cancelled" and final["timings"]["steps_run"] < 240
+    for job in longs:
+        r = client.post(f"/v1/jobs/{job['id']}/cancel")
+        assert r.status_code == 202, r.text
+    for job in longs:
+        final = wait_for(client, job["id"])
+        assert final["status"] == "cancelled" and final["timings"]["steps_run"] < 240
     never = wait_for(client, queued["id"])
     assert never["status"] == "cancelled" and never["timings"]["started_at"] is None
     assert client.get(f"/v1/jobs/{queued['id']}/steps").json()["count"] == 0

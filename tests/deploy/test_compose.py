@@ -25,7 +25,7 @@ def test_every_project_command_exists():
     module, attr = api_cmd[1].split(":")
     assert api_cmd[0] == "uvicorn" and hasattr(importlib.import_module(module), attr)
     worker = services["worker"]["command"]
-    assert worker[:3] == ["celery", "-A", "workers.tasks"] and "-Q" in worker and "--pool=solo" in worker
+    assert worker[:3] == ["celery", "-A", "workers.tasks"] and "-Q" in worker and "--pool=threads" in worker
     assert worker[worker.index("-Q") + 1] == "gpu"
     assert shutil.which("celery", path=str(Path(__import__("sys").executable).parent)) is not None
 

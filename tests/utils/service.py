@@ -40,14 +40,14 @@ def drop_pg_database(name: str) -> None:
 
 
 @contextmanager
-def running_service(backend: str, model_dir: Path, work_dir: Path, workers: int = 1) -> Iterator[Service]:
+def running_service(backend: str, model_dir: Path, work_dir: Path, workers: int = 1, **settings: str) -> Iterator[Service]:
     """A started Service on a fresh database of ``backend`` ("sqlite" or "postgresql"), stopped after."""
     pg_name = None
     if backend == "sqlite":
         url = f"sqlite:///{work_dir / 'redraft.db'}"
     else:
         pg_name, url = create_pg_database()
-    svc = Service(url, model_dir, work_dir).start(workers=workers)
+    svc = Service(url, model_dir, work_dir, **settings).start(workers=workers)
     try:
         yield svc
     finally:
@@ -80,6 +80,7 @@ class Service:
             "REDRAFT_QUEUE_NAME": f"test-{uuid.uuid4().hex[:8]}",  # isolates this service's jobs on a shared Redis
             "REDRAFT_HEARTBEAT_TIMEOUT_S": "5",
             "REDRAFT_REAPER_INTERVAL_S": "0.5",
+            "REDRAFT_WORKER_BATCH_SIZE": "2",  # small, so tests see jobs batched together and jobs queued behind
             "HF_HUB_OFFLINE": "1",
             **settings,
         }

@@ -1,0 +1,161 @@
+"""Continuous batching in a worker process: one thread runs denoising steps over every active job.
+
+Each Celery task (a thread of the worker's ``threads`` pool) claims its job, builds the job's
+``Row`` (canvas, config, seed, processors) and hands it to the engine of its model with ``run``;
+then it stays in ``run`` writing the job's step records to the database as the engine produces
+them (several steps per transaction when it falls behind), publishing events, and checking for
+cancellation and the job timeout. The engine thread does nothing but model work: between two steps
+rows join and leave, rows of equal length share one forward pass, and each row keeps its own
+schedule, constraints and generator, so a job's text does not depend on its batch-mates.
+
+Failure isolation: an exception while advancing one row (a constraint that cannot be met, a
+processor bug) ends that row only; a forward pass that fails for a group is retried row by row, so
+only the row that cannot run fails. A stop requested by the job's own thread (cancelled, timed out,
+superseded) removes the row before its next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from workers.sampler import Row, StepRecord, forward_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Handle:
+    """A row inside the engine, seen from the job's thread."""
+
+    row: Row
+    records: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    stop: BaseException | None = None  # set by the job's thread: the engine drops the row before its next step
+
+
+class BatchEngine:
+    """The step loop of one model in one worker process (``for_adapter`` gives the shared one)."""
+
+    def __init__(self, logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], max_batch: int = 16,
+                 name: str = "model") -> None:
+        self.logits_fn = logits_fn
+        self.max_batch = max_batch
+        self._pending: queue.SimpleQueue[Handle] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"redraft-engine-{name}", daemon=True)
+        self._thread.start()
+        self.steps = 0  # batched steps run (for benchmarks and logs)
+        self.rows_stepped = 0
+
+    # ------------------------------------------------------------------------------------ job side
+
+    def run(self, row: Row, on_records: Callable[[list[StepRecord]], None] | None = None,
+            poll_s: float = 0.05) -> Row:
+        """Denoise ``row`` with whatever else is running; returns it finished.
+
+        ``on_records(records)`` runs in the calling thread with the records produced since its last
+        call (in order); raising from it stops the row (the exception is re-raised here). The row's
+        own exception, if advancing it failed, is re-raised here too.
+        """
+        handle = Handle(row)
+        row.on_step = handle.records.put
+        self._pending.put(handle)
+        self._wake.set()
+        while True:
+            finished = handle.done.wait(poll_s)
+            batch = _drain(handle.records)
+            if batch and on_records is not None and handle.stop is None:
+                try:
+                    on_records(batch)
+                except BaseException as exc:
+                    handle.stop = exc
+                    handle.done.wait()
+                    raise
+            if finished and handle.records.empty():
+                break
+        if handle.error is not None:
+            raise handle.error
+        return row
+
+    # --------------------------------------------------------------------------------- engine side
+
+    def _loop(self) -> None:
+        active: list[Handle] = []
+        while True:
+            if not active:
+                self._wake.wait()
+            self._wake.clear()
+            while len(active) < self.max_batch:
+                try:
+                    active.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
+            live = []
+            for h in active:
+                if h.stop is not None:
+                    h.error = h.stop
+                    h.done.set()
+                elif not h.row.active:
+                    h.done.set()
+                else:
+                    live.append(h)
+            active = live
+            if active:
+                self._step(active)
+                active = [h for h in active if not h.done.is_set()]
+
+    def _step(self, handles: list[Handle]) -> None:
+        try:
+            with torch.no_grad():
+                raws = forward_rows(self.logits_fn, [h.row for h in handles])
+        except Exception:
+            log.exception("a batched forward pass failed; retrying its rows one by one")
+            raws = []
+            for h in handles:
+                try:
+                    with torch.no_grad():
+                        raws.append(forward_rows(self.logits_fn, [h.row])[0])
+                except Exception as exc:
+                    raws.append(None)
+                    h.error = exc
+                    h.done.set()
+        self.steps += 1
+        for h, raw in zip(handles, raws):
+            if raw is None:
+                continue
+            try:
+                with torch.no_grad():
+                    h.row.advance(raw)
+                self.rows_stepped += 1
+            except Exception as exc:  # this row's failure is this row's alone
+                h.error = exc
+                h.done.set()
+
+
+def _drain(q: queue.SimpleQueue) -> list:
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            return out
+
+
+_engines: dict[int, BatchEngine] = {}
+_lock = threading.Lock()
+
+
+def for_adapter(adapter, max_batch: int) -> BatchEngine:
+    """The process's engine for this adapter (one per loaded model), started on first use."""
+    with _lock:
+        engine = _engines.get(id(adapter))
+        if engine is None:
+            engine = _engines[id(adapter)] = BatchEngine(adapter.logits, max_batch, adapter.info.name)
+        return engine
