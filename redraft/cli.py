@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TextIO
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -98,8 +105,392 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ API client
+# Subcommands that talk to a running Redraft through redraft.client. Output contract: the result text on
+# stdout (``--json``: the API's JSON), progress on stderr; an error prints the API's message to stderr and
+# exits 2 for a 4xx (the request was wrong) and 1 otherwise (server, connection, failed or cancelled job).
+
+_SAMPLING_DEST = "sampling__"  # argparse dests of the options generated from api.schemas.SamplingParams
+
+
+def _client(args: argparse.Namespace):
+    from redraft.client import Client
+
+    return Client(args.url, args.key)
+
+
+def _client_command(func: Callable[[Any, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run ``func(client, args)``, turning the client's errors into a message on stderr and an exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        from redraft.client import JobFailed, RedraftAPIError, RedraftClientError
+
+        try:
+            with _client(args) as client:
+                return func(client, args)
+        except RedraftAPIError as exc:
+            print(f"redraft: {exc.message} ({exc.code}, HTTP {exc.status_code})", file=sys.stderr)
+            return 2 if exc.is_client_error else 1
+        except JobFailed as exc:
+            print(f"redraft: job {exc.job.id} failed: {exc.message} ({exc.code})", file=sys.stderr)
+            return 1
+        except (RedraftClientError, ValueError) as exc:
+            print(f"redraft: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:  # a submitted job goes on in the service; `redraft jobs` shows it
+            print("redraft: interrupted", file=sys.stderr)
+            return 130
+
+    return run
+
+
+def _print_job(job, args: argparse.Namespace) -> int:
+    """A finished (or, with --no-wait, just queued) job: its text, its id, or its JSON."""
+    if args.json:
+        print(job.model_dump_json(indent=2))
+    elif job.status in ("queued", "running"):
+        print(job.id)
+    elif job.status == "succeeded" and job.result is not None:
+        print(job.result.text)
+    if job.status == "cancelled":
+        print(f"redraft: job {job.id} was cancelled", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_job(client, args: argparse.Namespace, body: dict[str, Any]) -> int:
+    body = {**body, **_sampling_params(args)}
+    job = client.submit(body)
+    if args.wait:
+        job = client.wait(job.id, timeout=args.timeout)
+    return _print_job(job, args)
+
+
+def _sampling_params(args: argparse.Namespace) -> dict[str, Any]:
+    params = {k[len(_SAMPLING_DEST):]: v for k, v in vars(args).items()
+              if k.startswith(_SAMPLING_DEST) and v is not None}
+    for key, value in args.param or []:
+        params[key] = value
+    return params
+
+
+def _cmd_infill(client, args: argparse.Namespace) -> int:
+    return _run_job(client, args, {"kind": "infill", "text": args.text})
+
+
+def _cmd_generate(client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"kind": "generate"}
+    if args.template is not None:
+        body["template"] = args.template
+    elif args.template_name is not None:
+        body["template_name"] = args.template_name
+    else:
+        body["prompt"] = args.prompt
+    variables = dict(args.var or []) | dict(args.var_json or [])
+    if variables:
+        body["variables"] = variables
+    if args.regex is not None:
+        body["target"] = {"regex": args.regex}
+    elif args.choices is not None:
+        body["target"] = {"choices": args.choices}
+    elif args.json_schema is not None:
+        body["target"] = {"json_schema": args.json_schema}
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    if args.min_tokens is not None:
+        body["min_tokens"] = args.min_tokens
+    return _run_job(client, args, body)
+
+
+def _cmd_revise(client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"kind": "revise"}
+    if args.draft is not None:
+        body["draft_id"] = args.draft
+    else:
+        body["text"] = args.text
+    if args.span:
+        body["spans"] = args.span
+    if args.auto_below is not None:
+        body["auto"] = {"confidence_below": args.auto_below}
+    elif args.least_confident is not None:
+        body["auto"] = {"least_confident": args.least_confident}
+    return _run_job(client, args, body)
+
+
+def _cmd_jobs(client, args: argparse.Namespace) -> int:
+    page = client.jobs(limit=args.limit, offset=args.offset)
+    if args.json:
+        print(page.model_dump_json(indent=2))
+        return 0
+    for job in page.data:
+        text = job.result.text if job.result else (job.error.message if job.error else "")
+        text = " ".join(text.split())
+        text = text if len(text) <= 60 else text[:59] + "…"
+        print(f"{job.id}  {job.kind:<8}  {job.status:<9}  {job.timings.created_at:%Y-%m-%d %H:%M:%S}  {text}")
+    shown = f"{args.offset + 1}-{args.offset + len(page.data)}" if page.data else "none"
+    print(f"{shown} of {page.count} job(s)", file=sys.stderr)
+    return 0
+
+
+class _CanvasView:
+    """Draws a ``CanvasReplay`` on a terminal stream with a tqdm bar of the masks left.
+
+    On a terminal each frame replaces the last one (ANSI cursor moves) above the bar; elsewhere (a pipe,
+    a log) frames are appended, each under a ``--- step N ---`` header, and the bar is off.
+    """
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        from tqdm import tqdm
+
+        self.stream, self.tty, self.rows = stream, stream.isatty(), 0
+        self.bar = tqdm(total=total, file=stream, unit="tok", dynamic_ncols=True, leave=self.tty,
+                        disable=not self.tty, bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} written")
+
+    def show(self, frame: str, masks_left: int, step: int) -> None:
+        self.bar.set_description_str(f"{masks_left} masks left", refresh=False)
+        self.bar.n = self.bar.total - masks_left
+        if not self.tty:
+            label = "start" if step < 0 else f"step {step}"
+            self.stream.write(f"--- {label}, {masks_left} masks left ---\n{frame}\n")
+            self.stream.flush()
+            return
+        width, height = shutil.get_terminal_size()
+        lines = frame.split("\n")
+        if _rows(lines, width) > height - 2:  # keep the tail on screen: cursor moves cannot scroll back
+            while lines and _rows(lines, width) > height - 3:
+                lines.pop(0)
+            lines.insert(0, "…")
+        self.bar.clear()
+        self._erase()
+        self.stream.write("\n".join(lines) + "\n")
+        self.rows = _rows(lines, width)
+        self.bar.refresh()
+
+    def _erase(self) -> None:
+        if self.rows:
+            self.stream.write(f"\x1b[{self.rows}A\x1b[J")
+
+    def close(self, clear: bool) -> None:
+        if self.tty and clear:
+            self.bar.clear()
+            self._erase()
+            self.rows = 0
+        self.bar.close()
+        self.stream.flush()
+
+
+def _rows(lines: list[str], width: int) -> int:
+    return sum(max(1, math.ceil(len(line) / max(1, width))) for line in lines)
+
+
+def _cmd_watch(client, args: argparse.Namespace) -> int:
+    from redraft.client import CanvasReplay
+
+    canvas = CanvasReplay(client.steps(args.job))
+    view = _CanvasView(sys.stderr, canvas.total)
+    view.show(canvas.render(), canvas.masks_left, -1)
+    job = None
+    try:
+        for event in client.events(args.job):
+            if event.event == "step":
+                canvas.apply(event.data)
+                view.show(canvas.render(), canvas.masks_left, canvas.step)
+            elif event.terminal:
+                job = event.data
+    finally:
+        view.close(clear=job is not None and job.status == "succeeded")
+    if job.status == "failed":
+        if args.json:
+            print(job.model_dump_json(indent=2))
+        err = job.error
+        print(f"redraft: job {job.id} failed: {err.message if err else ''} ({err.code if err else 'failed'})",
+              file=sys.stderr)
+        return 1
+    return _print_job(job, args)
+
+
+# --- argument types: a bad value is an argparse error (usage on stderr, exit 2)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _key_json(text: str) -> tuple[str, Any]:
+    key, value = _key_value(text)
+    try:
+        return key, json.loads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{key}: the value is not JSON ({exc}); quote strings: {key}='\"text\"'")
+
+
+def _span(text: str) -> dict[str, int]:
+    parts = text.split(":")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (2, 3) or min(numbers) < 0:
+        raise argparse.ArgumentTypeError(f"expected START:END or START:END:MAX_TOKENS (non-negative integers), "
+                                         f"got {text!r}")
+    span = {"start": numbers[0], "end": numbers[1]}
+    if len(numbers) == 3:
+        span["max_tokens"] = numbers[2]
+    return span
+
+
+def _choices(text: str) -> list[str]:
+    choices = [c for c in text.split(",") if c]
+    if not choices:
+        raise argparse.ArgumentTypeError("expected comma-separated choices, e.g. Yes,No")
+    return choices
+
+
+def _json_file(path: str) -> Any:
+    try:
+        return json.loads(sys.stdin.read() if path == "-" else Path(path).read_text())
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{path} is not JSON: {exc}")
+
+
+def _text_or_file(value: str) -> str:
+    """``@FILE`` reads the file; anything else is the text itself."""
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_text()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {value[1:]}: {exc.strerror}")
+    return value
+
+
+def _scalar_type(annotation: Any) -> tuple[Any, list | None] | None:
+    """(argparse type, choices) for a scalar field annotation (``int``, ``float | None``, ``Literal``...)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        values = list(typing.get_args(annotation))
+        return (type(values[0]), values) if values and len({type(v) for v in values}) == 1 else None
+    if annotation in (int, float, str):
+        return annotation, None
+    if annotation is bool:
+        return bool, None
+    return None
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """One option per scalar field of ``api.schemas.SamplingParams`` (``--steps``, ``--seed``, ...), so the CLI
+    offers exactly what the API accepts; structured fields (``safety``) and anything else go via ``--param``."""
+    from api.schemas import SamplingParams
+
+    g = p.add_argument_group("sampling (sent only when given; the server's defaults otherwise)")
+    for name, field in SamplingParams.model_fields.items():
+        scalar = _scalar_type(field.annotation)
+        if scalar is None:
+            continue
+        kind, choices = scalar
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": _SAMPLING_DEST + name, "default": None, "help": field.description}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=kind, choices=choices, metavar=None if choices else name.upper())
+        try:
+            g.add_argument(flag, **kwargs)
+        except argparse.ArgumentError:  # the name is taken by a CLI option: reachable through --param
+            continue
+    g.add_argument("--param", action="append", type=_key_json, metavar="KEY=JSON",
+                   help="any other request field, its value as JSON, e.g. --param 'safety={\"banned\": [\"x\"]}'")
+
+
+def _connection_parent() -> argparse.ArgumentParser:
+    """--url/--key/--json, accepted after the subcommand too (SUPPRESS: not given there keeps the global)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("connection and output")
+    g.add_argument("--url", default=argparse.SUPPRESS,
+                   help="API base URL (default: $REDRAFT_URL, else http://127.0.0.1:8000)")
+    g.add_argument("--key", default=argparse.SUPPRESS, help="API key (default: $REDRAFT_API_KEY)")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the API's JSON instead of text")
+    return parent
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    _add_sampling_options(p)
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                   help="wait for the job and print its text (--no-wait: print the job id at once)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job (default 600)")
+
+
+def _add_client_commands(sub: argparse._SubParsersAction) -> None:
+    parent = [_connection_parent()]
+
+    p = sub.add_parser("infill", parents=parent, help="fill the [[gap]]s of a text (needs a running API)",
+                       description="Submit an infill job and print the filled text.")
+    p.add_argument("text", help="text with [[gap]] or [[gap:N]] markers")
+    _add_job_options(p)
+    p.set_defaults(func=_client_command(_cmd_infill))
+
+    p = sub.add_parser("generate", parents=parent, help="template or prompt-constrained generation",
+                       description="Submit a generate job: a Jinja2 template with slot() calls, a saved "
+                                   "template, or a prompt with an optional regex / choices / JSON-schema target.")
+    form = p.add_mutually_exclusive_group(required=True)
+    form.add_argument("--template", type=_text_or_file, metavar="SOURCE",
+                      help="Jinja2 source with {{ slot(...) }} calls, or @FILE")
+    form.add_argument("--template-name", metavar="NAME", help="a template saved with POST /v1/templates")
+    form.add_argument("--prompt", metavar="TEXT", help="fixed context; the answer follows it")
+    p.add_argument("--var", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="a template variable (a string); repeatable")
+    p.add_argument("--var-json", action="append", type=_key_json, metavar="KEY=JSON",
+                   help="a template variable given as JSON (lists, numbers); repeatable")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--regex", help="prompt form: the answer fullmatches this regex")
+    target.add_argument("--choices", type=_choices, metavar="A,B,...", help="prompt form: the answer is one of these")
+    target.add_argument("--json-schema", type=_json_file, metavar="FILE",
+                        help="prompt form: the answer is JSON valid against this schema file (- for stdin)")
+    p.add_argument("--max-tokens", type=int, help="prompt form: room for the answer")
+    p.add_argument("--min-tokens", type=int, help="prompt form: the answer holds at least this many tokens")
+    _add_job_options(p)
+    p.set_defaults(func=_client_command(_cmd_generate))
+
+    p = sub.add_parser("revise", parents=parent, help="re-mask and rewrite parts of a draft or a text",
+                       description="Submit a revise job. Say what to rewrite with --span and/or "
+                                   "--auto-below / --least-confident (or --param targets=... / safety=...).")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--draft", metavar="ID", help="a draft Redraft wrote")
+    source.add_argument("--text", help="any text")
+    p.add_argument("--span", action="append", type=_span, metavar="START:END[:MAX]",
+                   help="rewrite characters [START, END) in at most MAX tokens; repeatable")
+    auto = p.add_mutually_exclusive_group()
+    auto.add_argument("--auto-below", type=float, metavar="X",
+                      help="rewrite the tokens the model wrote with confidence below X (drafts only)")
+    auto.add_argument("--least-confident", type=int, metavar="K", help="rewrite the K least confident tokens")
+    _add_job_options(p)
+    p.set_defaults(func=_client_command(_cmd_revise))
+
+    p = sub.add_parser("jobs", parents=parent, help="list your jobs, newest first")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (1-200, default 20)")
+    p.add_argument("--offset", type=int, default=0)
+    p.set_defaults(func=_client_command(_cmd_jobs))
+
+    p = sub.add_parser("watch", parents=parent, help="draw a job's canvas as its steps arrive, then print its text",
+                       description="Stream a job's canvas on stderr (masks as _, a progress bar of masks left) "
+                                   "and print the final text on stdout; a finished job is replayed.")
+    p.add_argument("job", help="job id")
+    p.set_defaults(func=_client_command(_cmd_watch))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redraft", description="Redraft: controllable diffusion LM service")
+    parser.add_argument("--url", default=None, help="API base URL for the client commands (default: $REDRAFT_URL, "
+                                                    "else http://127.0.0.1:8000)")
+    parser.add_argument("--key", default=None, help="API key for the client commands (default: $REDRAFT_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="client commands: print the API's JSON")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the whole service: embedded redis (unless REDIS_URL), worker, API")
@@ -135,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default="models/redraft-tiny")
     p.add_argument("--build-dir", default="build/train", help="where `redraft train` put the tokenised corpus")
     p.set_defaults(func=_cmd_report)
+
+    _add_client_commands(sub)
     return parser
 
 

@@ -44,15 +44,25 @@ class BatchEngine:
     """The step loop of one model in one worker process (``for_adapter`` gives the shared one)."""
 
     def __init__(self, logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], max_batch: int = 16,
-                 name: str = "model") -> None:
+                 name: str = "model", start: bool = True) -> None:
         self.logits_fn = logits_fn
         self.max_batch = max_batch
         self._pending: queue.SimpleQueue[Handle] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"redraft-engine-{name}", daemon=True)
-        self._thread.start()
         self.steps = 0  # batched steps run (for benchmarks and logs)
         self.rows_stepped = 0
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the step loop (``start=False`` lets a benchmark or test queue rows first)."""
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Rows handed over and not yet taken into the loop."""
+        return self._pending.qsize()
 
     # ------------------------------------------------------------------------------------ job side
 

@@ -1,0 +1,198 @@
+"""Continuous batching and parallel decoding: the engine a worker runs, with real jobs' processors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from constraints.automaton import accepts, compile_target
+from constraints.generate import compile_generate, prompt_slot
+from constraints.infill import compile_infill, parse_text
+from redraft.errors import ConstraintError, JobCancelled
+from redraft.models import special_ids
+from redraft.settings import get_settings
+from workers.engine import BatchEngine
+from workers.runner import Drafting, MemorySink
+from workers.sampler import ForbidTokens, SamplerConfig, denoise
+
+TEXTS = [
+    "Dear team, the [[gap:4]] is ready. Please [[gap]] by Friday.",
+    "[[gap:20]]",
+    "One [[gap:12]] two [[gap:12]] three [[gap:3]].",
+    "The capital of France is [[gap:3]].",
+]
+
+job_params = st.fixed_dictionaries({
+    "text": st.sampled_from(TEXTS),
+    "steps": st.integers(1, 12),
+    "seed": st.integers(0, 10_000),
+    "temperature": st.sampled_from([0.0, 0.9]),
+    "block_size": st.sampled_from([None, 8]),
+    "threshold": st.sampled_from([None, 0.05, 0.5, 0.9]),
+    "remask_budget": st.sampled_from([0, 4]),
+})
+
+
+def drafting(adapter, tokenizer, params, engine=None):
+    canvas = compile_infill(parse_text(params["text"], 16, 256), tokenizer, adapter.info)
+    return Drafting(adapter, canvas, dict(params), MemorySink(tokenizer), get_settings(), engine=engine)
+
+
+def run_together(adapter, tokenizer, jobs, engine):
+    """Run every job at once on ``engine`` (one thread each, as the worker's task threads do). An engine
+    made with ``start=False`` is started once every job is queued, so they all share its first step."""
+    out: list = [None] * len(jobs)
+
+    def work(i):
+        d = drafting(adapter, tokenizer, jobs[i], engine)
+        try:
+            out[i] = d.run("infill")[0], d.sink.steps
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            out[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    if not engine._thread.is_alive():
+        while engine.pending < len(jobs):
+            time.sleep(0.01)
+        engine.start()
+    for t in threads:
+        t.join(timeout=300)
+    return out
+
+
+@settings(max_examples=12, deadline=None)
+@given(jobs=st.lists(job_params, min_size=2, max_size=5))
+def test_a_jobs_text_does_not_depend_on_its_batch_mates(tiny_adapter, tiny_model, jobs):
+    _, tokenizer = tiny_model
+    alone = [drafting(tiny_adapter, tokenizer, p).run("infill")[0] for p in jobs]
+    engine = BatchEngine(tiny_adapter.logits, max_batch=len(jobs), start=False)
+    together = run_together(tiny_adapter, tokenizer, jobs, engine)
+    assert [t[0] for t in together] == alone
+    assert engine.rows_stepped > engine.steps, "the jobs really shared forward passes"
+
+
+def test_shipped_model_batched_equals_alone(tiny_model):
+    from redraft.settings import DEFAULT_MODEL_DIR
+    from workers.adapters import get_adapter
+
+    adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, "cpu")
+    _, tokenizer = tiny_model
+    jobs = [{"text": t, "steps": 8, "seed": i, "temperature": 0.7} for i, t in enumerate(TEXTS * 2)]
+    alone = [drafting(adapter, tokenizer, p).run("infill")[0] for p in jobs]
+    together = run_together(adapter, tokenizer, jobs, BatchEngine(adapter.logits, max_batch=8, start=False))
+    assert [t[0] for t in together] == alone
+
+
+class Exploding:
+    """A processor that fails on its third call: a job whose constraint code breaks mid-run."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, logits, x, free, rows):
+        self.calls += 1
+        if self.calls == 3:
+            raise ConstraintError("this job's constraint broke")
+        return logits
+
+
+def test_one_jobs_failure_or_cancellation_never_fails_the_others(tiny_adapter, tiny_model):
+    info, tokenizer = tiny_model
+    engine = BatchEngine(tiny_adapter.logits, max_batch=8)
+    jobs = [{"text": TEXTS[2], "steps": 10, "seed": i, "temperature": 0.9} for i in range(4)]
+    alone = [drafting(tiny_adapter, tokenizer, p).run("infill")[0] for p in jobs]
+    outcomes: dict[int, object] = {}
+
+    def good(i):
+        outcomes[i] = drafting(tiny_adapter, tokenizer, jobs[i], engine).run("infill")[0]
+
+    def failing():
+        d = drafting(tiny_adapter, tokenizer, jobs[0], engine)
+        d.processors = lambda: [Exploding()]
+        try:
+            d.run("infill")
+        except ConstraintError as exc:
+            outcomes["failed"] = exc
+
+    def cancelled():
+        d = drafting(tiny_adapter, tokenizer, jobs[0], engine)
+        calls = []
+
+        def stop_after_two(records):
+            calls.append(records)
+            if len(calls) >= 2:
+                raise JobCancelled("cancelled by the client")
+
+        d.sink.records = stop_after_two
+        try:
+            d.run("infill")
+        except JobCancelled as exc:
+            outcomes["cancelled"] = exc
+
+    threads = [threading.Thread(target=good, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=failing), threading.Thread(target=cancelled)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert isinstance(outcomes["failed"], ConstraintError)
+    assert isinstance(outcomes["cancelled"], JobCancelled)
+    assert [outcomes[i] for i in range(4)] == alone
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), threshold=st.sampled_from([0.01, 0.3, 0.7, 0.9, 1.0]),
+       block=st.sampled_from([None, 4, 16]), text=st.sampled_from(TEXTS), temperature=st.sampled_from([0.0, 1.0]))
+def test_threshold_decoding_commits_what_is_confident_and_finishes(any_adapter, seed, threshold, block, text,
+                                                                  temperature):
+    from redraft.models import load_tokenizer
+
+    info = any_adapter.info
+    tokenizer = load_tokenizer(info.path)
+    canvas = compile_infill(parse_text(text, 16, 256), tokenizer, info)
+    x, fixed = torch.tensor([canvas.token_ids]), torch.tensor([canvas.fixed])
+    cfg = SamplerConfig(steps=1, block_size=block, temperature=temperature, threshold=threshold)
+    out = denoise(any_adapter.logits, x, fixed, info.mask_id, cfg, [torch.Generator().manual_seed(seed)],
+                  [ForbidTokens(special_ids(info), info.vocab_size)])
+    assert not (out.tokens == info.mask_id).any() and torch.equal(out.tokens[fixed], x[fixed])
+    for rec in out.history[0]:
+        assert rec.positions, "every step commits at least one token"
+        if len(rec.positions) > 1:
+            assert min(rec.confidences) >= threshold - 1e-6
+    if threshold <= 0.01 and block is None and info.weights_present:  # the random model is never that sure
+        assert len(out.history[0]) < (~fixed).sum(), "a low threshold commits many tokens per step"
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), threshold=st.sampled_from([0.05, 0.5, 0.9]))
+def test_threshold_decoding_respects_structure_targets(tiny_adapter, tiny_model, seed, threshold):
+    from workers.constrained import SlotTargets, constrained_slots
+
+    info, tokenizer = tiny_model
+    pieces = ["Invoice date: ", prompt_slot({"regex": r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]"}, 12, 0, 64),
+              ". Total: ", prompt_slot({"choices": ["paid", "unpaid", "overdue"]}, 4, 0, 64)]
+    canvas = compile_generate(pieces, tokenizer, info)
+    special = special_ids(info)
+    slots = constrained_slots(canvas, tokenizer, info, special)
+    procs = [ForbidTokens(special, 8192), SlotTargets({0: slots}, info.empty_id)]
+    cfg = SamplerConfig(steps=1, temperature=1.0, threshold=threshold)
+    out = denoise(tiny_adapter.logits, torch.tensor([canvas.token_ids]), torch.tensor([canvas.fixed]), info.mask_id,
+                  cfg, [torch.Generator().manual_seed(seed)], procs)
+    tokens = out.tokens[0].tolist()
+    for slot in slots:
+        ids = [tokens[p] for p in slot.positions if tokens[p] != info.empty_id]
+        assert accepts(slot.automaton, ids)
+
+
+def test_threshold_is_validated():
+    with pytest.raises(Exception, match="threshold"):
+        SamplerConfig(steps=1, threshold=0.0)
+    with pytest.raises(Exception, match="threshold"):
+        SamplerConfig(steps=1, threshold=1.5)
