@@ -15,3 +15,9 @@ if ! .venv/bin/python -c "import redraft, torch, fastapi, celery, hypothesis" 2>
   } > var/install.log 2>&1 || { tail -30 var/install.log; echo "install failed; see var/install.log"; exit 1; }
   touch .venv/.installed
 fi
+# The browser test drives Debian's Chromium through Playwright (never `playwright install`).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  echo "installing Debian's chromium for the browser test (log: var/install.log) ..."
+  { apt-get update -qq && apt-get install -y -qq chromium; } >> var/install.log 2>&1 \
+    || echo "could not install chromium; tests/web will fail until /usr/bin/chromium exists"
+fi

@@ -13,7 +13,8 @@
   // What the page did, for people debugging it and for the browser test (tests/web).
   const trace = (window.redraft = {
     jobId: null, free: 0, maskedNow: 0, maskedAfterStep: [], stepEvents: 0, chunks: 0,
-    liveStream: false, done: false, status: null, finalText: null, replayStep: null, replayMasked: null,
+    liveStream: false, openedWhile: null, done: false, status: null, finalText: null, replayStep: null,
+    replayMasked: null,
   });
 
   const $ = (sel, root = document) => root.querySelector(sel);
@@ -262,10 +263,10 @@
     if (watching) watching.abort();
     const ctl = (watching = new AbortController());
     Object.assign(trace, {
-      jobId, maskedAfterStep: [], stepEvents: 0, chunks: 0, liveStream: false, done: false,
+      jobId, maskedAfterStep: [], stepEvents: 0, chunks: 0, liveStream: false, openedWhile: null, done: false,
       status: null, finalText: null, replayStep: null, replayMasked: null,
     });
-    $("#job-view").hidden = false;
+    $("#job-head").hidden = false;
     $("#replay").hidden = true;
     $("#result").hidden = true;
     $("#drafts").hidden = true;
@@ -290,6 +291,7 @@
       try {
         const r = await api(`${base}/events`, { raw: true, signal, headers: { Accept: "text/event-stream" } });
         trace.liveStream = true;
+        if (trace.openedWhile === null) trace.openedWhile = job.status;
         for await (const ev of sseEvents(r)) {
           if (ev.event === "step") {
             const step = JSON.parse(ev.data);
@@ -335,8 +337,8 @@
     const err = $("#job-error");
     err.hidden = !job.error;
     err.textContent = job.error ? `${job.error.code}: ${job.error.message}` : "";
-    trace.done = true;
     await showDrafts(base, signal);
+    trace.done = true;
   }
 
   function setupReplay(canvas, steps) {
@@ -382,6 +384,7 @@
         head.append(" · changes from ", el("a", { href: `/drafts/${encodeURIComponent(d.parent_id)}` }, "its parent"));
         const diff = await api(`/v1/drafts/${encodeURIComponent(d.id)}/diff?against=${encodeURIComponent(d.parent_id)}`, { signal });
         renderDiff(body, d.text, diff.ops);
+        if (!diff.changed) head.append(" (none: the rewrite came out the same)");
       } else {
         body.textContent = d.text;
       }
