@@ -188,16 +188,22 @@ class Row:
         lo, hi, block_steps = self.blocks[self.block]
         in_block = (self.positions >= lo) & (self.positions < hi)
         cand = (still[0] & in_block).nonzero().squeeze(1)  # (n,)
-        row_logits = logits[0, cand].double()  # (n, V) float64: Gumbel noise on float32 ties too often
-        probs = raw[cand].double().softmax(-1)  # (n, V) the model's own distribution ranks the commits
+        row_logits = logits[0, cand]  # (n, V) after the processors: decides *what* may be written
         if cfg.temperature > 0:
-            u = torch.rand(row_logits.shape, generator=self.generator, dtype=torch.float64).to(x.device)
-            gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
-            proposal = (row_logits / cfg.temperature + gumbel).argmax(-1)  # (n,)
+            # Categorical sampling at the temperature by inverting the CDF with one uniform per position
+            # from this row's own generator (``right=True`` never lands on a zero-probability token).
+            scaled = (row_logits / cfg.temperature).softmax(-1)  # (n, V)
+            blocked = ~torch.isfinite(row_logits.max(-1).values)  # (n,) nothing allowed at all: never sampled
+            scaled[blocked] = 1.0
+            cdf = scaled.cumsum(-1)  # (n, V)
+            u = torch.rand(cand.numel(), 1, generator=self.generator).to(x.device) * cdf[:, -1:]  # (n, 1)
+            proposal = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[-1] - 1)  # (n,)
         else:
             proposal = row_logits.argmax(-1)  # (n,)
         allowed = row_logits.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) > float("-inf")  # (n,)
-        conf = probs.gather(-1, proposal.unsqueeze(-1)).squeeze(-1)  # (n,)
+        # The model's own probability of each proposal ranks the commits: p = exp(z_t - logsumexp(z)).
+        own = raw[cand]  # (n, V)
+        conf = (own.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) - own.logsumexp(-1)).exp()  # (n,)
         if cfg.threshold is not None:
             # Fast-dLLM: every proposal at or above the threshold, at least one; no planned end.
             k = max(1, int((conf >= cfg.threshold).sum()))

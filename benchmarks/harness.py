@@ -1,0 +1,231 @@
+"""The speed harness behind docs/benchmarks.md: three tables from one run (not a test).
+
+1. Decoding schedules on held-out infill (tests/data/heldout_sample.jsonl; a 16-token span of each
+   text is masked and written back): one token per step (LLaDA's reference schedule: as many forward
+   passes as masks) against confidence-threshold parallel decoding (Fast-dLLM) at several thresholds:
+   forward passes per generated token, tokens per second, and top-1 accuracy against the held-out text.
+2. Worker throughput: N jobs (1, 4, 16) through the worker's own path (``workers.runner.run_job``:
+   claim, processors, the batching engine, step rows written and step events published on real Redis,
+   the draft written) in N threads, as the Celery thread pool runs them, batched (one engine stepping
+   all of them) vs one at a time; next to the ceiling, a bare forward pass of the same shapes, as many
+   times as the batched run made, with nothing else around it.
+3. Queue path latency: 50 jobs submitted to a real ``redraft serve`` (API + embedded worker + SQLite +
+   Redis) one after another, submit → result, next to the sampler called directly.
+
+    python benchmarks/harness.py [--device cpu|cuda] [--markdown docs/benchmarks.md]
+
+Runs unchanged on CUDA (``--device cuda``); on these 2-core CPUs it takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+SAMPLE = REPO / "tests" / "data" / "heldout_sample.jsonl"
+THRESHOLDS = (0.9, 0.8, 0.7, 0.5, 0.3)
+SPAN = 16
+THROUGHPUT_TEXT = "Dear team, the report on [[gap:16]] is ready. Please read it and [[gap:16]] by Friday."
+
+
+def decoding_table(device: str) -> list[str]:
+    from redraft.models import load_tokenizer, special_ids
+    from redraft.settings import DEFAULT_MODEL_DIR
+    from workers.adapters import get_adapter
+    from workers.sampler import ForbidTokens, SamplerConfig, denoise
+
+    adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, device)
+    info, tokenizer = adapter.info, load_tokenizer(DEFAULT_MODEL_DIR)
+    procs = [ForbidTokens(special_ids(info), info.vocab_size)]
+    cases = []
+    g = torch.Generator().manual_seed(0)
+    for line in SAMPLE.read_text().splitlines():
+        ids = tokenizer.encode(json.loads(line)["text"], add_special_tokens=False).ids[:126]
+        if len(ids) < SPAN + 8:
+            continue
+        start = int(torch.randint(4, len(ids) - SPAN - 2, (1,), generator=g))
+        full = torch.tensor([info.bos_id, *ids, info.eos_id])
+        masked = torch.zeros_like(full, dtype=torch.bool)
+        masked[1 + start : 1 + start + SPAN] = True
+        cases.append((full, masked))
+    schedules = [("one token per step", None)] + [(f"threshold {t}", t) for t in THRESHOLDS]
+    rows = ["| schedule | forward passes per token | tokens per second | held-out top-1 accuracy |",
+            "|---|---|---|---|"]
+    for name, threshold in schedules:
+        passes = correct = total = 0
+        t0 = time.perf_counter()
+        for full, masked in cases:
+            x = torch.where(masked, info.mask_id, full).unsqueeze(0).to(adapter.device)
+            cfg = SamplerConfig(steps=int(masked.sum()), threshold=threshold)
+            out = denoise(adapter.logits, x, ~masked.unsqueeze(0).to(adapter.device), info.mask_id, cfg,
+                          [torch.Generator().manual_seed(0)], procs)
+            passes += len(out.history[0])
+            correct += int((out.tokens[0].cpu() == full)[masked].sum())
+            total += int(masked.sum())
+        elapsed = time.perf_counter() - t0
+        rows.append(f"| {name} | {passes / total:.3f} | {total / elapsed:.0f} | {correct / total:.3f} |")
+    rows.append(f"\n{len(cases)} held-out texts, one {SPAN}-token span masked in each ({total} tokens written "
+                f"per schedule), greedy.")
+    return rows
+
+
+def throughput_table(device: str, database_url: str, redis_url: str) -> list[str]:
+    os.environ.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDRAFT_DEVICE": device})
+    from api.schemas import InfillJobCreate
+    from api.submit import compile_request, resolve_model, sampling_params
+    from redraft.settings import get_settings
+    from storage import repo
+    from storage.db import session_scope
+    from storage.migrate import upgrade
+    from workers import engine as engine_mod
+    from workers.adapters import get_adapter
+    from workers.runner import PAD_TO, run_job
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    upgrade(database_url)
+    info = resolve_model(None, settings)
+    adapter = get_adapter(info.name, settings.models[info.name], device)
+    req = InfillJobCreate(kind="infill", text=THROUGHPUT_TEXT, steps=16, temperature=0.7)
+
+    def make_jobs(n: int) -> list[str]:
+        with session_scope() as s:
+            tenant = repo.get_or_create_tenant(s, "bench")
+            canvas = compile_request(req, info, settings)
+            ids = [repo.create_job(s, tenant_id=tenant.id, kind="infill", model=info.name, request={},
+                                   params={**sampling_params(req, settings), "seed": i}, canvas=canvas.to_json()).id
+                   for i in range(n)]
+        return ids
+
+    def run(ids: list[str], batch: int) -> float:
+        engine_mod._engines.clear()
+        settings.worker_batch_size = batch
+        threads = [threading.Thread(target=run_job, args=(j, settings)) for j in ids]
+        t0 = time.perf_counter()
+        if batch == 1:  # one at a time, as a solo-pool worker would
+            for t in threads:
+                t.start()
+                t.join()
+        else:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        return time.perf_counter() - t0
+
+    length = len(compile_request(req, info, settings).token_ids)
+    padded = -(-length // PAD_TO) * PAD_TO
+    written = 32  # two 16-token gaps per job
+    run(make_jobs(2), 2)  # warm up: model load, automaton and tokenizer caches, first forward passes
+    rows = ["| concurrent jobs | one at a time: jobs/s | batched: jobs/s | batched: tokens/s | "
+            "bare forward ceiling: jobs/s | batched / ceiling |", "|---|---|---|---|---|---|"]
+    for n in (1, 4, 16):
+        alone = run(make_jobs(n), 1)
+        engine_mod._engines.clear()
+        batched = run(make_jobs(n), n)
+        eng = next(iter(engine_mod._engines.values()))
+        steps = eng.steps
+        x = torch.randint(5, 8000, (n, padded), device=adapter.device)
+        attn = torch.ones(n, padded, dtype=torch.bool, device=adapter.device)
+        attn[:, length:] = False
+        adapter.logits(x, attn)
+        if adapter.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            adapter.logits(x, attn)
+        if adapter.device.type == "cuda":
+            torch.cuda.synchronize()
+        bare = time.perf_counter() - t0
+        rows.append(f"| {n} | {n / alone:.2f} | {n / batched:.2f} | {n * written / batched:.0f} | "
+                    f"{n / bare:.2f} | {bare / batched:.0%} |")
+    rows.append(f"\nEach job: two 16-token gaps, 16 steps, temperature 0.7, canvas {length} tokens (padded to "
+                f"{padded}); step rows in {database_url.split(':')[0]}, events on Redis. The ceiling runs "
+                f"as many bare forward passes of shape ({'n'}, {padded}) as the batched run made.")
+    return rows
+
+
+def queue_table(jobs: int, redis_url: str) -> list[str]:
+    import httpx
+    from queue_latency import direct, pct, queued
+
+    work = Path(tempfile.mkdtemp(prefix="redraft-bench-"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{work / 'redraft.db'}", "REDIS_URL": redis_url,
+           "REDRAFT_QUEUE_NAME": f"bench-{port}", "REDRAFT_VAR_DIR": str(work)}
+    redraft = str(Path(sys.executable).with_name("redraft"))
+    subprocess.run([redraft, "migrate"], env=env, check=True, capture_output=True)
+    key = subprocess.run([redraft, "keys", "create", "--tenant", "bench"], env=env, check=True,
+                         capture_output=True, text=True).stdout.strip().split()[-1]
+    server = subprocess.Popen([redraft, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=open(work / "serve.log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"redraft serve did not start; see {work / 'serve.log'}")
+            time.sleep(0.2)
+        queued(3, url, key, "redraft-tiny")  # warm the worker
+        q = queued(jobs, url, key, "redraft-tiny")
+        d = direct(jobs, "redraft-tiny")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    return ["| path | p50 ms | p95 ms |", "|---|---|---|",
+            f"| sampler called directly | {pct(d, 50) * 1e3:.1f} | {pct(d, 95) * 1e3:.1f} |",
+            f"| submit → result through API + queue + worker | {pct(q, 50) * 1e3:.1f} | {pct(q, 95) * 1e3:.1f} |",
+            f"| added by the queue path | {(pct(q, 50) - pct(d, 50)) * 1e3:.1f} | "
+            f"{(pct(q, 95) - pct(d, 95)) * 1e3:.1f} |",
+            f"\n{jobs} jobs, one after another (two 6-token gaps, 8 steps each), `redraft serve` with a SQLite file."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--database-url", default=None, help="for the throughput table (default: a temp SQLite file)")
+    parser.add_argument("--jobs", type=int, default=50, help="queue latency jobs")
+    parser.add_argument("--skip-queue", action="store_true", help="no `redraft serve` (e.g. on a bare GPU host)")
+    parser.add_argument("--markdown", default=None, help="also write the tables to this file")
+    args = parser.parse_args()
+    database_url = args.database_url or f"sqlite:///{tempfile.mkdtemp(prefix='redraft-bench-')}/bench.db"
+    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else \
+        f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    out = [f"Measured {date.today()} on {device_name}, model redraft-tiny, "
+           f"`python benchmarks/harness.py --device {args.device}`.", "",
+           "### 1. Decoding schedules (held-out infill)", "", *decoding_table(args.device), "",
+           "### 2. Worker throughput", "", *throughput_table(args.device, database_url, args.redis_url), ""]
+    if not args.skip_queue:
+        out += ["### 3. Queue path latency", "", *queue_table(args.jobs, args.redis_url), ""]
+    text = "\n".join(out)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
