@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from redraft.errors import Conflict, NotFound
@@ -135,7 +135,22 @@ def still_owner(s: Session, job_id: str, attempt: int) -> bool:
 
 def add_step(s: Session, job_id: str, step: int, committed: Sequence[Any], remasked: Sequence[Any] = ()) -> None:
     """Record one denoising step: ``[[position, token_id, token_text, confidence], ...]`` committed."""
-    s.add(Step(job_id=job_id, step=step, committed=list(committed), remasked=list(remasked)))
+    add_steps(s, job_id, step, [(committed, remasked)])
+
+
+def add_steps(s: Session, job_id: str, first: int, rows: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> None:
+    """Record consecutive steps ``first, first + 1, ...`` in one statement (``(committed, remasked)`` each)."""
+    now = utcnow()
+    s.execute(insert(Step), [{"job_id": job_id, "step": first + i, "committed": list(c), "remasked": list(r),
+                              "created_at": now} for i, (c, r) in enumerate(rows)])
+
+
+def writable(s: Session, job_id: str, attempt: int) -> tuple[bool, bool]:
+    """(this attempt still owns the job, a client asked to cancel it), in one read."""
+    row = s.execute(select(Job.status, Job.attempts, Job.cancel_requested).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        return False, False
+    return row.status == "running" and row.attempts == attempt, bool(row.cancel_requested)
 
 
 def set_canvas(s: Session, job_id: str, canvas: dict) -> None:

@@ -52,12 +52,19 @@ class Publisher:
         self.client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
 
     def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
-        if self.client is None:
+        self.publish_many(job_id, [(event, data)])
+
+    def publish_many(self, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Publish in order, in one round trip."""
+        if self.client is None or not events:
             return
         try:
-            self.client.publish(job_channel(job_id), json.dumps({"event": event, "data": data}))
+            pipe = self.client.pipeline(transaction=False)
+            for event, data in events:
+                pipe.publish(job_channel(job_id), json.dumps({"event": event, "data": data}))
+            pipe.execute()
         except redis.RedisError:  # events are a wake-up signal; readers fall back to the database
-            log.warning("could not publish %s for job %s", event, job_id)
+            log.warning("could not publish %d events for job %s", len(events), job_id)
 
 
 def run_job(job_id: str, settings: Settings | None = None) -> str:
@@ -144,17 +151,16 @@ class StepSink:
     def write_rows(self, rows: list[tuple[list[list], list[list[int]]]]) -> None:
         first = self.offset
         with session_scope() as s:
-            if not repo.still_owner(s, self.job_id, self.attempt):
+            owner, cancel = repo.writable(s, self.job_id, self.attempt)
+            if not owner:
                 raise JobCancelled("another attempt owns this job now", code="superseded")
-            if repo.cancel_requested(s, self.job_id):
+            if cancel:
                 raise JobCancelled("cancelled by the client")
-            for i, (committed, remasked) in enumerate(rows):
-                repo.add_step(s, self.job_id, first + i, committed, remasked)
+            repo.add_steps(s, self.job_id, first, rows)
             repo.set_steps_run(s, self.job_id, first + len(rows))
         self.offset += len(rows)
-        for i, (committed, remasked) in enumerate(rows):
-            self.publisher.publish(self.job_id, "step", {"step": first + i, "committed": committed,
-                                                         "remasked": remasked})
+        self.publisher.publish_many(self.job_id, [("step", {"step": first + i, "committed": c, "remasked": r})
+                                                  for i, (c, r) in enumerate(rows)])
         if time.monotonic() - self.started > self.settings.job_timeout_s:
             raise JobTimeout(f"the job ran longer than {self.settings.job_timeout_s} s and was stopped")
 
