@@ -156,7 +156,8 @@ def throughput_table(device: str, database_url: str, redis_url: str) -> list[str
         rows.append(f"| {n} | {n / alone:.2f} | {n / batched:.2f} | {n * written / batched:.0f} | "
                     f"{n / bare:.2f} | {bare / batched:.0%} |")
     rows.append(f"\nEach job: two 16-token gaps, 16 steps, temperature 0.7, canvas {length} tokens (padded to "
-                f"{padded}); step rows in {database_url.split(':')[0]}, events on Redis. The ceiling runs "
+                f"{padded}); step rows in {database_url.split(':')[0]}, "
+                f"{'events on Redis' if redis_url else 'no event bus (no Redis on this host)'}. The ceiling runs "
                 f"as many bare forward passes of shape ({'n'}, {padded}) as the batched run made.")
     return rows
 
