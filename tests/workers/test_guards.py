@@ -254,7 +254,7 @@ class Push:
 
 configs = st.builds(SamplerConfig, steps=st.integers(1, 8), block_size=st.sampled_from([None, 2, 5]),
                     temperature=st.sampled_from([0.0, 1.0]), remask_budget=st.sampled_from([0, 3]),
-                    remask_below=st.just(0.9))
+                    remask_below=st.just(0.9), threshold=st.sampled_from([None, None, 0.3, 0.9]))
 
 
 def fill(adapter, tokenizer, text: str, safety: dict, cfg: SamplerConfig, strength: float, seed: int,
