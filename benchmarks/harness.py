@@ -134,7 +134,8 @@ def throughput_table(device: str, database_url: str, redis_url: str) -> list[str
     written = 32  # two 16-token gaps per job
     run(make_jobs(2), 2)  # warm up: model load, automaton and tokenizer caches, first forward passes
     rows = ["| concurrent jobs | one at a time: jobs/s | batched: jobs/s | batched: tokens/s | "
-            "bare forward ceiling: jobs/s | batched / ceiling |", "|---|---|---|---|---|---|"]
+            "bare forward ceiling: jobs/s | batched / ceiling | engine: forward / advance |",
+            "|---|---|---|---|---|---|---|"]
     for n in (1, 4, 16):
         alone = run(make_jobs(n), 1)
         engine_mod._engines.clear()
@@ -154,7 +155,8 @@ def throughput_table(device: str, database_url: str, redis_url: str) -> list[str
             torch.cuda.synchronize()
         bare = time.perf_counter() - t0
         rows.append(f"| {n} | {n / alone:.2f} | {n / batched:.2f} | {n * written / batched:.0f} | "
-                    f"{n / bare:.2f} | {bare / batched:.0%} |")
+                    f"{n / bare:.2f} | {bare / batched:.0%} | {eng.forward_s / batched:.0%} / "
+                    f"{eng.advance_s / batched:.0%} |")
     rows.append(f"\nEach job: two 16-token gaps, 16 steps, temperature 0.7, canvas {length} tokens (padded to "
                 f"{padded}); step rows in {database_url.split(':')[0]}, "
                 f"{'events on Redis' if redis_url else 'no event bus (no Redis on this host)'}. The ceiling runs "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +53,8 @@ class BatchEngine:
         self._thread = threading.Thread(target=self._loop, name=f"redraft-engine-{name}", daemon=True)
         self.steps = 0  # batched steps run (for benchmarks and logs)
         self.rows_stepped = 0
+        self.forward_s = 0.0  # time in forward passes, and in advancing rows (sampling, processors, commits)
+        self.advance_s = 0.0
         if start:
             self.start()
 
@@ -123,6 +126,7 @@ class BatchEngine:
                 active = [h for h in active if not h.done.is_set()]
 
     def _step(self, handles: list[Handle]) -> None:
+        t0 = time.perf_counter()
         try:
             with torch.no_grad():
                 raws = forward_rows(self.logits_fn, [h.row for h in handles])
@@ -138,6 +142,8 @@ class BatchEngine:
                     h.error = exc
                     h.done.set()
         self.steps += 1
+        t1 = time.perf_counter()
+        self.forward_s += t1 - t0
         for h, raw in zip(handles, raws):
             if raw is None:
                 continue
@@ -148,6 +154,7 @@ class BatchEngine:
             except Exception as exc:  # this row's failure is this row's alone
                 h.error = exc
                 h.done.set()
+        self.advance_s += time.perf_counter() - t1
 
 
 def _drain(q: queue.SimpleQueue) -> list:

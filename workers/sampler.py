@@ -40,12 +40,11 @@ class ForbidTokens:
     """Hard mask: never write these ids at a free position (mask, pad, BOS, EOS, ...)."""
 
     def __init__(self, token_ids: Sequence[int], vocab_size: int) -> None:
-        self.banned = torch.zeros(vocab_size, dtype=torch.bool)  # (V,)
-        self.banned[list(token_ids)] = True
+        self.ids = torch.tensor(sorted({int(t) for t in token_ids if 0 <= t < vocab_size}), dtype=torch.long)  # (k,)
 
     def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        banned = self.banned.to(logits.device)
-        logits[..., : banned.numel()].masked_fill_(banned, float("-inf"))
+        # k columns of the (b, L, V) logits, not a V-wide mask: a handful of special ids.
+        logits.index_fill_(-1, self.ids.to(logits.device), float("-inf"))
         return logits
 
 
@@ -179,15 +178,17 @@ class Row:
         return (self.x == self.mask_id) & self.free & (self.positions >= lo) & (self.positions < hi)  # (L,)
 
     def advance(self, raw: torch.Tensor) -> StepRecord:
-        """One step from this row's model logits ``raw`` (L, V): choose, commit, maybe self-correct."""
+        """One step from this row's model logits ``raw`` (L, V), which it may edit in place: choose, commit,
+        maybe self-correct."""
         cfg, x = self.cfg, self.x
         still = ((x == self.mask_id) & self.free).unsqueeze(0)  # (1, L)
-        logits = raw.unsqueeze(0).clone() if self.processors else raw.unsqueeze(0)  # (1, L, V)
-        for proc in self.processors:
-            logits = proc(logits, x.unsqueeze(0), still, [self.proc_index])
         lo, hi, block_steps = self.blocks[self.block]
         in_block = (self.positions >= lo) & (self.positions < hi)
         cand = (still[0] & in_block).nonzero().squeeze(1)  # (n,)
+        own = raw[cand]  # (n, V) a copy: the model's own distribution, which ranks the commits
+        logits = raw.unsqueeze(0)  # (1, L, V) the processors edit the row's logits in place
+        for proc in self.processors:
+            logits = proc(logits, x.unsqueeze(0), still, [self.proc_index])
         row_logits = logits[0, cand]  # (n, V) after the processors: decides *what* may be written
         if cfg.temperature > 0:
             # Categorical sampling at the temperature by inverting the CDF with one uniform per position
@@ -202,7 +203,6 @@ class Row:
             proposal = row_logits.argmax(-1)  # (n,)
         allowed = row_logits.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) > float("-inf")  # (n,)
         # The model's own probability of each proposal ranks the commits: p = exp(z_t - logsumexp(z)).
-        own = raw[cand]  # (n, V)
         conf = (own.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) - own.logsumexp(-1)).exp()  # (n,)
         if cfg.threshold is not None:
             # Fast-dLLM: every proposal at or above the threshold, at least one; no planned end.
