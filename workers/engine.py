@@ -103,27 +103,39 @@ class BatchEngine:
     def _loop(self) -> None:
         active: list[Handle] = []
         while True:
-            if not active:
-                self._wake.wait()
-            self._wake.clear()
-            while len(active) < self.max_batch:
-                try:
-                    active.append(self._pending.get_nowait())
-                except queue.Empty:
-                    break
-            live = []
-            for h in active:
-                if h.stop is not None:
-                    h.error = h.stop
+            try:
+                active = self._iteration(active)
+            except Exception as exc:  # never let the loop die with jobs waiting on it: fail them instead
+                log.exception("the engine loop failed; failing the %d rows it held", len(active))
+                for h in active:
+                    h.error = exc
                     h.done.set()
-                elif not h.row.active:
-                    h.done.set()
-                else:
-                    live.append(h)
-            active = live
-            if active:
-                self._step(active)
-                active = [h for h in active if not h.done.is_set()]
+                active = []
+
+    def _iteration(self, active: list[Handle]) -> list[Handle]:
+        """Take in new rows, drop finished and stopped ones, run one step over the rest."""
+        if not active and self._pending.empty():
+            self._wake.wait()  # a run() after the empty() check sets the event, so this cannot miss it
+        self._wake.clear()
+        while len(active) < self.max_batch:
+            try:
+                active.append(self._pending.get_nowait())
+            except queue.Empty:
+                break
+        live = []
+        for h in active:
+            if h.stop is not None:
+                h.error = h.stop
+                h.done.set()
+            elif not h.row.active:
+                h.done.set()
+            else:
+                live.append(h)
+        active = live
+        if active:
+            self._step(active)
+            active = [h for h in active if not h.done.is_set()]
+        return active
 
     def _step(self, handles: list[Handle]) -> None:
         t0 = time.perf_counter()

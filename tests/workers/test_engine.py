@@ -208,3 +208,12 @@ def test_threshold_is_validated():
         SamplerConfig(steps=1, threshold=0.0)
     with pytest.raises(Exception, match="threshold"):
         SamplerConfig(steps=1, threshold=1.5)
+
+
+def test_rows_beyond_the_batch_size_wait_their_turn_and_finish(tiny_adapter, tiny_model):
+    _, tokenizer = tiny_model
+    jobs = [{"text": TEXTS[3], "steps": 3, "seed": i} for i in range(5)]
+    alone = [drafting(tiny_adapter, tokenizer, p).run("infill")[0] for p in jobs]
+    engine = BatchEngine(tiny_adapter.logits, max_batch=2, start=False)
+    together = run_together(tiny_adapter, tokenizer, jobs, engine)
+    assert [t[0] for t in together] == alone
