@@ -213,15 +213,21 @@ class Row:
             k = -(-cand.numel() // max(1, block_steps - self.step_in_block))  # ceil: masks left / steps left
         order = torch.rand(cand.numel(), generator=self.generator).to(x.device) if cfg.remasking == "random" else conf
         pos_out, tok_out, conf_out = [], [], []
+        # One host copy of each per-candidate vector (a GPU syncs once per step, not once per commit).
+        cand_l, prop_l, allowed_l, conf_l = cand.tolist(), proposal.tolist(), allowed.tolist(), conf.tolist()
         for c in order.argsort(descending=True, stable=True).tolist():
             if len(pos_out) == k:
                 break
-            p, t = int(cand[c]), int(proposal[c])
-            if not bool(allowed[c]) or not all(chk.admissible(self.proc_index, x, p, t) for chk in self.checkers):
+            p, t = cand_l[c], prop_l[c]
+            if not allowed_l[c] or not all(chk.admissible(self.proc_index, x, p, t) for chk in self.checkers):
                 continue
-            x[p] = t
-            self.confidence[p] = float(conf[c])
-            pos_out.append(p), tok_out.append(t), conf_out.append(float(conf[c]))
+            if self.checkers:  # they must see this step's earlier commits
+                x[p] = t
+            pos_out.append(p), tok_out.append(t), conf_out.append(conf_l[c])
+        if pos_out:
+            at = torch.tensor(pos_out, device=x.device)
+            x[at] = torch.tensor(tok_out, device=x.device)
+            self.confidence[at] = torch.tensor(conf_out, dtype=torch.float32, device=x.device)
         if not pos_out and (last_planned or cfg.threshold is not None):
             raise ConstraintError(
                 f"no admissible token for positions {cand.tolist()[:8]} under the job's targets; "
