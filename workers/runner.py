@@ -32,7 +32,7 @@ from workers.adapters import get_adapter
 from workers.constrained import SlotTargets, SlotVocabulary, constrained_slots
 from workers.guards import SafetyGuard
 from workers.engine import BatchEngine, for_adapter
-from workers.sampler import ForbidTokens, Row, SamplerConfig, StepRecord, forward_rows
+from workers.sampler import ForbidTokens, Row, SamplerConfig, StepRecord, step
 from workers.scorers import TopicScorer, load_scorer, split_spans
 
 log = logging.getLogger(__name__)
@@ -250,9 +250,8 @@ class Drafting:
             self.engine.run(row, self.sink.records)
         else:
             row.on_step = lambda rec: self.sink.records([rec])
-            with torch.no_grad():
-                while row.active:
-                    row.advance(forward_rows(self.adapter.logits, [row])[0])
+            while step(self.adapter.logits, [row]):
+                pass
         tokens, conf = row.x[:length].cpu(), row.confidence[:length].cpu()
         if confidence is not None:  # positions written in an earlier round keep their confidence
             conf = torch.where(x == self.info.mask_id, conf, confidence)
