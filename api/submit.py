@@ -67,7 +67,7 @@ def safety_targets(req: JobRequest) -> SafetyTargets | None:
 
 
 def revision_canvas(session: Session, tenant_id: str, req: ReviseJobCreate, info: ModelInfo,
-                    settings: Settings) -> tuple[Canvas, dict]:
+                    settings: Settings, targets: SafetyTargets | None) -> tuple[Canvas, dict]:
     """The revise job's canvas and its plan (source, kept ranges, regions) for the worker."""
     tokenizer = load_tokenizer(info.path)
     layout = None
@@ -86,7 +86,6 @@ def revision_canvas(session: Session, tenant_id: str, req: ReviseJobCreate, info
         regions += auto_regions(layout, req.auto.model_dump())
     regions += target_regions(text, layout, [t.model_dump(exclude_none=True) for t in req.targets], tokenizer, info,
                               default, limit)
-    targets = safety_targets(req)
     if targets is not None:
         regions += violation_regions(text, find_violations(text, targets), tokenizer, limit)
     avoid = req.safety is not None and bool(req.safety.avoid)
@@ -128,7 +127,7 @@ def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Sett
     """Everything that can be wrong with a request is found here, before any row is written."""
     info = resolve_model(req.model, settings)
     params = sampling_params(req, settings)
-    safety_targets(req)
+    targets = safety_targets(req)  # validated here for every kind; a revise job also rewrites what breaks them
     saved, plan = None, None
     if isinstance(req, GenerateJobCreate) and req.template_name is not None:
         try:
@@ -136,7 +135,7 @@ def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Sett
         except NotFound as exc:
             raise InvalidRequest(exc.message, code="unknown_template") from exc
     if isinstance(req, ReviseJobCreate):
-        canvas, plan = revision_canvas(session, tenant_id, req, info, settings)
+        canvas, plan = revision_canvas(session, tenant_id, req, info, settings, targets)
     else:
         canvas = compile_request(req, info, settings, saved)
     job = repo.create_job(

@@ -194,6 +194,12 @@ def _byte_level_table() -> dict[str, int]:
     return table
 
 
+@lru_cache(maxsize=65536)
+def token_text(tokenizer: Tokenizer, token_id: int) -> str:
+    """One token decoded on its own, special tokens kept: how steps show each committed token."""
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
 def token_bytes(tokenizer: Tokenizer, token_id: int) -> bytes:
     """The exact bytes a byte-level BPE token stands for (partial UTF-8 sequences included)."""
     table = _byte_level_table()

@@ -22,7 +22,7 @@ from constraints.generate import slot_values
 from constraints.revise import Region, carry_layout, compile_revision, token_count
 from constraints.safety import parse_safety
 from redraft.errors import Conflict, JobCancelled, RedraftError
-from redraft.models import load_tokenizer, special_ids
+from redraft.models import load_tokenizer, special_ids, token_text
 from redraft.queue import job_channel
 from redraft.settings import Settings, get_settings
 from storage import repo
@@ -139,7 +139,7 @@ class StepSink:
         rows = []
         for rec in batch:
             committed = [
-                [p, t, self.tokenizer.decode([t], skip_special_tokens=False), round(c, 5)]
+                [p, t, token_text(self.tokenizer, t), round(c, 5)]
                 for p, t, c in zip(rec.positions, rec.tokens, rec.confidences)
             ]
             rows.append((committed, [list(r) for r in rec.remasked]))

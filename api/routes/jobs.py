@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from functools import lru_cache
-from pathlib import Path
 from typing import Annotated
 
 import redis.asyncio as aioredis
@@ -28,7 +26,7 @@ from api.schemas import (
     StepsPublic,
 )
 from api.submit import submit_job
-from redraft.models import load_model_info, load_tokenizer
+from redraft.models import load_model_info, load_tokenizer, token_text
 from redraft.queue import job_channel
 from redraft.settings import Settings
 from storage import repo
@@ -87,17 +85,11 @@ def get_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JobPubli
     return job_public(repo.get_job(session, job_id, tenant.id))
 
 
-@lru_cache(maxsize=65536)
-def token_text(model_path: Path, token_id: int) -> str:
-    """One token decoded alone, as the workers decode each committed token."""
-    return load_tokenizer(model_path).decode([token_id], skip_special_tokens=False)
-
-
 def canvas_text(job: Job, settings: Settings) -> list[str]:
     if job.model not in settings.models:
         return []
-    path = load_model_info(job.model, settings.models[job.model]).path
-    return [token_text(path, t) for t in job.canvas["token_ids"]]
+    tokenizer = load_tokenizer(load_model_info(job.model, settings.models[job.model]).path)
+    return [token_text(tokenizer, t) for t in job.canvas["token_ids"]]
 
 
 @router.get("/{job_id}/steps", response_model=StepsPublic)
