@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class TextSegment(BaseModel):
@@ -41,9 +41,19 @@ class SafetySpec(BaseModel):
 class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="a name from GET /v1/models (default: the server's default)")
-    steps: int | None = Field(None, description="denoising steps (forward passes); default from the server")
+    steps: int | None = Field(None, description=(
+        "denoising steps (forward passes); default from the model (block-diffusion families: the most steps per "
+        "canvas, from its generation_config.json) or the server"))
     seed: int = Field(0, ge=0, le=2**63 - 1, description="same seed, same output")
-    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 is greedy; above 0 samples (Gumbel-max)")
+    temperature: float | None = Field(None, ge=0.0, le=10.0, description=(
+        "one temperature for every step: 0 is greedy, above 0 samples; default: the model's (masked families "
+        "0, DiffusionGemma its t_max -> t_min schedule)"))
+    t_max: float | None = Field(None, gt=0.0, le=10.0, description=(
+        "a linear temperature schedule from t_max at the first step to t_min at the last (give both)"))
+    t_min: float | None = Field(None, gt=0.0, le=10.0, description="the schedule's last temperature")
+    entropy_bound: float | None = Field(None, gt=0.0, le=1000.0, description=(
+        "accept, each step, the lowest-entropy proposals whose summed entropy minus the largest stays within "
+        "this (DiffusionGemma's rule; its default comes from the model)"))
     block_size: int | None = Field(None, ge=1, description="semi-autoregressive blocks of this many tokens")
     remasking: Literal["low_confidence", "random"] = "low_confidence"
     threshold: float | None = Field(None, gt=0.0, le=1.0, description=(
@@ -54,6 +64,18 @@ class SamplingParams(BaseModel):
         "denoising (ReMDM-style; 0 is off)"))
     remask_below: float = Field(0.5, gt=0.0, le=1.0, description="only tokens committed below this confidence")
     safety: SafetySpec | None = None
+
+    @model_validator(mode="after")
+    def _one_temperature(self) -> SamplingParams:
+        if (self.t_max is None) != (self.t_min is None):
+            raise ValueError("give both `t_max` and `t_min` (a linear schedule), or neither")
+        if self.t_max is not None and self.temperature is not None:
+            raise ValueError("give `temperature` (one for every step) or `t_max`/`t_min` (a schedule), not both")
+        if self.t_max is not None and self.t_max < self.t_min:
+            raise ValueError(f"t_max ({self.t_max}) must be at least t_min ({self.t_min}): the schedule cools down")
+        if self.threshold is not None and self.entropy_bound is not None:
+            raise ValueError("give `threshold` or `entropy_bound` (two acceptance rules), not both")
+        return self
 
 
 class InfillJobCreate(SamplingParams):
@@ -68,23 +90,67 @@ class InfillJobCreate(SamplingParams):
         return self
 
 
+MAX_CHAT_MESSAGES = 500  # a conversation longer than this is a mistake, not a request
+MAX_CHAT_CHARS = 200_000  # all messages' text together (models here take far fewer tokens)
+
+
+class ChatTextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ChatTextPart] = Field(description=(
+        'the text, or a list of {"type": "text", "text": ...} parts (joined by newlines); only text parts'))
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for part in value:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                if kind != "text":
+                    raise ValueError(f'only text parts ({{"type": "text", "text": ...}}) are supported; got {kind!r}')
+        return value
+
+    def text_length(self) -> int:
+        return len(self.content) if isinstance(self.content, str) else sum(len(p.text) for p in self.content)
+
+
 class GenerateJobCreate(SamplingParams):
     kind: Literal["generate"]
     template: str | None = Field(None, description='Jinja2 source; {{ slot("name", max_tokens=8, regex=...) }} marks model text')
     template_name: str | None = Field(None, description="a template saved with POST /v1/templates")
     variables: dict[str, Any] = Field(default_factory=dict, description="values for the template's variables")
     prompt: str | None = Field(None, description="fixed context; the answer is one slot named `answer` after it")
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_CHAT_MESSAGES, description=(
+        "a conversation (system / user / assistant turns) rendered with the model's own chat template, ready "
+        f"for the assistant's reply; the answer is one slot named `answer` after it. At most {MAX_CHAT_MESSAGES} "
+        f"messages and {MAX_CHAT_CHARS:,} characters of text in all"))
     target: dict[str, Any] | None = Field(None, description='{"regex": ...} | {"json_schema": {...}} | {"choices": [...]}')
-    max_tokens: int | None = Field(None, description="answer slot size (prompt form)")
-    min_tokens: int = Field(0, ge=0, description="answer must hold at least this many tokens (prompt form)")
+    max_tokens: int | None = Field(None, description="answer slot size (prompt and messages forms)")
+    min_tokens: int = Field(0, ge=0, description=(
+        "answer must hold at least this many tokens (prompt and messages forms)"))
+
+    @field_validator("messages")
+    @classmethod
+    def _chat_size(cls, value: list[ChatMessage] | None) -> list[ChatMessage] | None:
+        if value is not None and (total := sum(m.text_length() for m in value)) > MAX_CHAT_CHARS:
+            raise ValueError(f"the messages hold {total:,} characters; at most {MAX_CHAT_CHARS:,} in all")
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> GenerateJobCreate:
-        if sum(v is not None for v in (self.template, self.template_name, self.prompt)) != 1:
-            raise ValueError("give exactly one of `template` (with slot() calls), `template_name` (a saved template) "
-                             "or `prompt` (with an optional `target`)")
-        if self.prompt is None and (self.target is not None or self.max_tokens is not None):
-            raise ValueError("`target` and `max_tokens` belong to the prompt form; in a template pass them to slot()")
+        if sum(v is not None for v in (self.template, self.template_name, self.prompt, self.messages)) != 1:
+            raise ValueError("give exactly one of `template` (with slot() calls), `template_name` (a saved template), "
+                             "`prompt` or `messages` (a chat, rendered with the model's chat template; these two "
+                             "with an optional `target`)")
+        if self.prompt is None and self.messages is None and (self.target is not None or self.max_tokens is not None):
+            raise ValueError("`target` and `max_tokens` belong to the prompt form or the messages form; in a template "
+                             "pass them to slot()")
         return self
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 from api.schemas import GapSegment, GenerateJobCreate, InfillJobCreate, ReviseJobCreate
 from constraints.canvas import Canvas
+from constraints.chat import render_chat
 from constraints.generate import compile_generate, prompt_slot
 from constraints.infill import Gap, compile_infill, gap, parse_text
 from constraints.revise import (
@@ -40,17 +41,35 @@ def resolve_model(name: str | None, settings: Settings) -> ModelInfo:
 JobRequest = InfillJobCreate | GenerateJobCreate | ReviseJobCreate
 
 
-def sampling_params(req: JobRequest, settings: Settings) -> dict:
-    steps = settings.default_steps if req.steps is None else req.steps
+def sampling_params(req: JobRequest, settings: Settings, info: ModelInfo) -> dict:
+    """The job's resolved sampling parameters: the request's, else the model's defaults, else the server's."""
+    defaults = info.defaults
+    steps = req.steps if req.steps is not None else defaults.get("steps", settings.default_steps)
     if not 1 <= steps <= settings.max_steps:
         raise InvalidRequest(f"steps must be between 1 and {settings.max_steps}; got {steps}")
+    if info.noise == "uniform":
+        unused = [name for name, given in (("block_size", req.block_size is not None),
+                                           ("remasking", req.remasking != "low_confidence"),
+                                           ("remask_budget", req.remask_budget > 0)) if given]
+        if unused:
+            raise InvalidRequest(
+                f"{', '.join(unused)} do not apply to model {info.name!r} ({info.family}: block diffusion from "
+                f"uniform noise, canvases of {info.canvas_length} tokens, acceptance re-decided every step); "
+                "leave them out, or tune `entropy_bound`, `threshold`, `t_max`/`t_min` or `steps`")
+    scheduled = req.temperature is None and req.t_max is None and "t_max" in defaults
     params = {
         "steps": steps,
         "seed": req.seed,
-        "temperature": req.temperature,
+        "temperature": None if (req.t_max is not None or scheduled) else (req.temperature or 0.0),
+        "t_max": req.t_max if req.t_max is not None else (defaults["t_max"] if scheduled else None),
+        "t_min": req.t_min if req.t_min is not None else (defaults["t_min"] if scheduled else None),
         "block_size": req.block_size,
         "remasking": req.remasking,
         "threshold": req.threshold,
+        "entropy_bound": req.entropy_bound if req.entropy_bound is not None else (
+            defaults.get("entropy_bound") if req.threshold is None else None),
+        "stability": defaults.get("stability"),
+        "confidence_stop": defaults.get("confidence_stop"),
         "remask_budget": req.remask_budget,
         "remask_below": req.remask_below,
     }
@@ -105,9 +124,11 @@ def compile_request(req: InfillJobCreate | GenerateJobCreate, info: ModelInfo, s
         source = req.template if req.template is not None else saved_source
         if source is not None:
             pieces = render_template(source, req.variables, settings.default_gap_tokens, settings.max_gap_tokens)
-        else:
+        else:  # the prompt form, or the messages form: the rendered conversation is its prompt
+            context = req.prompt if req.messages is None else render_chat(
+                info, [m.model_dump() for m in req.messages])
             max_tokens = req.max_tokens or settings.default_gap_tokens
-            pieces = [req.prompt, prompt_slot(req.target, max_tokens, req.min_tokens, settings.max_gap_tokens)]
+            pieces = [context, prompt_slot(req.target, max_tokens, req.min_tokens, settings.max_gap_tokens)]
         return compile_generate([p for p in pieces if p], tokenizer, info)
     if req.text is not None:
         segments = parse_text(req.text, settings.default_gap_tokens, settings.max_gap_tokens)
@@ -126,7 +147,7 @@ def compile_request(req: InfillJobCreate | GenerateJobCreate, info: ModelInfo, s
 def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Settings) -> Job:
     """Everything that can be wrong with a request is found here, before any row is written."""
     info = resolve_model(req.model, settings)
-    params = sampling_params(req, settings)
+    params = sampling_params(req, settings, info)
     targets = safety_targets(req)  # validated here for every kind; a revise job also rewrites what breaks them
     saved, plan = None, None
     if isinstance(req, GenerateJobCreate) and req.template_name is not None:

@@ -7,7 +7,9 @@ shifted, like Dream, are re-aligned here, so the sampler never knows).
 
 from __future__ import annotations
 
+import copy
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +34,12 @@ class Adapter:
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def forward_rows(self, rows) -> list[torch.Tensor]:
+        """Each row's logits over its canvas, one forward pass per group of equal length (the sampler's rows)."""
+        from workers.sampler import forward_rows
+
+        return forward_rows(self.logits, rows)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,7 +98,122 @@ class DreamAdapter(RemoteCodeAdapter):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-ADAPTERS: dict[str, type[Adapter]] = {"masked_lm": MaskedLMAdapter, "llada": LLaDAAdapter, "dream": DreamAdapter}
+# What stands in for DiffusionGemma's vision tower when only text is served: a one-layer, 8-wide Gemma-4 vision
+# config. The checkpoint's vision weights do not fit it and are skipped at load time (never read into memory);
+# the tower is never run, since Redraft sends no images.
+TEXT_ONLY_VISION = {"model_type": "gemma4_vision", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+                    "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 8, "position_embedding_size": 8}
+
+
+@dataclass(eq=False)
+class EncoderContext:
+    """A row's context in the encoder's KV cache: everything left of its current window, encoded once."""
+
+    cache: object  # a transformers DynamicCache
+    encoded: int = 0  # canvas positions [0, encoded) are in the cache
+
+
+class DiffusionGemmaAdapter(Adapter):
+    """Google's DiffusionGemma (``DiffusionGemmaForBlockDiffusion``, native in transformers), text only.
+
+    ``forward_rows`` runs one decoder pass per group of rows whose windows have the same shape (same cached
+    context length, same window width), with each row's own encoder cache stacked along the batch. Before a
+    row's window is read, whatever lies left of it and is not cached yet (the prompt, a finished canvas, fixed
+    text between canvases) is encoded into the row's cache, as ``generate`` encodes each finished canvas.
+    The decoder also takes the row's previous step's logits (self-conditioning); the first step of a window
+    takes none. Same calls, masks and position ids as ``DiffusionGemmaGenerationMixin.generate``.
+    """
+
+    @classmethod
+    def load(cls, info: ModelInfo, device: torch.device) -> DiffusionGemmaAdapter:
+        from transformers import AutoConfig, DiffusionGemmaForBlockDiffusion
+        from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationConfig
+
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+        config = AutoConfig.from_pretrained(info.path, local_files_only=True)
+        config.vision_config = type(config.vision_config)(**TEXT_ONLY_VISION) if config.vision_config is not None \
+            else None
+        if info.weights_present:
+            model = DiffusionGemmaForBlockDiffusion.from_pretrained(
+                info.path, config=config, local_files_only=True, dtype=dtype, ignore_mismatched_sizes=True)
+        else:
+            torch.manual_seed(0)  # a config without weights: deterministic random init (tests and demos)
+            model = DiffusionGemmaForBlockDiffusion(config).to(dtype)
+            if (info.path / "generation_config.json").exists():
+                model.generation_config = DiffusionGemmaGenerationConfig.from_pretrained(info.path, local_files_only=True)
+        return cls(info, model.to(device), device)
+
+    def _encode(self, row) -> EncoderContext:
+        model = self.model
+        ctx = row.context
+        if ctx is None:
+            from transformers import DynamicCache
+
+            ctx = row.context = EncoderContext(DynamicCache(config=model.config.get_text_config(decoder=True)))
+        lo, _ = row.window()
+        if ctx.encoded < lo:
+            ids = row.x[ctx.encoded:lo].unsqueeze(0).to(self.device)  # (1, n) all decided: left of the window
+            positions = torch.arange(ctx.encoded, lo, dtype=torch.int32, device=self.device).unsqueeze(0)  # (1, n)
+            masks = model.model.encoder.create_masks_for_generate(
+                config=model.config, inputs_embeds=torch.empty((1, ids.shape[1], 0), dtype=model.dtype, device=self.device),
+                attention_mask=torch.ones((1, lo), dtype=torch.bool, device=self.device), cache=ctx.cache,
+                position_ids=positions)
+            out = model.model.encoder(input_ids=ids, attention_mask=masks, cache=ctx.cache, position_ids=positions)
+            ctx.cache, ctx.encoded = out.cache, lo
+        return ctx
+
+    @torch.no_grad()
+    def forward_rows(self, rows) -> list[torch.Tensor]:
+        """Each row's decoder logits (W, V) over its current window."""
+        model = self.model
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, row in enumerate(rows):
+            ctx = self._encode(row)
+            groups.setdefault((ctx.encoded, row.model_input().numel()), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        dtype = model.model.decoder.embed_tokens.weight.dtype
+        for (encoded, width), members in groups.items():
+            canvas = torch.stack([rows[i].model_input() for i in members]).to(self.device)  # (b, W)
+            cache = stack_caches([rows[i].context.cache for i in members])
+            feedback = [rows[i].noise.logits for i in members]
+            sc, sc_mask = None, None
+            if any(f is not None for f in feedback):
+                vocab = model.config.text_config.vocab_size
+                sc = torch.stack([f.to(dtype) if f is not None else torch.zeros(width, vocab, dtype=dtype, device=self.device)
+                                  for f in feedback])  # (b, W, V)
+                if not all(f is not None for f in feedback):
+                    sc_mask = torch.tensor([f is not None for f in feedback], device=self.device)  # (b,)
+            positions = torch.arange(encoded, encoded + width, dtype=torch.int32, device=self.device).unsqueeze(0)
+            masks = model.model.decoder.create_diffusion_decoder_attention_mask(
+                config=model.config, inputs_embeds=canvas.unsqueeze(-1), cache=cache,
+                decoder_attention_mask=torch.ones((len(members), encoded + width), dtype=torch.bool, device=self.device))
+            logits = model(decoder_input_ids=canvas, self_conditioning_logits=sc, self_conditioning_mask=sc_mask,
+                           decoder_attention_mask=masks, cache=cache, decoder_position_ids=positions).logits  # (b, W, V)
+            for j, i in enumerate(members):
+                out[i] = logits[j].float()
+        return out  # type: ignore[return-value]
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        raise ModelError(f"model {self.info.name!r} ({self.info.family}) denoises canvases with an encoder cache; "
+                         "run it through the sampler's rows (forward_rows), not a whole-sequence logits call")
+
+
+def stack_caches(caches: list):
+    """One cache for a batch: the rows' key/value tensors stacked along the batch (same lengths), read-only."""
+    if len(caches) == 1:
+        return caches[0]
+    out = copy.copy(caches[0])
+    out.layers = []
+    for layers in zip(*(c.layers for c in caches)):
+        layer = copy.copy(layers[0])
+        layer.keys = torch.cat([lay.keys for lay in layers], dim=0)
+        layer.values = torch.cat([lay.values for lay in layers], dim=0)
+        out.layers.append(layer)
+    return out
+
+
+ADAPTERS: dict[str, type[Adapter]] = {"masked_lm": MaskedLMAdapter, "llada": LLaDAAdapter, "dream": DreamAdapter,
+                                      "diffusion_gemma": DiffusionGemmaAdapter}
 
 _cache: dict[tuple[str, str], Adapter] = {}
 _lock = threading.Lock()

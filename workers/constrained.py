@@ -48,20 +48,27 @@ class SlotTargets:
         self.slots_per_row = slots_per_row  # batch row -> its constrained slots
         self.empty_id = empty_id
 
-    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
+                 offset: int = 0) -> torch.Tensor:
+        width = logits.shape[1]
         for j, row in enumerate(rows):
             for slot in self.slots_per_row.get(row, ()):
                 pos = torch.tensor(slot.positions, device=logits.device)  # (n,)
                 slot_free = free[j, pos]  # (n,)
-                if not bool(slot_free.any()):
+                seen = (pos >= offset) & (pos < offset + width)  # (n,) positions these logits are for
+                if not bool((slot_free & seen).any()):
                     continue
-                logp = logits[j, pos].float().log_softmax(-1)  # (n, V)
+                # Positions of the slot outside the window (a later canvas of a block-diffusion model) have no
+                # logits yet: they count as "any token" (log-probability 0), so the path stays completable.
+                logp = torch.zeros(pos.numel(), logits.shape[-1], device=logits.device)  # (n, V)
+                logp[seen] = logits[j, pos[seen] - offset].float().log_softmax(-1)
                 committed = [None if f else int(t) for f, t in zip(slot_free.tolist(), x[j, pos].tolist())]
                 path = best_path(slot.automaton, logp, committed, self.empty_id, slot.min_tokens)
                 if path is None:  # cannot happen from a canvas the API accepted; fail loudly if it does
                     raise ConstraintError(f"slot {slot.name!r} can no longer satisfy {slot.automaton.pattern!r}")
-                forced = torch.tensor(path, device=logits.device)[slot_free]  # (f,)
-                at = pos[slot_free]  # (f,)
+                here = slot_free & seen  # (n,)
+                forced = torch.tensor(path, device=logits.device)[here]  # (f,)
+                at = pos[here] - offset  # (f,)
                 # A path token another hard mask forbids here (a safety guard) stays forbidden: the
                 # position waits, and the next step's path goes around it.
                 keep = torch.isfinite(logits[j, at, forced])  # (f,)
@@ -88,10 +95,12 @@ class SlotVocabulary:
             masks.append((canvas.slot_positions(index), allowed))
         return cls({0: masks}) if masks else None
 
-    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
+                 offset: int = 0) -> torch.Tensor:
         for j, row in enumerate(rows):
             for positions, allowed in self.masks_per_row.get(row, ()):
-                pos = torch.tensor(positions, device=logits.device)  # (n,)
+                pos = torch.tensor([p - offset for p in positions if 0 <= p - offset < logits.shape[1]],
+                                   dtype=torch.long, device=logits.device)  # (n,) rows of the window's logits
                 block = logits[j, pos]  # (n, V)
                 block[:, ~allowed.to(logits.device)] = float("-inf")
                 logits[j, pos] = block

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workers.sampler import Row, StepRecord, forward_rows
+from workers.sampler import Row, StepRecord, rows_forward
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ class Handle:
 class BatchEngine:
     """The step loop of one model in one worker process (``for_adapter`` gives the shared one)."""
 
-    def __init__(self, logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], max_batch: int = 16,
-                 name: str = "model", start: bool = True) -> None:
-        self.logits_fn = logits_fn
+    def __init__(self, model, max_batch: int = 16, name: str = "model", start: bool = True) -> None:
+        """``model``: an adapter, or a masked model's ``logits(input_ids, attention_mask)`` (``rows_forward``)."""
+        self.forward = rows_forward(model)
         self.max_batch = max_batch
         self._pending: queue.SimpleQueue[Handle] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -141,14 +141,14 @@ class BatchEngine:
         t0 = time.perf_counter()
         try:
             with torch.no_grad():
-                raws = forward_rows(self.logits_fn, [h.row for h in handles])
+                raws = self.forward([h.row for h in handles])
         except Exception:
             log.exception("a batched forward pass failed; retrying its rows one by one")
             raws = []
             for h in handles:
                 try:
                     with torch.no_grad():
-                        raws.append(forward_rows(self.logits_fn, [h.row])[0])
+                        raws.append(self.forward([h.row])[0])
                 except Exception as exc:
                     raws.append(None)
                     h.error = exc
@@ -187,5 +187,5 @@ def for_adapter(adapter, max_batch: int) -> BatchEngine:
     with _lock:
         engine = _engines.get(id(adapter))
         if engine is None:
-            engine = _engines[id(adapter)] = BatchEngine(adapter.logits, max_batch, adapter.info.name)
+            engine = _engines[id(adapter)] = BatchEngine(adapter, max_batch, adapter.info.name)
         return engine

@@ -172,28 +172,31 @@ class SafetyGuard:
             self._static[key] = torch.tensor(guard.static_ids, dtype=torch.long, device=device)  # (S,)
         return self._static[key]
 
-    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        vocab = logits.shape[-1]
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
+                 offset: int = 0) -> torch.Tensor:
+        vocab, width = logits.shape[-1], logits.shape[1]
         for j, row in enumerate(rows):
             if row not in self.rows:
                 continue
             text, guard = self.rows[row]
             in_slot = self.in_slot[row].to(free.device)  # (L,) the canvas; x may carry padding after it
             pos = (free[j, : in_slot.numel()] & in_slot).nonzero().squeeze(1)  # (n,)
+            pos = pos[(pos >= offset) & (pos < offset + width)]  # the positions these logits are for
             if pos.numel() == 0:
                 continue
+            rel = pos - offset  # (n,) rows of the window's logits
             static = self._static_ids(guard, logits.device)
             static = static[static < vocab]
             if static.numel():
-                logits[j, pos.unsqueeze(1), static.unsqueeze(0)] = float("-inf")
+                logits[j, rel.unsqueeze(1), static.unsqueeze(0)] = float("-inf")
             if vocab > len(guard.table.data):  # ids the tokenizer does not know: no text to check
-                logits[j, pos, len(guard.table.data):] = float("-inf")
+                logits[j, rel, len(guard.table.data):] = float("-inf")
             xs = x[j].tolist()
             at: list[int] = []
             ids: list[int] = []
             for p in pos.tolist():
                 banned = [i for i in guard.dynamic(*text.context(xs, p)) if i < vocab]
-                at += [p] * len(banned)
+                at += [p - offset] * len(banned)
                 ids += banned
             if ids:
                 dev = logits.device

@@ -184,9 +184,11 @@ class DownWeight:
         self.penalty = penalty
         self.tokens: dict[int, set[int]] = {}  # position -> token ids to down-weight there
 
-    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
+                 offset: int = 0) -> torch.Tensor:
         for position, ids in self.tokens.items():
-            logits[:, position, sorted(ids)] -= self.penalty
+            if 0 <= position - offset < logits.shape[1]:
+                logits[:, position - offset, sorted(ids)] -= self.penalty
         return logits
 
 

@@ -1,14 +1,16 @@
-"""The one sampler: masked-diffusion denoising of a batch of canvases (pure torch; no Celery, no DB).
+"""The one sampler: denoising a batch of canvases, for both kinds of diffusion (pure torch; no Celery, no DB).
 
-Each step runs the model once over the canvas, proposes a token for every still-masked position
-(argmax, or Gumbel-max at ``temperature`` > 0), and commits the ``k`` most confident of them inside
-the row's current block; the rest stay masked for later steps. ``k`` follows a linear schedule: a
-block with ``m`` masks and ``s`` steps commits ``m / s`` per step (LLaDA's schedule), so the number of
-forward passes is ``steps`` whatever the canvas length.
+Each step, for each row: the model reads the row's window (the whole canvas for masked models, one canvas
+of ``canvas_length`` tokens for block diffusion), then **propose** (a token for every undecided position of
+the window: argmax, or a sample at the step's temperature), **choose** (the acceptance rule: LLaDA's
+schedule, a confidence threshold, or DiffusionGemma's entropy bound), **commit** (through the processors'
+``admissible`` checks) and **correct** (masked models may re-mask a few weak earlier commits; uniform noise
+renoises whatever was not accepted). What an undecided position holds and when a row is done is the row's
+noise policy (``workers/policies/``), chosen by the model family; nothing else differs.
 
-Invariants (property-tested in tests/workers/test_sampler.py):
+Invariants (property-tested in tests/workers/test_sampler.py and tests/workers/test_block_diffusion.py):
   * a fixed position never changes;
-  * no free position is left masked at the end;
+  * no free position is left undecided at the end;
   * the same seed gives the same output, whatever else is in the batch.
 """
 
@@ -16,24 +18,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from redraft.errors import ConstraintError, InvalidRequest
+from redraft.errors import InvalidRequest
+from workers.policies import acceptance
+from workers.policies.mask_noise import MaskNoise, plan  # noqa: F401  (plan: part of the sampler's API)
+from workers.policies.temperature import Temperature
+from workers.policies.uniform_noise import UniformNoise
 
 
 class LogitsProcessor(Protocol):
     """A plug-in that edits logits before tokens are chosen.
 
-    ``__call__(logits (b, L, V) float32, x (b, L) long, free (b, L) bool, rows: list[int]) -> (b, L, V)``
-    where ``rows[j]`` is the batch row that ``logits[j]`` belongs to (the sampler only passes rows
-    that still have work). It may edit ``logits`` in place and return it. Hard constraints set
-    forbidden tokens to ``-inf``; the sampler still ranks commits by the model's own probability of
-    the chosen token, so a constraint decides *what* is written, not *when*.
+    ``__call__(logits (b, W, V) float32, x (b, L) long, free (b, L) bool, rows: list[int], offset: int)
+    -> (b, W, V)`` where ``logits[:, i]`` is for canvas position ``offset + i`` (the row's window: the
+    whole canvas for masked models, ``offset`` 0; one canvas of a block-diffusion model otherwise; positions
+    at or past ``L`` are overflow no processor constrains), ``x`` is the canvas with the mask id at every
+    undecided position, ``free`` marks the positions this step may write, and ``rows[j]`` is the batch row
+    ``logits[j]`` belongs to. It may edit ``logits`` in place and return it. Hard constraints set forbidden
+    tokens to ``-inf``; the sampler still ranks commits by the model's own probability of the chosen token,
+    so a constraint decides *what* is written, not *when*.
     """
 
-    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor: ...
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
+                 offset: int = 0) -> torch.Tensor: ...
 
 
 class ForbidTokens:
@@ -42,20 +52,22 @@ class ForbidTokens:
     def __init__(self, token_ids: Sequence[int], vocab_size: int) -> None:
         self.ids = torch.tensor(sorted({int(t) for t in token_ids if 0 <= t < vocab_size}), dtype=torch.long)  # (k,)
 
-    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        # k columns of the (b, L, V) logits, not a V-wide mask: a handful of special ids.
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
+                 offset: int = 0) -> torch.Tensor:
+        # k columns of the (b, W, V) logits, not a V-wide mask: a handful of special ids.
         logits.index_fill_(-1, self.ids.to(logits.device), float("-inf"))
         return logits
 
 
 REMASKING = ("low_confidence", "random")
+NOISE = ("mask", "uniform")
 
 
 class Admissible(Protocol):
     """Optional second hook of a processor: a final check of one commit in the light of the commits
     made earlier in the same step (the logits mask saw the canvas before any of them).
 
-    ``admissible(row, x_row (L,), position, token) -> bool``; a refused commit stays masked for a
+    ``admissible(row, x_row (L,), position, token) -> bool``; a refused commit stays undecided for a
     later step. Safety guards use it so that two neighbours committed in one step cannot form a
     banned phrase together.
     """
@@ -65,18 +77,31 @@ class Admissible(Protocol):
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    steps: int  # forward passes for the whole canvas (fewer if there are fewer masks than steps)
-    block_size: int | None = None  # semi-autoregressive blocks of this many positions, left to right
-    temperature: float = 0.0  # 0: argmax; > 0: Gumbel-max sampling at this temperature
+    steps: int  # forward passes for the whole canvas (masked) or at most per canvas (block diffusion)
+    block_size: int | None = None  # semi-autoregressive blocks of this many positions, left to right (masked)
+    temperature: float = 0.0  # one temperature for every step: 0 argmax, > 0 sample (unless t_max/t_min)
     remasking: str = "low_confidence"  # which proposals to commit first: most confident, or random
-    # Self-correction (ReMDM-style): during a run, up to ``remask_budget`` already committed tokens whose
-    # commit-time confidence is below ``remask_below`` go back to [MASK] and are written again later, with
-    # more context. Fixed positions are never touched. 0 turns it off.
+    # Self-correction (ReMDM-style, masked noise): during a run, up to ``remask_budget`` already committed
+    # tokens whose commit-time confidence is below ``remask_below`` go back to [MASK] and are written again
+    # later, with more context. Fixed positions are never touched. 0 turns it off.
     remask_budget: int = 0
     remask_below: float = 0.5
-    # Parallel decoding (Fast-dLLM): each step commits every masked position of the current block whose
-    # confidence is at least this (always at least one), instead of following the ``steps`` schedule.
+    # Parallel decoding (Fast-dLLM): each step takes every proposal whose confidence is at least this
+    # (always at least one), instead of following the ``steps`` schedule.
     threshold: float | None = None
+    t_max: float | None = None  # a linear temperature schedule from t_max at the first step ...
+    t_min: float | None = None  # ... to t_min at the last (DiffusionGemma's default); overrides temperature
+    # DiffusionGemma's acceptance: the lowest-entropy proposals whose summed entropy minus the largest is at
+    # most this (always at least one). Takes precedence over ``threshold`` and the schedule.
+    entropy_bound: float | None = None
+    # What an undecided position holds: "mask" (the mask token) or "uniform" (random tokens, renoised each
+    # step, in windows of ``canvas_length`` tokens drawn from ``vocab_size`` ids); set by the model family.
+    noise: str = "mask"
+    canvas_length: int | None = None
+    vocab_size: int | None = None
+    stability: int = 1  # uniform: a window ends once its argmax canvas held for this many steps ...
+    confidence_stop: float = 0.005  # ... and its mean entropy is below this (or after ``steps`` steps)
+    eos_ids: tuple[int, ...] = ()  # uniform: an EOS written in a slot ends the slot
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -85,6 +110,8 @@ class SamplerConfig:
             raise InvalidRequest(f"block_size must be at least 1 (or omitted for one block); got {self.block_size}")
         if self.temperature < 0:
             raise InvalidRequest(f"temperature must be 0 (greedy) or positive; got {self.temperature}")
+        if (self.t_max is None) != (self.t_min is None) or (self.t_max is not None and not 0 < self.t_min <= self.t_max):
+            raise InvalidRequest(f"t_max and t_min: both or neither, 0 < t_min <= t_max; got {self.t_max}, {self.t_min}")
         if self.remasking not in REMASKING:
             raise InvalidRequest(f"remasking must be one of {', '.join(REMASKING)}; got {self.remasking!r}")
         if self.remask_budget < 0:
@@ -93,6 +120,14 @@ class SamplerConfig:
             raise InvalidRequest(f"remask_below must be a confidence in (0, 1]; got {self.remask_below}")
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise InvalidRequest(f"threshold must be a confidence in (0, 1] (or omitted); got {self.threshold}")
+        if self.entropy_bound is not None and not self.entropy_bound > 0:
+            raise InvalidRequest(f"entropy_bound must be positive (or omitted); got {self.entropy_bound}")
+        if self.noise not in NOISE:
+            raise InvalidRequest(f"noise must be one of {', '.join(NOISE)}; got {self.noise!r}")
+
+    @property
+    def schedule(self) -> Temperature:
+        return Temperature(self.temperature, self.t_max, self.t_min)
 
 
 @dataclass
@@ -101,7 +136,7 @@ class StepRecord:
     positions: list[int]  # committed at this step
     tokens: list[int]
     confidences: list[float]  # probability of the committed token when it was committed
-    remasked: list[tuple[int, int]] = field(default_factory=list)  # (position, token it held) sent back to [MASK]
+    remasked: list[tuple[int, int]] = field(default_factory=list)  # (position, token it held) sent back to undecided
 
 
 @dataclass
@@ -111,37 +146,16 @@ class SampleResult:
     history: list[list[StepRecord]] = field(default_factory=list)  # per row
 
 
-def plan(free: list[int], steps: int, block_size: int | None) -> list[tuple[int, int, int]]:
-    """A row's schedule: for each block, left to right, (block start, block end, steps for it).
-
-    Steps are shared across blocks in proportion to their masks (a block of a long gap gets more
-    steps than a block with one mask); within a block each step commits ``ceil(masks left / steps
-    left)``, so the masks are spread evenly (LLaDA's linear schedule) and anything a step could not
-    commit (a refused or blocked proposal, a re-masked token) is picked up by the steps after it.
-    """
-    if not free:
-        return []
-    if block_size is None:
-        blocks = {0: len(free)}
-        bounds = {0: (0, free[-1] + 1)}
-    else:
-        blocks: dict[int, int] = {}
-        for p in free:
-            blocks[p // block_size] = blocks.get(p // block_size, 0) + 1
-        bounds = {b: (b * block_size, (b + 1) * block_size) for b in blocks}
-    total = len(free)
-    return [(*bounds[b], min(blocks[b], max(1, round(steps * blocks[b] / total)))) for b in sorted(blocks)]
-
-
 @dataclass(eq=False)
 class Row:
     """One canvas being denoised: its own config, seed, processors and progress.
 
     Rows are independent: a row's tokens depend only on its own canvas, config, generator and
-    processors, never on the rows that shared its forward passes (rows of equal length are stacked
-    into one forward pass; ``attention_mask`` marks padding, which must be ``fixed``).
+    processors, never on the rows that shared its forward passes (rows the model reads with equal
+    shapes are stacked into one forward pass; ``attention_mask`` marks padding, which must be ``fixed``).
     ``proc_index`` is the batch index the processors know this row by. ``on_step(record)`` is called
     after each of the row's steps; raising from it stops the row (the caller decides what that means).
+    ``context`` belongs to the model adapter (DiffusionGemma: the row's encoder cache).
     """
 
     x: torch.Tensor  # (L,) token ids, mask_id at positions to write
@@ -155,67 +169,100 @@ class Row:
     proc_index: int = 0
     step: int = 0  # steps taken so far
     last: StepRecord | None = None  # the record of the row's latest step (None: it had nothing to do)
+    empty_id: int = 0  # the token an EOS-ended slot is filled with (uniform noise)
+    context: Any = None
 
     def __post_init__(self) -> None:
         self.x = self.x.clone()  # never mutate the caller's canvas
         self.free = (self.x == self.mask_id) & ~self.fixed  # (L,) positions this row may write and re-mask
-        self.blocks = plan(self.free.nonzero().squeeze(1).tolist(), self.cfg.steps, self.cfg.block_size)
-        self.block, self.step_in_block, self.remask_left = 0, 0, self.cfg.remask_budget
         self.confidence = torch.where(self.fixed, 1.0, 0.0).to(torch.float32)  # (L,)
         self.history: list[StepRecord] = []
         self.positions = torch.arange(self.x.numel(), device=self.x.device)  # (L,)
         self.checkers = [p for p in self.processors if hasattr(p, "admissible")]
+        self.accept = acceptance(self.cfg)
+        self.noise = UniformNoise(self) if self.cfg.noise == "uniform" else MaskNoise(self)
+        self.step_conf: dict[int, float] = {}
 
     @property
     def active(self) -> bool:
-        """Whether the row still has masks to write (moves past finished blocks)."""
-        while self.block < len(self.blocks) and not self._block_masks().any():
-            self.block, self.step_in_block = self.block + 1, 0
-        return self.block < len(self.blocks)
+        """Whether the row still has positions to decide (opens the next block or window as it goes)."""
+        return self.noise.active
 
-    def _block_masks(self) -> torch.Tensor:
-        lo, hi, _ = self.blocks[self.block]
-        return (self.x == self.mask_id) & self.free & (self.positions >= lo) & (self.positions < hi)  # (L,)
+    def window(self) -> tuple[int, int]:
+        """The canvas positions the model reads this step: ``raw[0]`` is position ``window()[0]``."""
+        return self.noise.window()
+
+    def model_input(self) -> torch.Tensor:
+        """What the model reads this step: (L,) with masks, or (W,) the window's tokens and noise."""
+        return self.noise.model_input()
 
     def advance(self, raw: torch.Tensor) -> StepRecord:
-        """One step from this row's model logits ``raw`` (L, V), which it may edit in place: choose, commit,
-        maybe self-correct."""
-        cfg, x = self.cfg, self.x
-        still = ((x == self.mask_id) & self.free).unsqueeze(0)  # (1, L)
-        lo, hi, block_steps = self.blocks[self.block]
-        in_block = (self.positions >= lo) & (self.positions < hi)
-        cand = (still[0] & in_block).nonzero().squeeze(1)  # (n,)
-        own = raw[cand]  # (n, V) a copy: the model's own distribution, which ranks the commits
-        logits = raw.unsqueeze(0)  # (1, L, V) the processors edit the row's logits in place
+        """One step from this row's model logits ``raw`` (W, V) over its window, which it may edit in place:
+        propose, choose, commit, correct."""
+        noise, cfg = self.noise, self.cfg
+        lo, _ = noise.window()
+        cand = noise.candidates()  # (n,) window-relative indices this step proposes for
+        i, n_steps = noise.schedule_position()
+        t = cfg.schedule.at(i, n_steps)
+        greedy = not isinstance(t, torch.Tensor) and t <= 0
+        whole = cand.numel() == raw.shape[0]  # every position of the window is a candidate
+        # The model's own distribution ranks the proposals; processors then decide what may be written.
+        own = raw if whole and not self.processors else raw[cand]  # (n, V) a copy when processors edit raw
+        self._own, self._own_lse = own, own.logsumexp(-1)  # (n, V), (n,)
+        entropy = None
+        if getattr(self.accept, "needs_entropy", False) or cfg.noise == "uniform":
+            scaled_own = own if greedy else own / t
+            entropy = torch.distributions.Categorical(logits=scaled_own, validate_args=False).entropy()  # (n,)
+        still = ((self.x == self.mask_id) & self.free).unsqueeze(0)  # (1, L) every undecided position
+        logits = raw.unsqueeze(0)  # (1, W, V) the processors edit the row's logits in place
         for proc in self.processors:
-            logits = proc(logits, x.unsqueeze(0), still, [self.proc_index])
-        row_logits = logits[0, cand]  # (n, V) after the processors: decides *what* may be written
-        if cfg.temperature > 0:
-            # Categorical sampling at the temperature by inverting the CDF with one uniform per position
-            # from this row's own generator (``right=True`` never lands on a zero-probability token).
-            scaled = (row_logits / cfg.temperature).softmax(-1)  # (n, V)
-            blocked = ~torch.isfinite(row_logits.max(-1).values)  # (n,) nothing allowed at all: never sampled
-            scaled[blocked] = 1.0
-            cdf = scaled.cumsum(-1)  # (n, V)
-            u = torch.rand(cand.numel(), 1, generator=self.generator).to(x.device) * cdf[:, -1:]  # (n, 1)
-            proposal = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[-1] - 1)  # (n,)
-        else:
-            proposal = row_logits.argmax(-1)  # (n,)
-        allowed = row_logits.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) > float("-inf")  # (n,)
-        # The model's own probability of each proposal ranks the commits: p = exp(z_t - logsumexp(z)).
-        conf = (own.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) - own.logsumexp(-1)).exp()  # (n,)
-        if cfg.threshold is not None:
-            # Fast-dLLM: every proposal at or above the threshold, at least one; no planned end.
-            k = max(1, int((conf >= cfg.threshold).sum()))
-            last_planned = False
-        else:
-            last_planned = self.step_in_block >= block_steps - 1
-            k = -(-cand.numel() // max(1, block_steps - self.step_in_block))  # ceil: masks left / steps left
-        order = torch.rand(cand.numel(), generator=self.generator).to(x.device) if cfg.remasking == "random" else conf
+            logits = proc(logits, self.x.unsqueeze(0), still, [self.proc_index], offset=lo)
+        processed = logits[0] if whole else logits[0, cand]  # (n, V) decides *what* may be written
+        scaled = None if greedy else processed / t  # (n, V)
+        if noise.feedback:
+            noise.logits = self._feedback(logits[0], None if greedy else t)
+        proposal = noise.draw(scaled, processed)  # (n,)
+        allowed = processed.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) > float("-inf")  # (n,)
+        conf = self.last_own_probability(proposal)  # (n,)
+        if cfg.noise == "uniform":
+            self.step_conf = dict(zip(cand.tolist(), conf.tolist()))
+        pos_out, tok_out, conf_out, remasked = noise.take(cand, proposal, allowed, conf, entropy, processed)
+        rec = StepRecord(self.step, pos_out, tok_out, [round(c, 6) for c in conf_out], remasked)
+        self.history.append(rec)
+        self.step += 1
+        self.last = rec
+        if self.on_step is not None:
+            self.on_step(rec)
+        return rec
+
+    def last_own_probability(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The model's own probability of ``tokens`` (n,) at this step's candidates: exp(z_t - logsumexp(z))."""
+        return (self._own.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - self._own_lse).exp()  # (n,)
+
+    def _feedback(self, logits: torch.Tensor, t) -> torch.Tensor:
+        """The logits the decoder takes back next step (self-conditioning): this step's processed logits at
+        the step's temperature, as the reference feeds them, with clamped positions certain of their token."""
+        out = logits if t is None else logits / t  # (W, V)
+        lo, hi = self.noise.window()
+        fixed = self.fixed[lo:hi] | ((self.x[lo:hi] != self.mask_id) & self.free[lo:hi])  # (w,) decided
+        if bool(fixed.any()):
+            at = fixed.nonzero().squeeze(1)
+            out[at] = float("-inf")
+            out[at, self.x[lo:hi][at]] = 0.0
+        dead = ~torch.isfinite(out.max(-1).values)  # (W,) nothing allowed: no signal rather than NaN
+        if bool(dead.any()):
+            out[dead] = 0.0
+        return out
+
+    def commit(self, order: torch.Tensor, k: int, cand: torch.Tensor, proposal: torch.Tensor,
+               allowed: torch.Tensor, conf: torch.Tensor) -> tuple[list[int], list[int], list[float]]:
+        """Write up to ``k`` proposals into ``x``, in ``order``, skipping forbidden ones and any a checker
+        refuses (checkers see this step's earlier commits). ``cand`` holds canvas positions."""
+        x = self.x
         pos_out, tok_out, conf_out = [], [], []
         # One host copy of each per-candidate vector (a GPU syncs once per step, not once per commit).
         cand_l, prop_l, allowed_l, conf_l = cand.tolist(), proposal.tolist(), allowed.tolist(), conf.tolist()
-        for c in order.argsort(descending=True, stable=True).tolist():
+        for c in order.tolist():
             if len(pos_out) == k:
                 break
             p, t = cand_l[c], prop_l[c]
@@ -228,33 +275,21 @@ class Row:
             at = torch.tensor(pos_out, device=x.device)
             x[at] = torch.tensor(tok_out, device=x.device)
             self.confidence[at] = torch.tensor(conf_out, dtype=torch.float32, device=x.device)
-        if not pos_out and (last_planned or cfg.threshold is not None):
-            raise ConstraintError(
-                f"no admissible token for positions {cand.tolist()[:8]} under the job's targets; "
-                f"loosen the targets or give the slot more room"
-            )
-        remasked: list[tuple[int, int]] = []
-        if not last_planned and bool(self._block_masks().any()):
-            remasked = self_correct(x, self.free, self.confidence, in_block, pos_out, self, cfg, self.mask_id)
-        rec = StepRecord(self.step, pos_out, tok_out, [round(c, 6) for c in conf_out], remasked)
-        self.history.append(rec)
-        self.step_in_block += 1
-        self.step += 1
-        self.last = rec
-        if self.on_step is not None:
-            self.on_step(rec)
-        return rec
+        return pos_out, tok_out, conf_out
+
+
+Forward = Callable[[Sequence[Row]], list[torch.Tensor]]
 
 
 def forward_rows(logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
                  rows: Sequence[Row]) -> list[torch.Tensor]:
-    """Model logits for each row, one forward pass per group of rows of equal length."""
+    """A masked model's logits for each row, one forward pass per group of rows of equal length."""
     out: list[torch.Tensor | None] = [None] * len(rows)
     groups: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row.x.numel(), []).append(i)
     for members in groups.values():
-        x = torch.stack([rows[i].x for i in members])  # (b, L)
+        x = torch.stack([rows[i].model_input() for i in members])  # (b, L)
         masks = [rows[i].attention_mask for i in members]
         attn = None if all(m is None for m in masks) else torch.stack(
             [m if m is not None else torch.ones_like(rows[i].x, dtype=torch.bool) for i, m in zip(members, masks)])
@@ -264,21 +299,29 @@ def forward_rows(logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.
     return out  # type: ignore[return-value]
 
 
+def rows_forward(model) -> Forward:
+    """How to run the model over rows: an adapter's own ``forward_rows`` (DiffusionGemma's keeps a cache per
+    row), or, for a bare ``logits(input_ids, attention_mask)`` function of a masked model, ``forward_rows``."""
+    if hasattr(model, "forward_rows"):
+        return model.forward_rows
+    return lambda rows: forward_rows(model, rows)
+
+
 @torch.no_grad()
-def step(logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], rows: Sequence[Row]) -> list[Row]:
-    """One denoising step for every active row (one forward pass per length); returns the rows that
+def step(model, rows: Sequence[Row]) -> list[Row]:
+    """One denoising step for every active row (one forward pass per shape); returns the rows that
     took it. A row whose ``advance`` raises is not retried here: the exception propagates."""
     active = [r for r in rows if r.active]
     for r in rows:
         r.last = None
-    for row, raw in zip(active, forward_rows(logits_fn, active)):
+    for row, raw in zip(active, rows_forward(model)(active)):
         row.advance(raw)
     return active
 
 
 @torch.no_grad()
 def denoise(
-    logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    model,
     x: torch.Tensor,
     fixed: torch.Tensor,
     mask_id: int,
@@ -287,11 +330,12 @@ def denoise(
     processors: Sequence[LogitsProcessor] = (),
     attention_mask: torch.Tensor | None = None,
     on_step: Callable[[int, list[StepRecord | None]], None] | None = None,
+    empty_id: int = 0,
 ) -> SampleResult:
     """Denoise ``x`` (B, L) until no free position holds ``mask_id``.
 
-    ``logits_fn(input_ids (b, L), attention_mask (b, L) | None) -> (b, L, V)`` is the model
-    adapter's ``logits``. ``generators[i]`` seeds row ``i`` alone, so a row's output does not depend
+    ``model`` is a model adapter, or a masked model's ``logits(input_ids (b, L), attention_mask (b, L) |
+    None) -> (b, L, V)``. ``generators[i]`` seeds row ``i`` alone, so a row's output does not depend
     on its batch-mates. ``on_step(step, records)`` is called after every step with one record per
     row (None for rows that had nothing to do); raising from it stops the run (cancellation).
 
@@ -304,35 +348,12 @@ def denoise(
     if len(generators) != b:
         raise ValueError(f"need one generator per row: {b} rows, {len(generators)} generators")
     rows = [Row(x[i], fixed[i], cfg, generators[i], mask_id, processors,
-                None if attention_mask is None else attention_mask[i], proc_index=i) for i in range(b)]
+                None if attention_mask is None else attention_mask[i], proc_index=i, empty_id=empty_id)
+            for i in range(b)]
     n = 0
-    while step(logits_fn, rows):
+    while step(model, rows):
         if on_step is not None:
             on_step(n, [r.last for r in rows])
         n += 1
     return SampleResult(tokens=torch.stack([r.x for r in rows]), confidence=torch.stack([r.confidence for r in rows]),
                         history=[r.history for r in rows])
-
-
-def self_correct(x_row: torch.Tensor, free_row: torch.Tensor, conf_row: torch.Tensor, in_block: torch.Tensor,
-                 just_committed: list[int], st: Row, cfg: SamplerConfig, mask_id: int) -> list[tuple[int, int]]:
-    """ReMDM-style remasking: send the least confident earlier commits of this block back to [MASK].
-
-    At most half as many as this step committed (so the canvas keeps moving) and never more than the
-    run's remaining budget; never a fixed position, never a token committed in this very step, never
-    on a block's last planned step (so the block still finishes on schedule).
-    """
-    n = min(st.remask_left, (len(just_committed) + 1) // 2)
-    if n <= 0:
-        return []
-    eligible = free_row & in_block & (x_row != mask_id) & (conf_row < cfg.remask_below)  # (L,)
-    eligible[just_committed] = False
-    where = eligible.nonzero().squeeze(1)
-    if where.numel() == 0:
-        return []
-    lowest = where[conf_row[where].argsort(stable=True)[:n]]
-    out = [(int(p), int(x_row[p])) for p in lowest]
-    x_row[lowest] = mask_id
-    conf_row[lowest] = 0.0
-    st.remask_left -= len(out)
-    return out

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from redraft.models import load_model_info, load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR
-from tests.utils.models import make_tiny_random_model
+from tests.utils.models import make_tiny_diffusion_gemma, make_tiny_random_model
 from workers.adapters import get_adapter
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return make_tiny_random_model(tmp_path_factory.mktemp("models") / "tiny-random")
+
+
+# A chat template in tokenizer_config.json (where most Hugging Face checkpoints keep theirs) that writes the BOS
+# token itself, as real templates do.
+MASKED_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory):
+    """The tiny random ModernBERT with ``MASKED_CHAT_TEMPLATE`` as its tokenizer_config.json chat_template."""
+    dest = make_tiny_random_model(tmp_path_factory.mktemp("models") / "tiny-chat")
+    config = json.loads((dest / "tokenizer_config.json").read_text())
+    (dest / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": MASKED_CHAT_TEMPLATE}))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion_gemma_dir(tmp_path_factory):
+    """A tiny DiffusionGemma directory (config, tokenizer, chat_template.jinja; no weights)."""
+    return make_tiny_diffusion_gemma(tmp_path_factory.mktemp("models") / "tiny-diffusion-gemma")
 
 
 @pytest.fixture(scope="session")

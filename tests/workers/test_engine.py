@@ -96,7 +96,7 @@ class Exploding:
     def __init__(self):
         self.calls = 0
 
-    def __call__(self, logits, x, free, rows):
+    def __call__(self, logits, x, free, rows, offset=0):
         self.calls += 1
         if self.calls == 3:
             raise ConstraintError("this job's constraint broke")

@@ -187,8 +187,8 @@ def test_admissible_stops_neighbours_committed_in_one_step(tiny_model):
     guard = SafetyGuard.for_canvas(canvas, SafetyTargets(("bomb",)), tokenizer, info)
 
     class MaskOnly:  # the same masks without the same-step check
-        def __call__(self, *args):
-            return guard(*args)
+        def __call__(self, *args, **kwargs):
+            return guard(*args, **kwargs)
 
     def run(proc):
         out = denoise(logits_fn, torch.tensor([canvas.token_ids]), torch.tensor([canvas.fixed]), info.mask_id,
@@ -248,7 +248,7 @@ class Push:
                 share = 1.0
             self.boost[i] = strength * share / (2 if n.startswith(" ") else 1)
 
-    def __call__(self, logits, x, free, rows):
+    def __call__(self, logits, x, free, rows, offset=0):
         return logits + self.boost
 
 

@@ -140,7 +140,7 @@ class NoTwoNeighbours:
         self.this_step: set[int] = set()
         self.neighbours_refused = 0
 
-    def __call__(self, logits, x, free, rows):
+    def __call__(self, logits, x, free, rows, offset=0):
         self.this_step = set()
         logits[..., 100] = float("-inf")
         return logits
