@@ -337,6 +337,12 @@ class ModelPublic(BaseModel):
     context_length: int
     mask_token: str
     vocab_size: int
+    noise: Literal["mask", "uniform"] = Field(description=(
+        "what an undecided position holds: the mask token (masked diffusion) or random tokens (DiffusionGemma)"))
+    canvas_length: int | None = Field(None, description="block diffusion: tokens per canvas (null: the whole canvas)")
+    defaults: dict[str, Any] = Field(default_factory=dict, description=(
+        "the model's own sampling defaults (steps per canvas, entropy_bound, t_max, t_min, stability, "
+        "confidence_stop), from its generation_config.json"))
     random_weights: bool
     description: str
 

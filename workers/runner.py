@@ -192,6 +192,29 @@ class DownWeight:
         return logits
 
 
+def sampler_config(params: dict[str, Any], info) -> SamplerConfig:
+    """The sampler's config from a job's stored (already resolved) parameters and its model's family."""
+    uniform = info.noise == "uniform"
+    return SamplerConfig(
+        steps=params["steps"],
+        block_size=params.get("block_size"),
+        temperature=params.get("temperature") or 0.0,
+        t_max=params.get("t_max"),
+        t_min=params.get("t_min"),
+        remasking=params.get("remasking", "low_confidence"),
+        remask_budget=params.get("remask_budget", 0),
+        remask_below=params.get("remask_below", 0.5),
+        threshold=params.get("threshold"),
+        entropy_bound=params.get("entropy_bound"),
+        noise=info.noise,
+        canvas_length=info.canvas_length,
+        vocab_size=info.vocab_size if uniform else None,
+        stability=params.get("stability") if params.get("stability") is not None else 1,
+        confidence_stop=params.get("confidence_stop") or 0.005,
+        eos_ids=info.eos_ids if info.eos_ends_slot else (),
+    )
+
+
 class Drafting:
     """One job's denoising: processors, the sampler, ``avoid`` rounds, and the resulting draft."""
 
@@ -200,15 +223,7 @@ class Drafting:
         self.adapter, self.info, self.canvas, self.params, self.sink = adapter, adapter.info, canvas, params, sink
         self.settings = settings
         self.tokenizer = sink.tokenizer
-        self.cfg = SamplerConfig(
-            steps=params["steps"],
-            block_size=params.get("block_size"),
-            temperature=params.get("temperature", 0.0),
-            remasking=params.get("remasking", "low_confidence"),
-            remask_budget=params.get("remask_budget", 0),
-            remask_below=params.get("remask_below", 0.5),
-            threshold=params.get("threshold"),
-        )
+        self.cfg = sampler_config(params, self.info)
         self.engine = engine  # None: step alone, in this thread
         self.safety = params.get("safety") or {}
         self.gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
@@ -245,6 +260,7 @@ class Drafting:
             x=torch.cat([x, torch.full((pad,), self.info.empty_id)]).to(device),
             fixed=torch.cat([torch.tensor(self.canvas.fixed), torch.ones(pad, dtype=torch.bool)]).to(device),
             cfg=self.cfg, generator=self.gen, mask_id=self.info.mask_id, processors=self.processors(),
+            empty_id=self.info.empty_id,
             attention_mask=torch.cat([torch.ones(length, dtype=torch.bool), torch.zeros(pad, dtype=torch.bool)]
                                      ).to(device) if pad else None,
         )
@@ -252,7 +268,7 @@ class Drafting:
             self.engine.run(row, self.sink.records)
         else:
             row.on_step = lambda rec: self.sink.records([rec])
-            while step(self.adapter.logits, [row]):
+            while step(self.adapter, [row]):
                 pass
         tokens, conf = row.x[:length].cpu(), row.confidence[:length].cpu()
         if confidence is not None:  # positions written in an earlier round keep their confidence
