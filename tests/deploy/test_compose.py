@@ -43,3 +43,24 @@ def test_the_image_copies_every_package():
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("redraft", "api", "workers", "constraints", "storage", "models"):
         assert f"COPY {package} {package}" in dockerfile
+
+
+def test_the_diffusiongemma_override_serves_one_model_list_on_api_and_workers():
+    """docker-compose.diffusiongemma.yml: the API and the workers list the same models (the API validates what
+    workers run), the checkpoint lies under the read-only /models mount, and the worker's thread pool matches
+    its batch size."""
+    override = yaml.safe_load((ROOT / "docker-compose.diffusiongemma.yml").read_text())
+    api, worker = override["services"]["api"], override["services"]["worker"]
+    assert api["environment"]["REDRAFT_MODELS"] == worker["environment"]["REDRAFT_MODELS"]
+    import json
+
+    models = json.loads(api["environment"]["REDRAFT_MODELS"])
+    assert models[api["environment"]["REDRAFT_DEFAULT_MODEL"]].startswith("/models/")
+    assert "./models:/models:ro" in api["volumes"]
+    assert "./models:/models:ro" in COMPOSE["services"]["worker"]["volumes"]
+    batch = worker["environment"]["REDRAFT_WORKER_BATCH_SIZE"]
+    assert f"--concurrency={batch}" in worker["command"]
+    from redraft.settings import Settings
+
+    settings = Settings(models=models, max_gap_tokens=int(api["environment"]["REDRAFT_MAX_GAP_TOKENS"]))
+    assert settings.max_gap_tokens >= 1024
