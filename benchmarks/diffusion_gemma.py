@@ -70,8 +70,14 @@ def build(shape: str, device: str, workdir: Path):
     info = load_model_info("released-dg", path)
     hf_config = AutoConfig.from_pretrained(path)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = DiffusionGemmaForBlockDiffusion(hf_config).to(torch.bfloat16 if device != "cpu" else torch.float32)
+    dtype = torch.bfloat16 if device != "cpu" else torch.float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in bf16 on the GPU directly: 26B parameters in fp32 would not fit
+    try:
+        with torch.device(device):
+            model = DiffusionGemmaForBlockDiffusion(hf_config)
+    finally:
+        torch.set_default_dtype(previous)
     model.generation_config = DiffusionGemmaGenerationConfig.from_pretrained(path)
     return DiffusionGemmaAdapter(info, model.eval(), torch.device(device)), info, load_tokenizer(path)
 
