@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from redraft.errors import Conflict, NotFound
+from redraft.errors import Conflict, JobCancelled, NotFound
 from storage.models import ApiKey, Draft, Job, Step, Template, Tenant, utcnow
 
 ACTIVE = ("queued", "running")
@@ -173,21 +173,31 @@ def finish_job(s: Session, job_id: str, *, text: str, token_ids: list[int], resu
     """Write the job's draft and mark it succeeded, in the caller's one transaction. Idempotent.
 
     ``parent_id``: the draft this one revises (its version is the parent's plus one).
-    Raises Conflict when the job was failed or cancelled meanwhile: a finished job never changes state.
+    Raises Conflict when the job was failed or cancelled meanwhile: a finished job never changes state;
+    and JobCancelled when a cancel was accepted (202) before this: a cancelled job never ends succeeded,
+    even when its last step was already written. The status change is a compare-and-swap that also
+    requires no cancel request, so a cancel committed between the read and the write still wins.
     """
     job = _locked(s, job_id)
     if job.status == "succeeded" and job.result:
         return s.get_one(Draft, job.result["draft_id"])
     if job.status in TERMINAL:
         raise Conflict(f"job {job_id} is already {job.status}; it cannot succeed now")
+    tenant_id = job.tenant_id
+    now = utcnow()
+    won = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE), ~Job.cancel_requested).values(
+        status="succeeded", finished_at=now, updated_at=now, steps_run=steps_run)).rowcount == 1
+    if not won:
+        if cancel_requested(s, job_id):
+            raise JobCancelled("cancelled by the client")
+        raise Conflict(f"job {job_id} finished meanwhile; it cannot succeed now")
     parent = s.get(Draft, parent_id) if parent_id else None
-    draft = Draft(tenant_id=job.tenant_id, job_id=job_id, parent_id=parent.id if parent else None,
+    draft = Draft(tenant_id=tenant_id, job_id=job_id, parent_id=parent.id if parent else None,
                   version=parent.version + 1 if parent else 1, text=text, token_ids=token_ids, layout=layout)
     s.add(draft)
     s.flush()
-    now = utcnow()
-    job.status, job.finished_at, job.updated_at, job.steps_run = "succeeded", now, now, steps_run
-    job.result = {"text": text, "draft_id": draft.id, **result_extra}
+    s.execute(update(Job).where(Job.id == job_id).values(result={"text": text, "draft_id": draft.id, **result_extra}))
+    s.expire(job)
     return draft
 
 

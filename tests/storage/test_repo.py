@@ -229,3 +229,25 @@ def test_stuck_jobs_and_the_reaper_takes_each_once(session):
     assert running.status == "queued" and not repo.still_owner(session, running.id, 1)
     assert repo.claim_job(session, running.id, 3, 60).attempts == 2
     assert fresh.id not in [j.id for j in repo.stuck_jobs(session, utcnow(), 60, 600)]
+
+
+def test_a_cancel_accepted_before_the_finish_wins_even_after_the_last_step(database_url, session):
+    """Cancel at the last step: the worker wrote every step, the client's cancel is accepted (202), then the
+    worker finishes. The job must end cancelled, never succeeded, and no draft is written."""
+    from redraft.errors import JobCancelled
+
+    job = make_job(session)
+    repo.claim_job(session, job.id, 3, 60)
+    repo.add_step(session, job.id, 0, [[0, 5, "a", 0.5]])
+    repo.set_steps_run(session, job.id, 1)
+    session.commit()
+    with get_sessionmaker(database_url)() as client:  # the API's own session accepts the cancel
+        assert repo.request_cancel(client, job.id, job.tenant_id).status == "running"
+        client.commit()
+    with pytest.raises(JobCancelled):
+        repo.finish_job(session, job.id, text="t", token_ids=[5], result_extra={}, steps_run=1)
+    session.rollback()
+    assert repo.mark_cancelled(session, job.id)
+    session.commit()
+    session.refresh(job)
+    assert job.status == "cancelled" and job.result is None and repo.list_drafts(session, job.id) == []
