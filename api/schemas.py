@@ -31,7 +31,8 @@ class SafetySpec(BaseModel):
     banned: list[str] = Field(default_factory=list, description="phrases never written (case-insensitive)")
     pii: bool | list[Literal["email", "phone", "card"]] = Field(
         False, description="true (all kinds) or a list: never write email addresses, phone or card numbers")
-    avoid: list[str] = Field(default_factory=list, max_length=32, description="topics in words to steer away from")
+    avoid: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        default_factory=list, max_length=32, description="topics in words to steer away from (non-empty)")
     avoid_threshold: float = Field(0.25, gt=0.0, le=1.0, description=(
         "a span scoring above this is rewritten (the default suits the packaged MiniLM scorer: sentences on a "
         "topic score about 0.2-0.45 against it, unrelated ones below 0.2)"))
@@ -54,7 +55,7 @@ class SamplingParams(BaseModel):
     entropy_bound: float | None = Field(None, gt=0.0, le=1000.0, description=(
         "accept, each step, the lowest-entropy proposals whose summed entropy minus the largest stays within "
         "this (DiffusionGemma's rule; its default comes from the model)"))
-    block_size: int | None = Field(None, ge=1, description="semi-autoregressive blocks of this many tokens")
+    block_size: int | None = Field(None, ge=1, le=65536, description="semi-autoregressive blocks of this many tokens")
     remasking: Literal["low_confidence", "random"] = "low_confidence"
     threshold: float | None = Field(None, gt=0.0, le=1.0, description=(
         "parallel decoding: each step commits every masked position whose confidence is at least this "

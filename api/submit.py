@@ -144,8 +144,32 @@ def compile_request(req: InfillJobCreate | GenerateJobCreate, info: ModelInfo, s
     return compile_infill(segments, tokenizer, info)
 
 
+def check_text(value: object, where: str = "request") -> None:
+    """Every string of a request must be storable text: no lone surrogate (JSON's "\\ud800" decodes to one, and
+    neither UTF-8 nor PostgreSQL can hold it) and no NUL character (PostgreSQL refuses it). Iterative, so a
+    deeply nested value cannot exhaust the stack."""
+    stack: list[tuple[object, str]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidRequest(f"{path} contains a NUL character (\\u0000): remove it; text cannot hold it",
+                                     code="bad_text")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidRequest(f"{path} contains a lone surrogate ({item[exc.start]!a}): send valid Unicode "
+                                     "text (pair the surrogates, or send the character itself)", code="bad_text") from exc
+        elif isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in item.items())
+            stack.extend((k, f"{path} key") for k in item if isinstance(k, str))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+
+
 def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Settings) -> Job:
     """Everything that can be wrong with a request is found here, before any row is written."""
+    check_text(req.model_dump(exclude_none=True))
     info = resolve_model(req.model, settings)
     params = sampling_params(req, settings, info)
     targets = safety_targets(req)  # validated here for every kind; a revise job also rewrites what breaks them

@@ -30,7 +30,10 @@ def parse_text(text: str, default_tokens: int, max_tokens: int) -> list[str | Ga
         if inner == "":
             n = default_tokens
         elif re.fullmatch(r":\s*\d+", inner):
-            n = int(inner[1:])
+            digits = inner[1:].strip()
+            if len(digits) > 9:  # int() of thousands of digits is slow and refuses; no gap is that big
+                raise InvalidRequest(f"a gap holds 1 to {max_tokens} tokens; got a {len(digits)}-digit number")
+            n = int(digits)
         else:
             raise InvalidRequest(
                 f"bad gap marker {m.group(0)!r} at character {m.start()}: write [[gap]] or [[gap:N]] with N a "

@@ -73,7 +73,7 @@ def create_job(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(session: SessionDep, tenant: CurrentTenant, limit: Annotated[int, Query(ge=1, le=200)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0) -> JobsPublic:
+              offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> JobsPublic:
     """The tenant's jobs, newest first."""
     jobs, count = repo.list_jobs(session, tenant.id, limit=limit, offset=offset)
     return JobsPublic(data=[job_public(j) for j in jobs], count=count)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import CurrentTenant, SessionDep
+from api.submit import check_text
 from api.schemas import TemplateCreate, TemplatePublic, TemplatesPublic
 from constraints.templates import validate_template
 from storage import repo
@@ -21,6 +22,7 @@ def template_public(row: Template) -> TemplatePublic:
 @router.post("", status_code=201, response_model=TemplatePublic)
 def save_template(body: TemplateCreate, session: SessionDep, tenant: CurrentTenant) -> TemplatePublic:
     """Save (or replace) a template; use it with {"kind": "generate", "template_name": ...}."""
+    check_text(body.model_dump(exclude_none=True), "template")
     validate_template(body.source)
     row = repo.save_template(session, tenant.id, body.name, body.source, body.description)
     session.commit()

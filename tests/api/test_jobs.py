@@ -157,13 +157,21 @@ BAD = [
     ({"kind": "generate", "template": "{{ who }} {{ slot('a') }}"}, 422, "undefined"),
     ({"kind": "generate", "template": "no slots"}, 422, "no slot"),
     ({"kind": "generate", "prompt": "x", "template": "y"}, 422, "exactly one of"),
+    # Found from outside (issue 12): each was a 500, or accepted and then failed in the worker.
+    ({"kind": "infill", "text": "x \ud800 [[gap]]"}, 422, "lone surrogate"),
+    ({"kind": "infill", "text": "x \u0000 [[gap]]"}, 422, "NUL character"),
+    ({"kind": "generate", "prompt": "x", "safety": {"banned": ["a\udc00"]}}, 422, "lone surrogate"),
+    ({"kind": "infill", "text": "x [[gap:" + "9" * 5000 + "]]"}, 422, "5000-digit number"),
+    ({"kind": "infill", "text": "x [[gap]]", "safety": {"avoid": [""]}}, 422, "avoid"),
+    ({"kind": "infill", "text": "x [[gap]]", "block_size": 10**30}, 422, "block_size"),
 ]
 
 
 @pytest.mark.parametrize("body,status,match", BAD)
 def test_bad_input_is_a_clear_4xx_and_writes_nothing(client, body, status, match):
     before = client.get("/v1/jobs").json()["count"]
-    r = client.post("/v1/jobs", json=body)
+    # json.dumps writes a lone surrogate as the escape "\ud800", as a client in any language can send it.
+    r = client.post("/v1/jobs", content=json.dumps(body), headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
     assert match in r.json()["detail"]
     assert client.get("/v1/jobs").json()["count"] == before
@@ -186,6 +194,17 @@ def test_generate_template_keeps_literals_and_fills_slots(client):
     slots = done["result"]["slots"]
     assert slots["day"] in ("Monday", "Friday") and re.fullmatch("[A-Z]{3}[0-9]{2}", slots["code"])
     assert done["result"]["text"] == f"To Ann,\nYour order of 3 items ships on {slots['day']}. Code: {slots['code']}."
+
+
+def test_list_paging_out_of_range_is_a_422(client):
+    r = client.get("/v1/jobs", params={"offset": 2**63})
+    assert r.status_code == 422 and "offset" in r.text
+
+
+def test_a_template_with_a_nul_is_refused_and_not_saved(client):
+    r = client.post("/v1/templates", json={"name": "nul", "source": "a\u0000{{ slot('x') }}"})
+    assert r.status_code == 422 and "NUL character" in r.json()["detail"]
+    assert all(t["name"] != "nul" for t in client.get("/v1/templates").json()["data"])
 
 
 def test_malformed_json_and_unknown_ids(client):
