@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from constraints.vocab import check_vocab
@@ -66,6 +66,24 @@ def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None
     return SlotSpec(name=name, max_tokens=max_tokens, min_tokens=min_tokens, target=target, vocab=vocab)
 
 
+PRINTABLE = (str, int, float, bool, type(None))
+
+
+def _printable(value: Any, depth: int = 0) -> Any:
+    """``finalize`` of the template environment: ``{{ x }}`` may print values, never a function or an object
+    (whose repr carries a heap address into the text, as ``{{ slot }}`` or ``{{ cycler() }}`` would)."""
+    if isinstance(value, (*PRINTABLE, Undefined)):  # an undefined name raises its own, clearer error
+        return value
+    if isinstance(value, (list, tuple, dict)) and depth < 8:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            _printable(k, depth + 1), _printable(v, depth + 1)
+        return value
+    name = getattr(value, "__name__", type(value).__name__)
+    raise InvalidRequest(f"the template prints {name!r}, a {type(value).__name__}, not a value: call it "
+                         f"(slot is written {{{{ slot(\"name\", max_tokens=8) }}}}) or print a variable")
+
+
 def render_template(source: str, variables: dict[str, Any], default_tokens: int, limit: int) -> list[str | SlotSpec]:
     """Render in the sandbox; return the fixed text pieces and slots in order."""
     if "slot" in variables:
@@ -81,7 +99,9 @@ def render_template(source: str, variables: dict[str, Any], default_tokens: int,
         slots.append(spec)
         return f"\x00{nonce}:{len(slots) - 1}\x00"
 
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                               finalize=_printable)
+    env.globals.pop("lipsum", None)  # random filler text has no place in a document (and is not seeded)
     try:
         rendered = env.from_string(source).render(**variables, slot=slot)
     except TemplateSyntaxError as exc:

@@ -164,6 +164,9 @@ BAD = [
     ({"kind": "infill", "text": "x [[gap:" + "9" * 5000 + "]]"}, 422, "5000-digit number"),
     ({"kind": "infill", "text": "x [[gap]]", "safety": {"avoid": [""]}}, 422, "avoid"),
     ({"kind": "infill", "text": "x [[gap]]", "block_size": 10**30}, 422, "block_size"),
+    ({"kind": "generate", "template": "{{ slot }}{{ slot('a') }}"}, 422, "not a value"),
+    ({"kind": "generate", "template": "{{ cycler(1, 2) }}{{ slot('a') }}"}, 422, "not a value"),
+    ({"kind": "generate", "template": "{{ lipsum() }}{{ slot('a') }}"}, 422, "undefined"),
 ]
 
 
