@@ -167,7 +167,7 @@ def test_refused_commits_wait_for_a_later_step(tiny_adapter, canvas, cfg, seed):
 
 
 def test_a_position_with_no_allowed_token_is_a_clear_error(tiny_adapter):
-    def forbid_everything_at_3(logits, x, free, rows):
+    def forbid_everything_at_3(logits, x, free, rows, offset=0):
         logits[:, 3] = float("-inf")
         return logits
 

@@ -15,7 +15,8 @@ default the lowest-entropy ones under the entropy bound); every other undecided 
 token. The window ends when its argmax canvas is stable for ``stability`` steps and its mean entropy is
 below ``confidence_stop``, or after ``steps`` steps; then its argmax tokens are committed, through the
 processors' ``admissible`` checks (a refused position stays undecided and later steps decide it greedily).
-An EOS the model writes in a slot ends that slot: the rest of the slot becomes the empty token.
+An EOS the model writes in a slot ends that slot: the rest of the slot becomes the empty token, written with
+the EOS as one commit that the ``admissible`` checks judge with the slot ended there.
 
 The canonical canvas ``row.x`` keeps the mask sentinel at every undecided position until the window commits,
 so processors, guards and the step history never mistake noise for text; the random tokens live only in the
@@ -90,6 +91,7 @@ class UniformNoise:
         self.canvas = torch.where(self.fixed, self._x_window(width), noise)  # (W,) the model's input
         self.shown = torch.full((width,), -1, dtype=torch.long, device=row.x.device)  # (W,) accepted token or -1
         self.steps_here, self.finishing, self.logits = 0, False, None
+        self.no_eos: set[int] = set()  # x positions where an EOS may not end the slot (refused this window)
         self.argmaxes: deque[torch.Tensor] = deque(maxlen=max(1, row.cfg.stability))
         self.open = True
         self.windows += 1
@@ -119,6 +121,12 @@ class UniformNoise:
         """The denoiser sample: one multinomial draw per candidate from softmax(processed / temperature), as
         the reference draws it (float32 probabilities, the row's generator); argmax when greedy or finishing."""
         if scaled is None or self.finishing:
+            at = [i for i, j in enumerate(self.candidates().tolist()) if self.lo + j in self.no_eos]
+            if at:  # ending the slot there was refused: the model's best other token
+                processed = processed.clone()
+                rows = torch.tensor(at, device=processed.device).unsqueeze(1)  # (a, 1)
+                eos = torch.tensor(self.row.cfg.eos_ids, device=processed.device).unsqueeze(0)  # (1, e)
+                processed[rows, eos] = float("-inf")
             return processed.argmax(-1)  # (n,)
         probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)  # (n, V)
         blocked = ~torch.isfinite(probs).all(-1)  # (n,) everything forbidden: a placeholder draw, never taken
@@ -160,47 +168,62 @@ class UniformNoise:
         return self.row.last_own_probability(tokens)  # (n,) the model's probability of each token
 
     def _commit(self, cand, tokens, allowed, conf, shown_before):
-        """Write the window's final tokens into ``x`` (through the ``admissible`` checks, most confident first)."""
+        """Write the window's final tokens into ``x``: the EOS that end slots first (``_end_slots``), then the rest
+        through the ``admissible`` checks, most confident first."""
         row = self.row
         inside = self.in_canvas[cand]  # (n,)
-        order = torch.where(inside, conf, -1.0).argsort(descending=True, stable=True)
-        pos_out, tok_out, conf_out = row.commit(order, int(inside.sum()), cand + self.lo, tokens, allowed & inside,
-                                                conf)
-        final: dict[int, tuple[int, float]] = {p: (t, c) for p, t, c in zip(pos_out, tok_out, conf_out)}
-        for p in pos_out:
-            j = p - self.lo
-            self.fixed[j] = True
-            self.canvas[j] = row.x[p]
-            self.shown[j] = -1  # committed: shown as written from now on
+        refused = len(self.no_eos)
+        final, done = self._end_slots(cand, tokens, allowed & inside, conf)
+        refused = len(self.no_eos) > refused  # a refused EOS: the next step proposes another token there
+        rest = inside & ~done  # (n,)
+        order = torch.where(rest, conf, -1.0).argsort(descending=True, stable=True)
+        pos_out, tok_out, conf_out = row.commit(order, int(rest.sum()), cand + self.lo, tokens, allowed & rest, conf)
+        final.update({p: (t, c) for p, t, c in zip(pos_out, tok_out, conf_out)})
+        for p in final:
+            if self.lo <= p < self.hi:
+                j = p - self.lo
+                self.fixed[j] = True
+                self.canvas[j] = row.x[p]
+                self.shown[j] = -1  # committed: shown as written from now on
         if bool(((~self.fixed) & self.in_canvas).any()):
-            if not pos_out:
+            if not final and not refused:
                 raise ConstraintError(
                     f"no admissible token for positions {(cand + self.lo).tolist()[:8]} under the job's targets; "
                     f"loosen the targets or give the slot more room")
             return self._record(shown_before, final)
         self.open = False
-        final.update(self._end_slots_at_eos())
         return self._record(shown_before, final)
 
-    def _end_slots_at_eos(self) -> dict[int, tuple[int, float]]:
-        """An EOS written in a slot ends it: the rest of the slot (here or in later windows) becomes empty."""
-        row, out = self.row, {}
-        if not row.cfg.eos_ids:
-            return out
-        eos = set(row.cfg.eos_ids)
-        for a, b in self.runs:
-            if not (a < self.hi and b > self.lo):
+    def _end_slots(self, cand, tokens, allowed, conf) -> tuple[dict[int, tuple[int, float]], torch.Tensor]:
+        """An EOS written in a slot ends it: the EOS and the empty token at every later position of the slot (here
+        and in later windows) are written as one, before the window's other tokens, and only if every
+        ``admissible`` check takes the EOS with the slot ended there, so a safety guard judges the text the slot
+        will have. A refused EOS is not proposed at its position again in this window. Returns the writes and
+        the candidates (n,) bool they settled (refused EOS included: they stay undecided)."""
+        row = self.row
+        out: dict[int, tuple[int, float]] = {}
+        eos, positions = set(row.cfg.eos_ids), (cand + self.lo).tolist()
+        done = [False] * len(positions)
+        toks, ok = tokens.tolist(), allowed.tolist()
+        for i in sorted((i for i in range(len(positions)) if ok[i] and toks[i] in eos), key=positions.__getitem__):
+            if done[i]:
+                continue  # an earlier EOS ended this slot
+            done[i] = True
+            p = positions[i]
+            b = next(end for start, end in self.runs if start <= p < end)
+            tail = row.x[p + 1:b].tolist()  # the rest of the slot
+            trial = row.x.clone()  # (L,) the slot ended at p
+            trial[p + 1:b] = row.empty_id
+            if any(t not in (row.mask_id, row.empty_id) for t in tail) or \
+                    not all(c.admissible(row.proc_index, trial, p, toks[i]) for c in row.checkers):
+                self.no_eos.add(p)  # it would erase text already written, or a checker refuses the ending
                 continue
-            tokens = row.x[a:b].tolist()
-            end = next((i for i, t in enumerate(tokens) if t in eos), None)
-            if end is None:
-                continue
-            for p in range(a + end + 1, b):
-                if tokens[p - a] != row.empty_id:
-                    row.x[p] = row.empty_id
-                    row.confidence[p] = 1.0
-                    out[p] = (row.empty_id, 1.0)
-        return out
+            out[p] = (toks[i], float(conf[i]))
+            out.update({q: (row.empty_id, 1.0) for q, t in zip(range(p + 1, b), tail) if t != row.empty_id})
+            row.x[p], row.confidence[p] = toks[i], float(conf[i])
+            row.x[p + 1:b], row.confidence[p + 1:b] = row.empty_id, 1.0
+            done = [d or p < q < b for d, q in zip(done, positions)]
+        return out, torch.tensor(done, dtype=torch.bool, device=cand.device)
 
     def _record(self, shown_before: torch.Tensor, final: dict[int, tuple[int, float]]):
         """Display changes of this step in x positions: accepted tokens as commits, renoised ones as re-masks,
