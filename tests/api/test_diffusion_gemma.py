@@ -19,7 +19,7 @@ from api.schemas import StepsPublic
 from constraints.safety import find_violations, parse_safety
 from redraft.client import CanvasReplay
 from tests.utils.models import make_tiny_diffusion_gemma
-from tests.utils.service import running_service, wait_for
+from tests.utils.service import read_sse, running_service, wait_for
 
 DG = "tiny-dg"
 CANVAS = 16
@@ -221,21 +221,6 @@ def test_steps_replay_to_the_final_draft(client, finished, name):
     assert [st.step for st in steps.data] == list(range(steps.count))
     assert view.masks_left == 0 and view.tokens == draft["token_ids"]
     assert draft["id"] == finished[name]["result"]["draft_id"] and draft["text"] == finished[name]["result"]["text"]
-
-
-def read_sse(client, job_id, timeout=60):
-    events = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as r:
-        assert r.status_code == 200
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event:
-                events.append((event, json.loads(line.split(":", 1)[1])))
-                if event in ("done", "failed"):
-                    break
-    return events
 
 
 def test_sse_streams_every_step_then_done(client):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.utils.service import wait_for
+from tests.utils.service import read_sse, wait_for
 
 TEXT = "Dear team, the [[gap:4]] is ready. Please [[gap]] by Friday."
 
@@ -56,21 +56,6 @@ def test_steps_replay_to_the_final_draft(client):
     assert draft["version"] == 1 and draft["parent_id"] is None and draft["id"] == done["result"]["draft_id"]
     assert canvas == draft["token_ids"]
     assert client.get(f"/v1/drafts/{draft['id']}").json()["text"] == done["result"]["text"]
-
-
-def read_sse(client, job_id, timeout=60):
-    events = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as r:
-        assert r.status_code == 200
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event:
-                events.append((event, json.loads(line.split(":", 1)[1])))
-                if event in ("done", "failed"):
-                    break
-    return events
 
 
 def test_sse_streams_every_step_then_done(client):

@@ -156,3 +156,19 @@ def wait_for(client: httpx.Client, job_id: str, timeout: float = 120, until=("su
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
         time.sleep(0.1)
+
+
+def read_sse(client, job_id, timeout=60) -> list[tuple[str, dict]]:
+    """The (event, data) pairs of a job's SSE stream, up to and including `done` or `failed`."""
+    events = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as r:
+        assert r.status_code == 200
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event:
+                events.append((event, json.loads(line.split(":", 1)[1])))
+                if event in ("done", "failed"):
+                    break
+    return events
