@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import drafts, jobs, system, templates
 from api.web import mount_web
 from redraft.errors import RedraftError
 from redraft.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 def _describe(errors: list[dict]) -> str:
@@ -35,6 +41,14 @@ def create_app() -> FastAPI:
     async def _redraft_error(_: Request, exc: RedraftError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # The database did not answer (down, or every pooled connection busy): a retryable 503, not a 500.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return JSONResponse({"detail": "the database is not answering right now; retry in a few seconds",
+                             "code": "database_unavailable"}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # (any local Hugging Face sequence classifier; topics are its label names).
     safety_scorer: str = "embedding"
     avoid_penalty: float = 4.0  # logits subtracted from a rewritten span's old tokens in the next round
+    # A database that does not answer must not hang requests: connecting, one statement and waiting for a
+    # pooled connection each give up after this long (then the API answers 503 with Retry-After).
+    db_connect_timeout_s: int = Field(5, ge=1, le=120)
+    db_statement_timeout_s: int = Field(30, ge=1, le=3600)
+    db_pool_timeout_s: float = Field(5.0, gt=0, le=120)
     var_dir: Path = REPO_ROOT / "var"
 
     @field_validator("models")

@@ -33,7 +33,10 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    settings = get_settings()
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=settings.db_pool_timeout_s,
+                         connect_args={"connect_timeout": settings.db_connect_timeout_s,
+                                       "options": f"-c statement_timeout={settings.db_statement_timeout_s * 1000}"})
 
 
 def get_engine(url: str | None = None) -> Engine:
