@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -32,6 +33,8 @@ from redraft.settings import Settings
 from storage import repo
 from storage.db import get_sessionmaker
 from storage.models import Draft, Job, Step
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -144,11 +147,16 @@ async def _event_stream(job_id: str, request: Request, redis_url: str | None) ->
     Subscribing before the first read means no step can slip between the two; steps are sent in
     order, each once, by remembering the last step sent.
     """
-    client = aioredis.Redis.from_url(redis_url) if redis_url else None
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2) if redis_url else None
     pubsub = client.pubsub() if client else None
     try:
         if pubsub is not None:
-            await pubsub.subscribe(job_channel(job_id))
+            try:
+                await pubsub.subscribe(job_channel(job_id))
+            except (aioredis.RedisError, OSError):  # Redis is down: the database alone serves the stream
+                log.warning("events for job %s: Redis unreachable, polling the database", job_id)
+                await _close_quietly(pubsub)
+                pubsub = None
         last = -1
         while True:
             steps, job = await run_in_threadpool(_poll, job_id, last)
@@ -170,8 +178,15 @@ async def _event_stream(job_id: str, request: Request, redis_url: str | None) ->
                 await asyncio.sleep(0.5)
     finally:
         if pubsub is not None:
-            await pubsub.aclose()
+            await _close_quietly(pubsub)
         if client is not None:
-            await client.aclose()
+            await _close_quietly(client)
+
+
+async def _close_quietly(resource) -> None:
+    try:
+        await resource.aclose()
+    except (aioredis.RedisError, OSError):
+        pass
 
 
