@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.limits import BodyLimit
 from api.routes import drafts, jobs, system, templates
 from api.web import mount_web
 from redraft.errors import RedraftError
@@ -63,6 +64,7 @@ def create_app() -> FastAPI:
     app.include_router(templates.router)
     app.include_router(system.router)
     mount_web(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
 

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # (any local Hugging Face sequence classifier; topics are its label names).
     safety_scorer: str = "embedding"
     avoid_penalty: float = 4.0  # logits subtracted from a rewritten span's old tokens in the next round
+    # The largest request body the API reads (a 1 MB infill text already takes seconds to tokenise).
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     # A database that does not answer must not hang requests: connecting, one statement and waiting for a
     # pooled connection each give up after this long (then the API answers 503 with Retry-After).
     db_connect_timeout_s: int = Field(5, ge=1, le=120)

@@ -184,6 +184,17 @@ def test_generate_template_keeps_literals_and_fills_slots(client):
     assert done["result"]["text"] == f"To Ann,\nYour order of 3 items ships on {slots['day']}. Code: {slots['code']}."
 
 
+def test_an_oversized_body_is_a_413_naming_the_limit_and_writes_nothing(client):
+    before = client.get("/v1/jobs").json()["count"]
+    big = {"kind": "infill", "text": "word " * 300_000 + "[[gap]]"}  # 1.5 MB
+    r = client.post("/v1/jobs", json=big)
+    assert r.status_code == 413 and "REDRAFT_MAX_BODY_BYTES" in r.json()["detail"]
+    chunked = client.post("/v1/jobs", content=iter([json.dumps(big).encode()]),  # no Content-Length
+                          headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413
+    assert client.get("/v1/jobs").json()["count"] == before
+
+
 def test_list_paging_out_of_range_is_a_422(client):
     r = client.get("/v1/jobs", params={"offset": 2**63})
     assert r.status_code == 422 and "offset" in r.text
