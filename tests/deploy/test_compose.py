@@ -64,3 +64,12 @@ def test_the_diffusiongemma_override_serves_one_model_list_on_api_and_workers():
 
     settings = Settings(models=models, max_gap_tokens=int(api["environment"]["REDRAFT_MAX_GAP_TOKENS"]))
     assert settings.max_gap_tokens >= 1024
+
+
+def test_long_running_services_come_back_and_the_worker_is_watched():
+    services = COMPOSE["services"]
+    for name in ("api", "worker", "redis", "postgres"):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["migrate"]["restart"] == "no"  # a one-shot
+    check = services["worker"]["healthcheck"]["test"]
+    assert "inspect ping" in check[1] and "workers.tasks" in check[1]
