@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -40,11 +41,39 @@ def get_diff(draft_id: str, session: SessionDep, tenant: CurrentTenant,
                       ops=char_diff(other.text, draft.text))
 
 
-def char_diff(a: str, b: str) -> list[DiffOp]:
-    """difflib's opcodes at character level (no junk heuristics, so the result is exact)."""
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    return [
-        DiffOp(op=tag, a=(i1, i2), b=(j1, j2), old="" if tag in ("equal", "insert") else a[i1:i2],
-               new="" if tag in ("equal", "delete") else b[j1:j2])
-        for tag, i1, i2, j1, j2 in matcher.get_opcodes()
-    ]
+# SequenceMatcher is quadratic in the worst case: it only ever sees the changed middle of two drafts (what
+# lies between their common prefix and suffix), and only while (middle of a) x (middle of b) stays within this.
+DIFF_BUDGET = 4_000_000
+
+
+def char_diff(a: str, b: str, budget: int = DIFF_BUDGET) -> list[DiffOp]:
+    """Character-level opcodes from ``a`` to ``b``: exact (applying them to ``a`` gives ``b``) and bounded.
+
+    The common prefix and suffix are equal runs found in linear time; the middle is diffed by difflib (no junk
+    heuristics) when it fits the budget, and is one replace otherwise (a revision rewrites a few spans, so its
+    middle is small; two unrelated 10k-character texts are not worth seconds of CPU).
+    """
+    p = len(os.path.commonprefix([a, b]))
+    s = len(os.path.commonprefix([a[p:][::-1], b[p:][::-1]]))
+    a_mid, b_mid = a[p:len(a) - s], b[p:len(b) - s]
+    ops: list[DiffOp] = []
+    if p:
+        ops.append(DiffOp(op="equal", a=(0, p), b=(0, p), old="", new=""))
+    if len(a_mid) * len(b_mid) <= budget:
+        matcher = difflib.SequenceMatcher(None, a_mid, b_mid, autojunk=False)
+        codes = matcher.get_opcodes()
+    else:
+        codes = [("replace", 0, len(a_mid), 0, len(b_mid))]
+    for tag, i1, i2, j1, j2 in codes:
+        if i1 == i2 and j1 == j2:
+            continue
+        if tag == "replace" and i1 == i2:
+            tag = "insert"
+        elif tag == "replace" and j1 == j2:
+            tag = "delete"
+        ops.append(DiffOp(op=tag, a=(p + i1, p + i2), b=(p + j1, p + j2),
+                          old="" if tag in ("equal", "insert") else a_mid[i1:i2],
+                          new="" if tag in ("equal", "delete") else b_mid[j1:j2]))
+    if s:
+        ops.append(DiffOp(op="equal", a=(len(a) - s, len(a)), b=(len(b) - s, len(b)), old="", new=""))
+    return ops
