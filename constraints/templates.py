@@ -67,6 +67,25 @@ def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None
 
 
 PRINTABLE = (str, int, float, bool, type(None))
+MAX_RENDERED_CHARS = 200_000  # a template renders at most this much text (it is tokenised next, in the API)
+
+
+class BoundedSandbox(SandboxedEnvironment):
+    """Jinja2's sandbox with the two operators that build huge values in one step bounded: ``'a' * 10**7`` (a
+    string or list repeated) and ``**``. Together with the cap on rendered text, a template cannot make the API
+    build or tokenise more than ``MAX_RENDERED_CHARS``."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDERED_CHARS:
+                    raise InvalidRequest(f"the template repeats a {type(seq).__name__} of {len(seq)} {n} times, over "
+                                         f"the {MAX_RENDERED_CHARS:,}-character budget of a rendered template")
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise InvalidRequest(f"the template raises to the power {right}; exponents are limited to 64")
+        return super().call_binop(context, operator, left, right)
 
 
 def _printable(value: Any, depth: int = 0) -> Any:
@@ -99,11 +118,17 @@ def render_template(source: str, variables: dict[str, Any], default_tokens: int,
         slots.append(spec)
         return f"\x00{nonce}:{len(slots) - 1}\x00"
 
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
-                               finalize=_printable)
+    env = BoundedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_printable)
     env.globals.pop("lipsum", None)  # random filler text has no place in a document (and is not seeded)
     try:
-        rendered = env.from_string(source).render(**variables, slot=slot)
+        parts, size = [], 0
+        for part in env.from_string(source).generate(**variables, slot=slot):  # stops as soon as it is too long
+            size += len(part)
+            if size > MAX_RENDERED_CHARS:
+                raise InvalidRequest(f"the template renders more than {MAX_RENDERED_CHARS:,} characters; "
+                                     "render less text (fewer loop iterations, shorter variables)")
+            parts.append(part)
+        rendered = "".join(parts)
     except TemplateSyntaxError as exc:
         raise InvalidRequest(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
     except SecurityError as exc:

@@ -152,6 +152,10 @@ BAD = [
     ({"kind": "generate", "template": "{{ slot }}{{ slot('a') }}"}, 422, "not a value"),
     ({"kind": "generate", "template": "{{ cycler(1, 2) }}{{ slot('a') }}"}, 422, "not a value"),
     ({"kind": "generate", "template": "{{ lipsum() }}{{ slot('a') }}"}, 422, "undefined"),
+    ({"kind": "generate", "template": "{{ 'a' * 10000000 }}{{ slot('a') }}"}, 422, "budget of a rendered template"),
+    ({"kind": "generate", "template": "{% for i in range(99999) %}{{ 'abc' }}{% endfor %}{{ slot('a') }}"}, 422,
+     "renders more than"),
+    ({"kind": "generate", "template": "{{ 2 ** 100000 }}{{ slot('a') }}"}, 422, "exponents are limited"),
 ]
 
 
