@@ -38,7 +38,8 @@ from redraft.errors import ConstraintError
 from redraft.models import token_bytes
 
 MAX_TABLE_ENTRIES = 64 * 1024 * 1024  # S * V cap: 256 MiB of int32
-_CACHE_SIZE = 256  # compiled automata kept per tokenizer
+_CACHE_SIZE = 256  # compiled automata kept per tokenizer ...
+_CACHE_BYTES = 1024 * 1024 * 1024  # ... and at most this many bytes of tables in all (least recently used go first)
 
 
 @dataclass(eq=False)
@@ -203,9 +204,22 @@ def _cached(key: tuple, pattern: str, tokenizer: Tokenizer, eos_id: int, special
     with _lock:
         per_tok = _automata.setdefault(tokenizer, OrderedDict())
         per_tok[full] = automaton
-        while len(per_tok) > _CACHE_SIZE:
+        while len(per_tok) > _CACHE_SIZE or (len(per_tok) > 1 and _cached_bytes() > _CACHE_BYTES):
             per_tok.popitem(last=False)
     return automaton
+
+
+def _cached_bytes() -> int:
+    return sum(a.nbytes for per_tok in _automata.values() for a in per_tok.values())
+
+
+def discard(automaton: TokenAutomaton) -> None:
+    """Drop an automaton from the cache: the request that compiled it was refused (say, by ``require_fits``),
+    so its tables must not stay in memory on the request's behalf."""
+    with _lock:
+        for per_tok in _automata.values():
+            for key in [k for k, a in per_tok.items() if a is automaton]:
+                del per_tok[key]
 
 
 def _excluded_ids(tokenizer: Tokenizer, eos_id: int, special_ids: frozenset[int]) -> set[int]:

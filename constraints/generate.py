@@ -6,10 +6,10 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from constraints.automaton import compile_target, require_fits
+from constraints.automaton import compile_target, discard, require_fits
 from constraints.canvas import Canvas, CanvasBuilder
 from constraints.templates import SlotSpec, make_slot
-from redraft.errors import InvalidRequest
+from redraft.errors import ConstraintError, InvalidRequest
 from redraft.models import ModelInfo, special_ids
 
 ANY_TEXT = r"(?s:.)*"  # a min_tokens slot without a target: any text, at least that many tokens
@@ -38,7 +38,11 @@ def compile_generate(pieces: list[str | SlotSpec], tokenizer: Tokenizer, info: M
         target = piece.target or (("regex", ANY_TEXT) if piece.min_tokens else None)
         if target is not None:
             automaton = compile_target(target, tokenizer, eos, special)
-            require_fits(automaton, piece.max_tokens)
+            try:
+                require_fits(automaton, piece.max_tokens)
+            except ConstraintError:
+                discard(automaton)  # a refused request leaves nothing behind in the cache
+                raise
             if piece.min_tokens > piece.max_tokens:
                 raise InvalidRequest(f"slot {piece.name!r}: min_tokens exceeds max_tokens")
         builder.slot(piece.name, piece.max_tokens, piece.min_tokens, target, piece.vocab)

@@ -247,3 +247,23 @@ def test_importing_the_module_does_not_import_torch():
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_refused_target_leaves_nothing_in_the_cache_and_the_cache_is_bounded_by_bytes(monkeypatch):
+    """Issue 12: the cache kept the tables of requests refused after compiling (~255 MB each at 262k tokens)."""
+    from constraints.generate import compile_generate
+    from constraints.templates import make_slot
+
+    def cached() -> list:
+        return [a for per_tok in automaton_module._automata.values() for a in per_tok.values()]
+
+    pattern = "[0-9]{40}q"  # unlikely to be compiled by any other test
+    slot = make_slot("answer", 4, regex=pattern, limit=256)
+    with pytest.raises(ConstraintError, match="needs"):
+        compile_generate(["x ", slot], TOKENIZER, INFO)
+    assert all(a.pattern != pattern and pattern not in a.pattern for a in cached())
+    # Bytes: with a budget smaller than two automata, compiling a second one evicts the first.
+    monkeypatch.setattr(automaton_module, "_CACHE_BYTES", 1)
+    first = compile_regex("[a-c]{3}z", TOKENIZER, EOS, SPECIALS)
+    compile_regex("[d-f]{3}z", TOKENIZER, EOS, SPECIALS)
+    assert all(a is not first for a in cached()) and len(cached()) >= 1
