@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from constraints.automaton import accepts, compile_target
+from constraints.automaton import accepts
 from constraints.generate import compile_generate, prompt_slot
 from constraints.infill import compile_infill, parse_text
 from redraft.errors import ConstraintError, JobCancelled

@@ -90,7 +90,7 @@ class MaskNoise:
 
     def take(self, cand: torch.Tensor, proposal: torch.Tensor, allowed: torch.Tensor, conf: torch.Tensor,
              entropy: torch.Tensor | None, processed: torch.Tensor):
-        row, cfg = self.row, self.row.cfg
+        row = self.row
         block_steps = self.blocks[self.block][2]
         order, k = row.accept.choose(conf, entropy, block_steps - self.step_in_block, row.generator)
         last_planned = row.accept.planned and self.step_in_block >= block_steps - 1
