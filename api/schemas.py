@@ -8,6 +8,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+MAX_VARIABLE_DEPTH = 32  # template variables nest at most this deep
+
+
 class TextSegment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
@@ -141,6 +144,19 @@ class GenerateJobCreate(SamplingParams):
     def _chat_size(cls, value: list[ChatMessage] | None) -> list[ChatMessage] | None:
         if value is not None and (total := sum(m.text_length() for m in value)) > MAX_CHAT_CHARS:
             raise ValueError(f"the messages hold {total:,} characters; at most {MAX_CHAT_CHARS:,} in all")
+        return value
+
+    @field_validator("variables")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Template variables are data, at most MAX_VARIABLE_DEPTH deep (deeper cannot even be stored)."""
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if depth > MAX_VARIABLE_DEPTH:
+                raise ValueError(f"variables are nested more than {MAX_VARIABLE_DEPTH} deep; flatten them")
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
         return value
 
     @model_validator(mode="after")

@@ -67,6 +67,7 @@ def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None
 
 
 PRINTABLE = (str, int, float, bool, type(None))
+TOO_DEEP = "the template is nested too deeply to parse (blocks inside blocks, hundreds deep); flatten it"
 MAX_RENDERED_CHARS = 200_000  # a template renders at most this much text (it is tokenised next, in the API)
 
 
@@ -137,6 +138,8 @@ def render_template(source: str, variables: dict[str, Any], default_tokens: int,
         raise InvalidRequest(f"the template uses an undefined name: {exc.message}; pass it in `variables`") from exc
     except (InvalidRequest, ConstraintError):
         raise
+    except RecursionError as exc:
+        raise InvalidRequest(TOO_DEEP) from exc
     except Exception as exc:  # any other error raised while rendering user code is the user's template
         raise InvalidRequest(f"the template failed to render: {type(exc).__name__}: {exc}") from exc
     if not slots:
@@ -157,6 +160,8 @@ def validate_template(source: str) -> None:
         tree = env.parse(source)
     except TemplateSyntaxError as exc:
         raise InvalidRequest(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    except RecursionError as exc:
+        raise InvalidRequest(TOO_DEEP) from exc
     calls = [c for c in tree.find_all(nodes.Call) if isinstance(c.node, nodes.Name) and c.node.name == "slot"]
     if not calls:
         raise InvalidRequest('the template has no slot: mark what the model writes with {{ slot("name") }}')

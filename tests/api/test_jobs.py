@@ -156,6 +156,10 @@ BAD = [
     ({"kind": "generate", "template": "{% for i in range(99999) %}{{ 'abc' }}{% endfor %}{{ slot('a') }}"}, 422,
      "renders more than"),
     ({"kind": "generate", "template": "{{ 2 ** 100000 }}{{ slot('a') }}"}, 422, "exponents are limited"),
+    ({"kind": "generate", "template": "{{ slot('a') }}", "variables": {"v": json.loads("[" * 800 + "]" * 800)}}, 422,
+     "nested"),
+    ({"kind": "generate", "template": "{% if 1 %}" * 3000 + "{{ slot('a') }}" + "{% endif %}" * 3000}, 422,
+     "nested too deeply"),
 ]
 
 
@@ -202,6 +206,12 @@ def test_an_oversized_body_is_a_413_naming_the_limit_and_writes_nothing(client):
 def test_list_paging_out_of_range_is_a_422(client):
     r = client.get("/v1/jobs", params={"offset": 2**63})
     assert r.status_code == 422 and "offset" in r.text
+
+
+def test_a_template_nested_thousands_deep_is_refused_on_save(client):
+    r = client.post("/v1/templates", json={"name": "deep", "source": "{% if 1 %}" * 3000 + "{{ slot('x') }}"
+                                           + "{% endif %}" * 3000})
+    assert r.status_code == 422 and "nested too deeply" in r.json()["detail"]
 
 
 def test_a_template_with_a_nul_is_refused_and_not_saved(client):
