@@ -60,8 +60,11 @@ class SlotTargets:
                     continue
                 # Positions of the slot outside the window (a later canvas of a block-diffusion model) have no
                 # logits yet: they count as "any token" (log-probability 0), so the path stays completable.
-                logp = torch.zeros(pos.numel(), logits.shape[-1], device=logits.device)  # (n, V)
-                logp[seen] = logits[j, pos[seen] - offset].float().log_softmax(-1)
+                if bool(seen.all()):  # the whole slot is in the window (always, for masked models)
+                    logp = logits[j, pos - offset].float().log_softmax(-1)  # (n, V)
+                else:
+                    logp = torch.zeros(pos.numel(), logits.shape[-1], device=logits.device)  # (n, V)
+                    logp[seen] = logits[j, pos[seen] - offset].float().log_softmax(-1)
                 committed = [None if f else int(t) for f, t in zip(slot_free.tolist(), x[j, pos].tolist())]
                 path = best_path(slot.automaton, logp, committed, self.empty_id, slot.min_tokens)
                 if path is None:  # cannot happen from a canvas the API accepted; fail loudly if it does

@@ -192,27 +192,18 @@ class DownWeight:
         return logits
 
 
+SAMPLING_FIELDS = ("steps", "block_size", "temperature", "t_max", "t_min", "remasking", "remask_budget",
+                   "remask_below", "threshold", "entropy_bound", "stability", "confidence_stop")
+
+
 def sampler_config(params: dict[str, Any], info) -> SamplerConfig:
-    """The sampler's config from a job's stored (already resolved) parameters and its model's family."""
+    """The sampler's config from a job's stored (already resolved) parameters and its model's family; a field
+    the job leaves unset keeps SamplerConfig's own default."""
+    given = {k: params[k] for k in SAMPLING_FIELDS if params.get(k) is not None}
     uniform = info.noise == "uniform"
-    return SamplerConfig(
-        steps=params["steps"],
-        block_size=params.get("block_size"),
-        temperature=params.get("temperature") or 0.0,
-        t_max=params.get("t_max"),
-        t_min=params.get("t_min"),
-        remasking=params.get("remasking", "low_confidence"),
-        remask_budget=params.get("remask_budget", 0),
-        remask_below=params.get("remask_below", 0.5),
-        threshold=params.get("threshold"),
-        entropy_bound=params.get("entropy_bound"),
-        noise=info.noise,
-        canvas_length=info.canvas_length,
-        vocab_size=info.vocab_size if uniform else None,
-        stability=params.get("stability") if params.get("stability") is not None else 1,
-        confidence_stop=params.get("confidence_stop") or 0.005,
-        eos_ids=info.eos_ids if info.eos_ends_slot else (),
-    )
+    return SamplerConfig(**given, noise=info.noise, canvas_length=info.canvas_length,
+                         vocab_size=info.vocab_size if uniform else None,
+                         eos_ids=info.eos_ids if info.eos_ends_slot else ())
 
 
 class Drafting:
