@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from redraft.errors import Unauthorized
@@ -24,7 +25,13 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def current_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
+# Declares the bearer scheme in the OpenAPI document; the header itself is read below, so that each way of
+# getting it wrong has its own message (HTTPBearer's own errors say less).
+bearer = HTTPBearer(auto_error=False, description="an API key from `redraft keys create --tenant NAME`")
+
+
+def current_tenant(session: SessionDep, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+                   authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Tenant:
     if not authorization:
         raise Unauthorized(
             "missing API key: send `Authorization: Bearer <key>`; create a key with `redraft keys create --tenant NAME`"

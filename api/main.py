@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.limits import BodyLimit
 from api.routes import drafts, jobs, system, templates
@@ -32,6 +33,18 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
+_HTTP_CODES = {400: "bad_body", 404: "not_found", 405: "method_not_allowed"}
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(title="Redraft", version="0.1.0",
@@ -40,8 +53,8 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(RedraftError)
     async def _redraft_error(_: Request, exc: RedraftError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status_code, headers=headers)
+        return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status_code,
+                            headers=exc.headers or None)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(SQLAlchemyTimeoutError)
@@ -56,8 +69,16 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": _describe(exc.errors()), "code": "invalid_request"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail), "code": "http_error"}, status_code=exc.status_code)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answers (404 no route, 405 with its Allow header, 400 undecodable body), in the one
+        # error shape and with their headers kept.
+        detail, code = str(exc.detail), _HTTP_CODES.get(exc.status_code, "http_error")
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = "the body could not be decoded: send UTF-8 JSON with Content-Type: application/json"
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow names only the first route on the path; name them all
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return JSONResponse({"detail": detail, "code": code}, status_code=exc.status_code, headers=headers)
 
     app.include_router(jobs.router)
     app.include_router(drafts.router)

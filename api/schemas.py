@@ -3,26 +3,49 @@
 from __future__ import annotations
 
 from datetime import datetime
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+def exactly_one_of(*names: str) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` for a model that takes exactly one of the fields ``names``: the group is stated
+    in the JSON schema as a oneOf of ``required``s, and those fields' null (accepted: the same as leaving the
+    field out) is not advertised, so the OpenAPI document says which bodies are valid, not only the validator."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        for name in names:
+            prop = schema["properties"][name]
+            kept = [s for s in prop.get("anyOf", ()) if s != {"type": "null"}]
+            if len(kept) == 1:
+                del prop["anyOf"]
+                prop.update(kept[0])
+            prop.pop("default", None)
+        schema["oneOf"] = [{"required": [n], "not": {"anyOf": [{"required": [o]} for o in names if o != n]}}
+                           for n in names]
+
+    return extra
+
+
+# Request bodies: unknown fields are an error (a typo must not be ignored) and types are taken as the schema
+# says — no "5" for 5 or 1.0 for a count (an int is still a float).
+REQUEST = ConfigDict(extra="forbid", strict=True)
 
 MAX_VARIABLE_DEPTH = 32  # template variables nest at most this deep
 
 
 class TextSegment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     text: str
 
 
 class GapSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     max_tokens: int | None = Field(None, description="up to this many tokens (default: the server's gap size)")
 
 
 class GapSegment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     gap: GapSpec
 
 
@@ -30,7 +53,7 @@ class SafetySpec(BaseModel):
     """Safety targets, on any job kind. ``banned`` and ``pii`` hold during decoding (token masks);
     ``avoid`` steers away from topics by re-masking and re-writing spans a scorer rates high."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     banned: list[str] = Field(default_factory=list, description="phrases never written (case-insensitive)")
     pii: bool | list[Literal["email", "phone", "card"]] = Field(
         False, description="true (all kinds) or a list: never write email addresses, phone or card numbers")
@@ -43,7 +66,7 @@ class SafetySpec(BaseModel):
 
 
 class SamplingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     model: str | None = Field(None, description="a name from GET /v1/models (default: the server's default)")
     steps: int | None = Field(None, description=(
         "denoising steps (forward passes); default from the model (block-diffusion families: the most steps per "
@@ -83,6 +106,7 @@ class SamplingParams(BaseModel):
 
 
 class InfillJobCreate(SamplingParams):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("text", "segments"))
     kind: Literal["infill"]
     text: str | None = Field(None, description="text with [[gap]] or [[gap:N]] markers")
     segments: list[TextSegment | GapSegment] | None = Field(None, description="structured alternative to text")
@@ -99,13 +123,13 @@ MAX_CHAT_CHARS = 200_000  # all messages' text together (models here take far fe
 
 
 class ChatTextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     role: Literal["system", "user", "assistant"]
     content: str | list[ChatTextPart] = Field(description=(
         'the text, or a list of {"type": "text", "text": ...} parts (joined by newlines); only text parts'))
@@ -125,6 +149,7 @@ class ChatMessage(BaseModel):
 
 
 class GenerateJobCreate(SamplingParams):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("template", "template_name", "prompt", "messages"))
     kind: Literal["generate"]
     template: str | None = Field(None, description='Jinja2 source; {{ slot("name", max_tokens=8, regex=...) }} marks model text')
     template_name: str | None = Field(None, description="a template saved with POST /v1/templates")
@@ -172,14 +197,14 @@ class GenerateJobCreate(SamplingParams):
 
 
 class SpanEdit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     start: int = Field(ge=0, description="first character to rewrite")
     end: int = Field(ge=0, description="one past the last character; start == end inserts")
     max_tokens: int | None = Field(None, ge=1, description="room for the rewrite (default: its current length)")
 
 
 class AutoRevise(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     confidence_below: float | None = Field(None, gt=0.0, le=1.0, description="rewrite tokens written below this")
     least_confident: int | None = Field(None, ge=1, description="rewrite the k tokens written least confidently")
 
@@ -191,13 +216,13 @@ class AutoRevise(BaseModel):
 
 
 class CharRange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     start: int = Field(ge=0)
     end: int = Field(ge=0)
 
 
 class ReviseTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     span: CharRange | None = Field(None, description="where the target applies (or name a `slot`)")
     slot: str | None = Field(None, description="a slot of the draft (from the job that wrote it)")
     regex: str | None = None
@@ -215,6 +240,7 @@ class ReviseTarget(BaseModel):
 
 
 class ReviseJobCreate(SamplingParams):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("draft_id", "text"))
     kind: Literal["revise"]
     draft_id: str | None = Field(None, description="a draft Redraft wrote (its confidences allow `auto`)")
     text: str | None = Field(None, min_length=1, description="or any text to revise")
@@ -370,12 +396,36 @@ class ModelsPublic(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    detail: str
-    code: str
+    """The one shape of every error answer: what was wrong and how to fix it, and a stable code."""
+
+    detail: str = Field(description="what was wrong, and how to fix it")
+    code: str = Field(description="stable, machine-readable: invalid_request, not_found, rate_limited, ...")
+
+
+_ERROR_MEANING = {
+    400: "the body could not be decoded (not UTF-8 JSON)",
+    401: "missing, malformed, unknown or revoked API key",
+    404: "no such resource for this tenant",
+    409: "the resource is in a state that does not allow this (e.g. cancelling a finished job)",
+    413: "the body is larger than REDRAFT_MAX_BODY_BYTES",
+    422: "the request is well-formed but asks for something Redraft cannot do; `detail` says what to change",
+    429: "a per-tenant quota is spent; retry after the `Retry-After` header's seconds",
+    503: "the database (or the queue) is not answering; retry after the `Retry-After` header's seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route really gives, all in the one ``ErrorBody`` shape."""
+    return {code: {"model": ErrorBody, "description": _ERROR_MEANING[code]} for code in codes}
+
+
+# What every authenticated route can answer besides its success: a bad key, a bad query, a database down.
+AUTHED_ERRORS = error_responses(401, 422, 503)
+BODY_ERRORS = error_responses(400, 413)  # routes that read a JSON body
 
 
 class TemplateCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="unique per tenant; saving again replaces it")
     source: str = Field(min_length=1, max_length=100_000, description="Jinja2 source with slot() calls")
     description: str | None = None

@@ -15,6 +15,11 @@ class RedraftError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the API sends with this error (none by default)."""
+        return {}
+
 
 class InvalidRequest(RedraftError):
     """The request is well-formed JSON but asks for something Redraft cannot do (422)."""
@@ -36,6 +41,25 @@ class Conflict(RedraftError):
 class Unauthorized(RedraftError):
     code = "unauthorized"
     status_code = 401
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class RateLimited(RedraftError):
+    """A per-tenant quota is spent (429); ``retry_after`` is the seconds until the request would be accepted."""
+
+    code = "rate_limited"
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ModelError(RedraftError):

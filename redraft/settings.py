@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,11 +47,50 @@ class Settings(BaseSettings):
     avoid_penalty: float = 4.0  # logits subtracted from a rewritten span's old tokens in the next round
     # The largest request body the API reads (a 1 MB infill text already takes seconds to tokenise).
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    # Compiling a regex / JSON-schema / choices target (constraints/budget.py). Cheap checks refuse first (422):
+    max_regex_chars: int = Field(65_536, ge=64)  # a regex, or the regex a schema or choices produce
+    max_schema_depth: int = Field(16, ge=2, le=256)  # objects / arrays nested in a JSON schema document
+    max_alternatives: int = Field(1_000, ge=2)  # `|` branches in a regex, or choices of a slot
+    # The pattern's automaton size estimated from its parse (bounded repeats multiply; \w counts 320 per char).
+    max_regex_states: int = Field(20_000, ge=16)
+    # Then the compile runs in a child process (the API's event loop, health probes and other requests go on);
+    # it is killed past this wall-clock time or this much memory (address space it may add), a 422 either way.
+    # At a 262,144-token vocabulary a JSON object takes up to ~40 s to compile (docs/benchmarks.md).
+    compile_timeout_s: float = Field(60.0, gt=0, le=3600)
+    compile_memory_bytes: int = Field(4 * 2**30, ge=64 * 2**20)
+    compile_concurrency: int = Field(2, ge=1, le=64)  # compiles at once per process; more wait (503 past the timeout)
+    # The slot decoder's memory per denoising step for one constrained slot (positions x automaton edges; see
+    # constraints/budget.py::dp_step_bytes): a request over it is a 422 at submission that says how to shrink.
+    max_dp_bytes: int = Field(2 * 2**30, ge=2**20)
+    # Template rendering (constraints/templates.py), each a 422 naming the limit: loop iterations in all, nested
+    # calls (macros calling macros), and wall-clock time.
+    template_max_iterations: int = Field(100_000, ge=1)
+    template_max_call_depth: int = Field(64, ge=1, le=200)
+    template_timeout_s: float = Field(2.0, gt=0, le=600)
     # A database that does not answer must not hang requests: connecting, one statement and waiting for a
     # pooled connection each give up after this long (then the API answers 503 with Retry-After).
     db_connect_timeout_s: int = Field(5, ge=1, le=120)
     db_statement_timeout_s: int = Field(30, ge=1, le=3600)
     db_pool_timeout_s: float = Field(5.0, gt=0, le=120)
+    # Per-tenant quotas on POST /v1/jobs (api/quotas.py), so one tenant cannot starve the others: each refusal is
+    # a 429 with Retry-After; 0 or a negative value turns that limit off.
+    tenant_max_concurrent_jobs: int = 8  # jobs queued or running at once (counted in the database)
+    tenant_jobs_per_minute: int = 120  # submissions in any 60 s (a moving window in Redis)
+    tenant_compile_s_per_minute: float = 30.0  # seconds of submission work (tokenise, compile) per 60 s window
+    # A quota check waits this long for Redis, then lets the request through (fail open; the job still queues).
+    quota_redis_timeout_s: float = Field(0.5, gt=0, le=30)
+    # Logs (redraft/logs.py): one record per line on stderr, from the API and the workers. "text" reads best in a
+    # terminal (the default, for `redraft serve`); "json" (one object per line, with `job_id` on every record of a
+    # job's processing) is for log shippers, and what docker-compose.yml sets.
+    log_format: Literal["json", "text"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Prometheus metrics (redraft/metrics.py, api/metrics.py). GET /metrics on the API is unauthenticated, as
+    # Prometheus expects: turn it off here, or keep the port away from the internet. Workers write their
+    # histograms as files under `metrics_dir` (prometheus-client's multiprocess mode) and the API reads them at
+    # scrape time, so API and workers must share that directory (default: var_dir / "metrics").
+    metrics_enabled: bool = True
+    metrics_dir: Path | None = None
+    metrics_scrape_timeout_s: float = Field(2.0, gt=0, le=30)  # the scrape's database and Redis reads give up then
     var_dir: Path = REPO_ROOT / "var"
 
     @field_validator("models")

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Query
 
 from api.deps import CurrentTenant, SessionDep
 from api.routes.jobs import draft_public
-from api.schemas import DiffOp, DiffPublic, DraftPublic, LineagePublic
+from api.schemas import AUTHED_ERRORS, DiffOp, DiffPublic, DraftPublic, LineagePublic, error_responses
 from storage import repo
 
-router = APIRouter(prefix="/v1/drafts", tags=["drafts"])
+# Every route here names a draft: 404 when the tenant has none by that id.
+router = APIRouter(prefix="/v1/drafts", tags=["drafts"], responses={**AUTHED_ERRORS, **error_responses(404)})
 
 
 @router.get("/{draft_id}", response_model=DraftPublic)

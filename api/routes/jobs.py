@@ -13,7 +13,10 @@ from fastapi.concurrency import run_in_threadpool
 from sse_starlette.sse import EventSourceResponse
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep
+from api.quotas import Quotas
 from api.schemas import (
+    AUTHED_ERRORS,
+    BODY_ERRORS,
     DraftPublic,
     DraftsPublic,
     JobCreate,
@@ -25,6 +28,7 @@ from api.schemas import (
     JobTimings,
     StepPublic,
     StepsPublic,
+    error_responses,
 )
 from api.submit import submit_job
 from redraft.models import load_model_info, load_tokenizer, token_text
@@ -36,7 +40,8 @@ from storage.models import Draft, Job, Step
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTHED_ERRORS)
+JOB_404 = error_responses(404)  # the routes that name a job
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -67,11 +72,20 @@ def draft_public(draft: Draft) -> DraftPublic:
                        created_at=draft.created_at)
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+# OpenAPI links: what a client (or schemathesis' stateful phase) can do next with the id in a response.
+_JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}} for name, op in (
+    ("GetJob", "get_job_v1_jobs__job_id__get"), ("GetSteps", "get_steps_v1_jobs__job_id__steps_get"),
+    ("GetDrafts", "get_drafts_v1_jobs__job_id__drafts_get"), ("Cancel", "cancel_job_v1_jobs__job_id__cancel_post"))}
+
+
+@router.post("", status_code=202, response_model=JobPublic, responses={
+    **BODY_ERRORS, **error_responses(429), 202: {"description": "queued", "links": _JOB_LINKS}})
 def create_job(session: SessionDep, tenant: CurrentTenant, settings: SettingsDep,
                body: Annotated[JobCreate, Body()]) -> JobPublic:
-    """Queue a job; poll its `links.self` or stream `links.events`."""
-    return job_public(submit_job(session, tenant.id, body, settings))
+    """Queue a job; poll its `links.self` or stream `links.events`. A spent tenant quota is a 429."""
+    with Quotas(settings).admit(session, tenant.id):
+        job = submit_job(session, tenant.id, body, settings)
+    return job_public(job)
 
 
 @router.get("", response_model=JobsPublic)
@@ -82,7 +96,7 @@ def list_jobs(session: SessionDep, tenant: CurrentTenant, limit: Annotated[int, 
     return JobsPublic(data=[job_public(j) for j in jobs], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=JOB_404)
 def get_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JobPublic:
     """A job's status, result, error and timings."""
     return job_public(repo.get_job(session, job_id, tenant.id))
@@ -95,7 +109,7 @@ def canvas_text(job: Job, settings: Settings) -> list[str]:
     return [token_text(tokenizer, t) for t in job.canvas["token_ids"]]
 
 
-@router.get("/{job_id}/steps", response_model=StepsPublic)
+@router.get("/{job_id}/steps", response_model=StepsPublic, responses=JOB_404)
 def get_steps(job_id: str, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> StepsPublic:
     """The step history: enough to replay the canvas from its start to the final tokens."""
     job = repo.get_job(session, job_id, tenant.id)
@@ -105,7 +119,10 @@ def get_steps(job_id: str, session: SessionDep, tenant: CurrentTenant, settings:
                        fixed=job.canvas["fixed"], mask_id=mask_id, data=steps, count=len(steps))
 
 
-@router.get("/{job_id}/drafts", response_model=DraftsPublic)
+@router.get("/{job_id}/drafts", response_model=DraftsPublic, responses={**JOB_404, 200: {"description": "the drafts", "links": {
+    name: {"operationId": op, "parameters": {"draft_id": "$response.body#/data/0/id"}}
+    for name, op in (("GetDraft", "get_draft_v1_drafts__draft_id__get"),
+                     ("GetLineage", "get_lineage_v1_drafts__draft_id__lineage_get"))}}})
 def get_drafts(job_id: str, session: SessionDep, tenant: CurrentTenant) -> DraftsPublic:
     """The drafts this job produced (an infill job produces version 1)."""
     job = repo.get_job(session, job_id, tenant.id)
@@ -113,7 +130,8 @@ def get_drafts(job_id: str, session: SessionDep, tenant: CurrentTenant) -> Draft
     return DraftsPublic(data=drafts, count=len(drafts))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
+             responses={**JOB_404, **error_responses(409)})
 def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JobPublic:
     """A queued job never runs; a running job stops at its next step."""
     job = repo.request_cancel(session, job_id, tenant.id)
@@ -121,7 +139,12 @@ def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JobPu
     return job_public(job)
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses={**JOB_404, 200: {
+    "description": "an SSE stream: `step` events (a StepPublic each), then one `done` (a JobPublic) or `failed`",
+    "content": {"text/event-stream": {"schema": {"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"enum": ["step", "done", "failed"]},
+        "data": {"type": "string", "description": "JSON: a StepPublic for `step`, a JobPublic for `done` / `failed`"},
+        "id": {"type": "string", "description": "on `step` events: the step number"}}}}}}})
 async def job_events(job_id: str, request: Request, tenant: CurrentTenant, settings: SettingsDep) -> EventSourceResponse:
     """Server-Sent Events: the steps so far, then each new `step`, then `done` or `failed`."""
     await run_in_threadpool(_check_job, job_id, tenant.id)

@@ -8,13 +8,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep
-from api.schemas import ModelPublic, ModelsPublic
+from api.schemas import AUTHED_ERRORS, ModelPublic, ModelsPublic
 from redraft.models import registry
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/v1/models", response_model=ModelsPublic)
+@router.get("/v1/models", response_model=ModelsPublic, responses=AUTHED_ERRORS)
 def list_models(_: CurrentTenant, settings: SettingsDep) -> ModelsPublic:
     """The models the workers serve, with context length and mask token."""
     models = [ModelPublic(**info.public()) for info in registry(settings.models).values()]

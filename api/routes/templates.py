@@ -6,12 +6,12 @@ from fastapi import APIRouter
 
 from api.deps import CurrentTenant, SessionDep
 from api.submit import check_text
-from api.schemas import TemplateCreate, TemplatePublic, TemplatesPublic
+from api.schemas import AUTHED_ERRORS, BODY_ERRORS, TemplateCreate, TemplatePublic, TemplatesPublic, error_responses
 from constraints.templates import validate_template
 from storage import repo
 from storage.models import Template
 
-router = APIRouter(prefix="/v1/templates", tags=["templates"])
+router = APIRouter(prefix="/v1/templates", tags=["templates"], responses=AUTHED_ERRORS)
 
 
 def template_public(row: Template) -> TemplatePublic:
@@ -19,7 +19,9 @@ def template_public(row: Template) -> TemplatePublic:
                           updated_at=row.updated_at)
 
 
-@router.post("", status_code=201, response_model=TemplatePublic)
+@router.post("", status_code=201, response_model=TemplatePublic, responses={**BODY_ERRORS, 201: {
+    "description": "saved", "links": {"GetTemplate": {"operationId": "get_template_v1_templates__name__get",
+                                                      "parameters": {"name": "$response.body#/name"}}}}})
 def save_template(body: TemplateCreate, session: SessionDep, tenant: CurrentTenant) -> TemplatePublic:
     """Save (or replace) a template; use it with {"kind": "generate", "template_name": ...}."""
     check_text(body.model_dump(exclude_none=True), "template")
@@ -36,7 +38,7 @@ def list_templates(session: SessionDep, tenant: CurrentTenant) -> TemplatesPubli
     return TemplatesPublic(data=[template_public(r) for r in rows], count=len(rows))
 
 
-@router.get("/{name}", response_model=TemplatePublic)
+@router.get("/{name}", response_model=TemplatePublic, responses=error_responses(404))
 def get_template(name: str, session: SessionDep, tenant: CurrentTenant) -> TemplatePublic:
     """One saved template."""
     return template_public(repo.get_template(session, tenant.id, name))
