@@ -12,6 +12,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api import metrics
 from api.limits import BodyLimit
 from api.routes import drafts, jobs, system, templates
 from api.web import mount_web
@@ -84,8 +85,11 @@ def create_app() -> FastAPI:
     app.include_router(drafts.router)
     app.include_router(templates.router)
     app.include_router(system.router)
-    mount_web(app)
+    if settings.metrics_enabled:
+        app.include_router(metrics.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    mount_web(app)  # its security headers wrap the middleware above
+    app.add_middleware(metrics.RequestObserver, settings=settings)  # outermost: sees every answer, and its time
     return app
 
 

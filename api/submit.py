@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from dataclasses import asdict
 
+from api.metrics import observe_compile
 from api.schemas import GapSegment, GenerateJobCreate, InfillJobCreate, ReviseJobCreate
 from constraints.canvas import Canvas
 from constraints.chat import render_chat
@@ -179,10 +180,11 @@ def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Sett
             saved = repo.get_template(session, tenant_id, req.template_name).source
         except NotFound as exc:
             raise InvalidRequest(exc.message, code="unknown_template") from exc
-    if isinstance(req, ReviseJobCreate):
-        canvas, plan = revision_canvas(session, tenant_id, req, info, settings, targets)
-    else:
-        canvas = compile_request(req, info, settings, saved)
+    with observe_compile():
+        if isinstance(req, ReviseJobCreate):
+            canvas, plan = revision_canvas(session, tenant_id, req, info, settings, targets)
+        else:
+            canvas = compile_request(req, info, settings, saved)
     job = repo.create_job(
         session,
         tenant_id=tenant_id,

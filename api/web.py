@@ -2,6 +2,11 @@
 
 The pages need no server-side auth and read nothing from the database: the script asks for the API
 key once, keeps it in ``sessionStorage`` and calls the JSON API with it, like any other client.
+
+Security headers: every response of the app gets ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``
+and a ``Referrer-Policy`` (``SecurityHeaders``); the pages also get a Content-Security-Policy that allows only this
+origin's script and styles (no inline script, no ``style`` attributes: the script sets styles through the CSSOM)
+and the API as the one thing to connect to. ``/docs`` (Swagger UI from a CDN) is not one of these pages.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -19,9 +26,40 @@ TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 
 router = APIRouter(include_in_schema=False)
 
+# The page loads /static/redraft.js and /static/redraft.css, calls /v1 with fetch(), and has a data: favicon.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "connect-src 'self'",
+    "form-action 'self'", "base-uri 'none'", "frame-ancestors 'none'",
+])
+EVERY_RESPONSE = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                  "Referrer-Policy": "no-referrer"}
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: ``EVERY_RESPONSE`` on every HTTP response (a route's own value wins)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in EVERY_RESPONSE.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
 
 def _page(request: Request, name: str, **context: str) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(request, name, context)
+    response = TEMPLATES.TemplateResponse(request, name, context)
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return response
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -49,5 +87,8 @@ def draft_page(request: Request, draft_id: str) -> HTMLResponse:
 
 
 def mount_web(app: FastAPI) -> None:
+    """The pages, their static files, and the security headers on every response (call it after adding the
+    other middleware, so that their own answers, a 413 say, get the headers too)."""
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(SecurityHeaders)

@@ -13,6 +13,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,6 +39,103 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     with session_scope() as s:
         key, _ = repo.create_api_key(s, args.tenant)
     print(key)
+    return 0
+
+
+def _admin_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run an operator command on the database (migrated first); its refusals print to stderr and exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        from redraft.errors import RedraftError
+        from storage.migrate import upgrade
+
+        upgrade()
+        try:
+            return func(args)
+        except RedraftError as exc:
+            print(f"redraft: {exc.message}", file=sys.stderr)
+            return 2 if exc.status_code < 500 else 1
+
+    return run
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment is not None else ""
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from storage import repo
+    from storage.db import session_scope
+    from storage.models import Tenant
+
+    with session_scope() as s:
+        row, now = repo.revoke_api_key(s, args.key)
+        tenant = s.get_one(Tenant, row.tenant_id).name
+    if now:
+        print(f"revoked {row.prefix} (tenant {tenant}, created {_when(row.created_at)}); it is refused from now on")
+    else:
+        print(f"{row.prefix} (tenant {tenant}) was already revoked at {_when(row.revoked_at)}")
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from storage import repo
+    from storage.db import session_scope
+
+    with session_scope() as s:
+        rows = repo.list_api_keys(s, repo.get_tenant(s, args.tenant).id)
+    if getattr(args, "json", False):
+        print(json.dumps([{"prefix": r.prefix, "created_at": r.created_at.isoformat(),
+                           "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None} for r in rows], indent=2))
+        return 0
+    for r in rows:
+        state = f"revoked {_when(r.revoked_at)}" if r.revoked_at else "active"
+        print(f"{r.prefix}  created {_when(r.created_at)}  {state}")
+    print(f"{len(rows)} key(s) for tenant {args.tenant} (only prefixes are kept; a key is shown once, when created)",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_tenants_delete(args: argparse.Namespace) -> int:
+    import time
+
+    from storage import repo
+    from storage.db import session_scope
+
+    with session_scope() as s:
+        tenant_id = repo.get_tenant(s, args.tenant).id
+        usage = repo.tenant_usage(s, tenant_id)
+        running = repo.running_job_ids(s, tenant_id)
+    if running and not args.force:
+        print(f"redraft: tenant {args.tenant!r} has {len(running)} running job(s) ({', '.join(running[:5])}"
+              f"{', ...' if len(running) > 5 else ''}); wait for them to finish, or pass --force to cancel them "
+              "first", file=sys.stderr)
+        return 2
+    what = ", ".join(f"{usage[k]} {k}" for k in ("keys", "jobs", "steps", "drafts", "templates"))
+    if not args.yes:
+        print(f"This deletes tenant {args.tenant!r} and all its data: {what}.", file=sys.stderr)
+        print("Type the tenant's name to confirm: ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline().strip()
+        if answer != args.tenant:
+            print("redraft: not deleted (the name did not match; --yes skips this question)", file=sys.stderr)
+            return 1
+    if args.force:
+        with session_scope() as s:
+            if repo.cancel_tenant_jobs(s, tenant_id):
+                print(f"cancel requested for the tenant's queued and running jobs; waiting up to {args.wait:g} s "
+                      "for running ones to stop", file=sys.stderr)
+        deadline = time.monotonic() + args.wait
+        while running and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with session_scope() as s:
+                running = repo.running_job_ids(s, tenant_id)
+        if running:
+            print(f"{len(running)} job(s) still running; deleting anyway (their workers drop them at the next step)",
+                  file=sys.stderr)
+    with session_scope() as s:
+        usage = repo.delete_tenant(s, tenant_id, allow_running=args.force)
+    print(f"deleted tenant {args.tenant}: " + ", ".join(f"{usage[k]} {k}" for k in
+                                                         ("keys", "jobs", "steps", "drafts", "templates")))
     return 0
 
 
@@ -504,6 +602,28 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("create", help="create a key for a tenant (created if new) and print it once")
     k.add_argument("--tenant", required=True)
     k.set_defaults(func=_cmd_keys_create)
+    k = keys.add_parser("revoke", help="revoke a key: every request with it is refused (401) from now on",
+                        description="Revoke a key, given whole or by the prefix `keys list` shows.")
+    k.add_argument("key", metavar="KEY_OR_PREFIX", help="the key, or its prefix (at least 8 characters, rdk_...)")
+    k.set_defaults(func=_admin_command(_cmd_keys_revoke))
+    k = keys.add_parser("list", help="a tenant's keys: prefix, created, revoked (never the key itself)")
+    k.add_argument("--tenant", required=True)
+    k.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    k.set_defaults(func=_admin_command(_cmd_keys_list))
+
+    p = sub.add_parser("tenants", help="tenants")
+    tenants = p.add_subparsers(dest="tenants_command", required=True)
+    t = tenants.add_parser("delete", help="delete a tenant and all its data (keys, jobs, steps, drafts, templates)",
+                           description="Delete a tenant with everything it owns. Asks for the tenant's name to "
+                                       "confirm unless --yes; refuses while it has running jobs unless --force.")
+    t.add_argument("tenant", metavar="NAME")
+    t.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    t.add_argument("--force", action="store_true",
+                   help="cancel the tenant's queued and running jobs first, wait for running ones to stop "
+                        "(--wait), then delete")
+    t.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="with --force: how long to wait for running jobs to stop (default 30)")
+    t.set_defaults(func=_admin_command(_cmd_tenants_delete))
 
     p = sub.add_parser("migrate", help="bring the database schema up to date (alembic upgrade head)")
     p.set_defaults(func=_cmd_migrate)

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     metrics_dir: Path | None = None
     metrics_scrape_timeout_s: float = Field(2.0, gt=0, le=30)  # the scrape's database and Redis reads give up then
+    # The OpenAI-compatible endpoint (api/openai/): a blocking or streaming request waits this long for its jobs,
+    # then answers 504 with the job ids (the jobs go on; their results stay at GET /v1/jobs/{id}).
+    openai_wait_timeout_s: float = Field(300.0, gt=0, le=3600)
     var_dir: Path = REPO_ROOT / "var"
 
     @field_validator("models")

@@ -328,3 +328,109 @@ def get_template(s: Session, tenant_id: str, name: str) -> Template:
 
 def list_templates(s: Session, tenant_id: str) -> list[Template]:
     return list(s.scalars(select(Template).where(Template.tenant_id == tenant_id).order_by(Template.name)))
+
+
+# ------------------------------------------------------------------------------------ operators: keys and tenants
+# `redraft keys revoke|list` and `redraft tenants delete` (redraft/cli.py). Deleting a tenant relies on the
+# foreign keys' ON DELETE CASCADE (storage/models.py, migration 0001/0002; SQLite enforces them because
+# storage/db.py turns PRAGMA foreign_keys on for every connection).
+
+MIN_KEY_PREFIX = 8  # "rdk_" and four more characters: a shorter prefix would name too many keys
+
+
+def get_tenant(s: Session, name: str) -> Tenant:
+    tenant = s.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        raise NotFound(f"no tenant called {name!r}; tenants come into being with `redraft keys create --tenant NAME`")
+    return tenant
+
+
+def list_api_keys(s: Session, tenant_id: str) -> list[ApiKey]:
+    """The tenant's keys (revoked ones too), oldest first."""
+    return list(s.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at,
+                                                                                       ApiKey.id)))
+
+
+def find_api_key(s: Session, key_or_prefix: str) -> ApiKey:
+    """The key itself, or the one key whose shown prefix starts with ``key_or_prefix``."""
+    row = s.scalar(select(ApiKey).where(ApiKey.key_hash == _hash(key_or_prefix)))
+    if row is not None:
+        return row
+    if len(key_or_prefix) > len("rdk_") + 8 or len(key_or_prefix) < MIN_KEY_PREFIX:
+        raise NotFound(f"no API key matches {key_or_prefix!r}: give the whole key, or a prefix of at least "
+                       f"{MIN_KEY_PREFIX} characters as `redraft keys list --tenant NAME` shows it")
+    rows = list(s.scalars(select(ApiKey).where(ApiKey.prefix.startswith(key_or_prefix, autoescape=True))
+                          .order_by(ApiKey.created_at).limit(11)))
+    if not rows:
+        raise NotFound(f"no API key has the prefix {key_or_prefix!r}; `redraft keys list --tenant NAME` shows them")
+    if len(rows) > 1:
+        shown = ", ".join(r.prefix for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        raise Conflict(f"the prefix {key_or_prefix!r} matches {len(rows)} keys ({shown}); give a longer prefix or "
+                       "the whole key")
+    return rows[0]
+
+
+def revoke_api_key(s: Session, key_or_prefix: str) -> tuple[ApiKey, bool]:
+    """Revoke the key (``find_api_key``); (its row, whether it was revoked just now). The next request with it is a
+    401: ``tenant_for_key`` reads ``revoked_at`` on every request."""
+    row = find_api_key(s, key_or_prefix)
+    if row.revoked_at is not None:
+        return row, False
+    s.execute(update(ApiKey).where(ApiKey.id == row.id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow()))
+    s.refresh(row)
+    return row, True
+
+
+def tenant_usage(s: Session, tenant_id: str) -> dict[str, int]:
+    """How many rows of each kind the tenant owns, and how many of its jobs are queued or running."""
+    jobs = dict(s.execute(select(Job.status, func.count()).where(Job.tenant_id == tenant_id)
+                          .group_by(Job.status)).all())
+
+    def count(model: Any, *where: Any) -> int:
+        return s.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+    return {
+        "keys": count(ApiKey, ApiKey.tenant_id == tenant_id),
+        "jobs": sum(jobs.values()),
+        "queued": jobs.get("queued", 0),
+        "running": jobs.get("running", 0),
+        "steps": count(Step.__table__.join(Job.__table__), Job.tenant_id == tenant_id),
+        "drafts": count(Draft, Draft.tenant_id == tenant_id),
+        "templates": count(Template, Template.tenant_id == tenant_id),
+    }
+
+
+def running_job_ids(s: Session, tenant_id: str) -> list[str]:
+    return list(s.scalars(select(Job.id).where(Job.tenant_id == tenant_id, Job.status == "running")
+                          .order_by(Job.created_at)))
+
+
+def cancel_tenant_jobs(s: Session, tenant_id: str) -> int:
+    """Cancel every queued or running job of the tenant, as ``request_cancel`` does one: queued ones now, running
+    ones flagged (their worker stops at its next step). Returns how many were active."""
+    now = utcnow()
+    queued = s.execute(update(Job).where(Job.tenant_id == tenant_id, Job.status == "queued").values(
+        status="cancelled", finished_at=now, updated_at=now, cancel_requested=True)).rowcount
+    running = s.execute(update(Job).where(Job.tenant_id == tenant_id, Job.status == "running")
+                        .values(cancel_requested=True)).rowcount
+    return queued + running
+
+
+def delete_tenant(s: Session, tenant_id: str, *, allow_running: bool = False) -> dict[str, int]:
+    """Delete the tenant and everything it owns (keys, jobs, steps, drafts, templates) through the foreign keys'
+    cascades, in the caller's transaction; returns ``tenant_usage`` as it was just before.
+
+    Raises Conflict while a job of the tenant is running, unless ``allow_running``: a worker still on one of
+    them then finds its job gone at its next step (``writable``) and drops it.
+    """
+    tenant = s.get(Tenant, tenant_id, with_for_update=True, populate_existing=True)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    usage = tenant_usage(s, tenant_id)
+    if usage["running"] and not allow_running:
+        ids = running_job_ids(s, tenant_id)
+        raise Conflict(f"tenant {tenant.name!r} has {len(ids)} running job(s) ({', '.join(ids[:5])}"
+                       f"{', ...' if len(ids) > 5 else ''}); wait for them, or force: cancel them first")
+    s.execute(delete(Tenant).where(Tenant.id == tenant_id))
+    s.expunge(tenant)
+    return usage

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from redraft import metrics
 from workers.sampler import Row, StepRecord, rows_forward
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class BatchEngine:
         """``model``: an adapter, or a masked model's ``logits(input_ids, attention_mask)`` (``rows_forward``)."""
         self.forward = rows_forward(model)
         self.max_batch = max_batch
+        self._step_seconds = metrics.STEP_SECONDS.labels(name)  # Prometheus histograms (redraft/metrics.py)
+        self._forward_seconds = metrics.FORWARD_SECONDS.labels(name)
         self._pending: queue.SimpleQueue[Handle] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"redraft-engine-{name}", daemon=True)
@@ -156,6 +159,7 @@ class BatchEngine:
         self.steps += 1
         t1 = time.perf_counter()
         self.forward_s += t1 - t0
+        self._forward_seconds.observe(t1 - t0)
         for h, raw in zip(handles, raws):
             if raw is None:
                 continue
@@ -166,7 +170,9 @@ class BatchEngine:
             except Exception as exc:  # this row's failure is this row's alone
                 h.error = exc
                 h.done.set()
-        self.advance_s += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        self.advance_s += t2 - t1
+        self._step_seconds.observe(t2 - t0)
 
 
 def _drain(q: queue.SimpleQueue) -> list:

@@ -22,6 +22,7 @@ from constraints.generate import slot_values
 from constraints.revise import Region, carry_layout, compile_revision, token_count
 from constraints.safety import parse_safety
 from redraft.errors import Conflict, JobCancelled, RedraftError
+from redraft.logs import bind_job_id
 from redraft.models import load_tokenizer, special_ids, token_text
 from redraft.queue import job_channel
 from redraft.settings import Settings, get_settings
@@ -67,6 +68,7 @@ class Publisher:
             log.warning("could not publish %d events for job %s", len(events), job_id)
 
 
+@bind_job_id  # every record logged while this job runs carries its job_id (redraft/logs.py)
 def run_job(job_id: str, settings: Settings | None = None) -> str:
     """Run a job to a terminal state; returns the status it ended in (or "skipped")."""
     settings = settings or get_settings()

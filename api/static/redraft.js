@@ -26,6 +26,7 @@
       if (v === null || v === undefined || v === false) continue;
       if (k === "class") node.className = v;
       else if (k === "text") node.textContent = v;
+      else if (k === "style") node.style.cssText = v; // CSSOM: allowed by the page's CSP (a style attribute is not)
       else node.setAttribute(k, v === true ? "" : v);
     }
     for (const c of children) node.append(c);
