@@ -15,6 +15,12 @@ real tokens: their columns are -1. outlines-core 0.2.14's index drops some valid
 compiler works around it with an end marker (see ``_END_BYTES``), and the tests check acceptance
 against Python's ``re.fullmatch``.
 
+Budgets (``constraints.budget``): cheap checks refuse a target before construction (regex length, schema
+depth, alternatives, an automaton size estimated from the parse); the construction itself (outlines-core's
+index, the schema's regex, the pruning) runs in a forked child under a wall-clock and a memory budget and
+hands back the sparse transitions, from which this process builds the table. ``compile_clock`` (there)
+reports the time compiles take; ``TokenAutomaton.compile_seconds`` is one automaton's.
+
 Torch-free (numpy only): imported by the API at submission (``compile_target``, ``require_fits``)
 and by the workers. Never import torch here.
 """
@@ -24,7 +30,9 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import weakref
+from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,6 +42,15 @@ import outlines_core
 from outlines_core.json_schema import build_regex_from_schema
 from tokenizers import Tokenizer
 
+from constraints.budget import (
+    check_choices,
+    check_pattern,
+    check_schema_depth,
+    require_dp_fits,
+    run_bounded,
+    shown,
+    timed_compile,
+)
 from redraft.errors import ConstraintError
 from redraft.models import token_bytes
 
@@ -56,10 +73,19 @@ class TokenAutomaton:
     final: np.ndarray = field(repr=False)  # (S,) bool
     next_state: np.ndarray = field(repr=False)  # (S, V) int32, -1: token not allowed from that state
     _min_length: int | None = field(default=None, repr=False)
+    _n_edges: int | None = field(default=None, repr=False)  # E: allowed (state, token) pairs
+    compile_seconds: float = field(default=0.0, repr=False)  # wall-clock time its compile took
 
     @property
     def vocab_size(self) -> int:
         return int(self.next_state.shape[1])
+
+    @property
+    def n_edges(self) -> int:
+        """E, the allowed (state, token) pairs: the slot decoder's cost per position grows with it."""
+        if self._n_edges is None:
+            self._n_edges = int(np.count_nonzero(self.next_state >= 0))
+        return self._n_edges
 
     @property
     def nbytes(self) -> int:
@@ -73,34 +99,29 @@ def compile_regex(pattern: str, tokenizer: Tokenizer, eos_id: int, special_ids: 
     """The token automaton accepting exactly the token sequences whose bytes fullmatch ``pattern``."""
     if not isinstance(pattern, str):
         raise ConstraintError(f"a regex must be a string, not {type(pattern).__name__}")
-    return _cached(("regex", pattern), pattern, tokenizer, eos_id, special_ids)
+    return _cached(("regex", pattern), ("regex", pattern), tokenizer, eos_id, special_ids)
 
 
 def compile_json_schema(schema: dict, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
     """The automaton of outlines-core's regex for ``schema`` (compact JSON, as outlines writes it)."""
     if not isinstance(schema, dict):
         raise ConstraintError(f"a JSON schema must be an object, not {type(schema).__name__}")
+    check_schema_depth(schema)
     try:
         spec = json.dumps(schema)  # key order kept: it is the order of the fields in the output
     except (TypeError, ValueError) as exc:
         raise ConstraintError(f"the JSON schema is not serialisable JSON: {exc}") from exc
     key = ("json_schema", spec)
-    cached = _lookup(key, tokenizer, eos_id, special_ids)
-    if cached is not None:
-        return cached
-    try:
-        pattern = build_regex_from_schema(spec)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ConstraintError(f"the JSON schema cannot be turned into a constraint: {exc}") from exc
-    return _cached(key, pattern, tokenizer, eos_id, special_ids)
+    return _cached(key, key, tokenizer, eos_id, special_ids)  # its regex is written in the bounded child
 
 
 def compile_choices(choices: list[str], tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
     """The automaton accepting exactly one of ``choices`` (literal strings, not regexes)."""
     if not choices or not all(isinstance(c, str) for c in choices):
         raise ConstraintError("choices must be a non-empty list of strings")
+    check_choices(choices)
     pattern = "(" + "|".join(_escape(c) for c in choices) + ")"
-    return _cached(("choices", tuple(choices)), pattern, tokenizer, eos_id, special_ids)
+    return _cached(("choices", tuple(choices)), ("regex", pattern), tokenizer, eos_id, special_ids)
 
 
 def compile_target(
@@ -152,12 +173,14 @@ def min_length_tokens(automaton: TokenAutomaton) -> int:
 
 
 def require_fits(automaton: TokenAutomaton, n_positions: int) -> None:
-    """ConstraintError (422) unless some accepted sequence fits in a slot of ``n_positions``."""
+    """ConstraintError (422) unless some accepted sequence fits in a slot of ``n_positions``, and the slot
+    decoder's memory per step for that slot stays within ``max_dp_bytes`` (``constraints.budget.dp_step_bytes``)."""
     k = min_length_tokens(automaton)
     if k > n_positions:
         raise ConstraintError(
-            f"shortest match of {automaton.pattern!r} needs {k} tokens but the slot has {n_positions}"
+            f"shortest match of {shown(automaton.pattern)} needs {k} tokens but the slot has {n_positions}"
         )
+    require_dp_fits(automaton.pattern, n_positions, automaton.n_edges, automaton.n_states, k)
 
 
 # ---------------------------------------------------------------------------------------------- accept
@@ -195,11 +218,17 @@ def _lookup(key: tuple, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]
         return per_tok[full]
 
 
-def _cached(key: tuple, pattern: str, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
+def _cached(key: tuple, source: tuple[str, str], tokenizer: Tokenizer, eos_id: int,
+            special_ids: set[int]) -> TokenAutomaton:
+    """The cached automaton of ``key``, else compiled from ``source`` (``("regex", pattern)`` or
+    ``("json_schema", json_text)``) within the compile budgets, then cached."""
     hit = _lookup(key, tokenizer, eos_id, special_ids)
     if hit is not None:
         return hit
-    automaton = _compile(pattern, tokenizer, eos_id, frozenset(special_ids))
+    start = time.perf_counter()
+    with timed_compile():
+        automaton = _compile(source, tokenizer, eos_id, frozenset(special_ids))
+    automaton.compile_seconds = time.perf_counter() - start
     full = (*key, eos_id, frozenset(special_ids))
     with _lock:
         per_tok = _automata.setdefault(tokenizer, OrderedDict())
@@ -260,25 +289,71 @@ def _vocabulary(tokenizer: Tokenizer, eos_id: int, special_ids: frozenset[int]) 
     return vocabulary
 
 
-def _compile(pattern: str, tokenizer: Tokenizer, eos_id: int, special_ids: frozenset[int]) -> TokenAutomaton:
-    vocabulary = _vocabulary(tokenizer, eos_id, special_ids)
+@dataclass(frozen=True)
+class _Built:
+    """What the bounded child hands back: the automaton as sparse transitions (compact to send)."""
+
+    pattern: str
+    n_states: int
+    final: np.ndarray  # (S,) bool
+    src: np.ndarray  # (E,) int32, renumbered states: the initial state is 0
+    tok: np.ndarray  # (E,) int32
+    dst: np.ndarray  # (E,) int32
+
+
+def _compile(source: tuple[str, str], tokenizer: Tokenizer, eos_id: int, special_ids: frozenset[int]) -> TokenAutomaton:
+    """Check the source cheaply here, build it in a bounded child (``constraints.budget.run_bounded``), and
+    make the dense table from the sparse result here."""
+    kind, spec = source
+    if kind == "regex":
+        check_pattern(spec)
+    vocabulary = _vocabulary(tokenizer, eos_id, special_ids)  # built (and cached) here: the child inherits it
+    V = tokenizer.get_vocab_size(with_added_tokens=True)
+    excluded = frozenset(_excluded_ids(tokenizer, eos_id, special_ids))
+    what = f"regex {shown(spec)}" if kind == "regex" else "the JSON schema"
+    built = run_bounded(_build, source, vocabulary, V, excluded, _end_id(tokenizer), MAX_TABLE_ENTRIES, what=what)
+    next_state = np.full((built.n_states, V), -1, dtype=np.int32)  # (S, V)
+    next_state[built.src, built.tok] = built.dst
+    return TokenAutomaton(pattern=built.pattern, n_states=built.n_states, initial=0, final=built.final,
+                          next_state=next_state, _n_edges=int(built.src.shape[0]))
+
+
+def _table_too_big(pattern: str, S: int, V: int, cap: int, about: str = "") -> ConstraintError:
+    return ConstraintError(
+        f"regex {shown(pattern)} compiles to {about}{S} states; its transition table ({S} x {V} tokens, "
+        f"{S * V * 4 / 2**20:.0f} MiB) exceeds the cap of {cap} entries; simplify the pattern",
+        code="constraint_too_large")
+
+
+def _build(source: tuple[str, str], vocabulary: outlines_core.Vocabulary, V: int, excluded: frozenset[int],
+           end: int, cap: int) -> _Built:
+    """The construction, in the bounded child: the schema's regex, outlines-core's index, pruning, sparse edges."""
+    kind, pattern = source
+    if kind == "json_schema":
+        try:
+            pattern = build_regex_from_schema(pattern)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConstraintError(f"the JSON schema cannot be turned into a constraint: {exc}") from exc
+        check_pattern(pattern, generated=True)
     inner = _strip_anchors(pattern)
     try:
-        outlines_core.Index(inner, _byte_vocabulary())  # the pattern alone parses ("a)(b" would not)
+        # The pattern alone parses ("a)(b" would not), and its byte automaton is cheap next to the token one:
+        # its size refuses a table too big before the expensive build. (The byte automaton of a search has up
+        # to twice the token automaton's states, a match being reported one byte late: hence the 2.)
+        byte_states = len(outlines_core.Index(inner, _byte_vocabulary()).get_transitions())
+        if byte_states * V > 2 * cap:
+            raise _table_too_big(pattern, byte_states // 2, V, cap, about="at least ")
         index = outlines_core.Index(f"(?:{inner})\\x{{10FFFF}}", vocabulary)
     except ValueError as exc:
         try:
             re.compile(pattern)
         except re.error as py_exc:
-            raise ConstraintError(f"invalid regex {pattern!r}: {py_exc}") from exc
+            raise ConstraintError(f"invalid regex {shown(pattern)}: {py_exc}") from exc
         raise ConstraintError(
-            f"regex {pattern!r} cannot be compiled to an automaton ({exc}); not supported: look-around, "
+            f"regex {shown(pattern)} cannot be compiled to an automaton ({exc}); not supported: look-around, "
             "backreferences, Unicode \\b, and anchors other than a leading ^ and a trailing $"
         ) from exc
 
-    V = tokenizer.get_vocab_size(with_added_tokens=True)
-    end = _end_id(tokenizer)
-    excluded = _excluded_ids(tokenizer, eos_id, special_ids)
     transitions = index.get_transitions()
     # Final: the marker token completes the match. (Having a marker transition is not enough: P may
     # take U+10FFFF as content, e.g. inside a JSON string.)
@@ -287,6 +362,7 @@ def _compile(pattern: str, tokenizer: Tokenizer, eos_id: int, special_ids: froze
     raw: dict[int, dict[int, int]] = {
         s: {t: d for t, d in trans.items() if t not in excluded and t < V} for s, trans in transitions.items()
     }
+    del transitions
     initial = index.get_initial_state()
 
     # Keep only states reachable from the initial state that can still reach a final state.
@@ -308,25 +384,23 @@ def _compile(pattern: str, tokenizer: Tokenizer, eos_id: int, special_ids: froze
                 live.add(p)
                 queue.append(p)
     if initial not in live:
-        raise ConstraintError(f"regex {pattern!r} matches no text this tokenizer can write")
+        raise ConstraintError(f"regex {shown(pattern)} matches no text this tokenizer can write")
 
     order = [initial, *sorted(live - {initial})]
     number = {s: k for k, s in enumerate(order)}
     S = len(order)
-    if S * V > MAX_TABLE_ENTRIES:
-        raise ConstraintError(
-            f"regex {pattern!r} compiles to {S} states; its transition table ({S} x {V} tokens, "
-            f"{S * V * 4 / 2**20:.0f} MiB) exceeds the cap of {MAX_TABLE_ENTRIES} entries; simplify the pattern"
-        )
-    next_state = np.full((S, V), -1, dtype=np.int32)  # (S, V)
+    if S * V > cap:
+        raise _table_too_big(pattern, S, V, cap)
+    src, tok, dst = array("i"), array("i"), array("i")  # (E,) each; 4 bytes an entry, not a Python int
     for s in order:
-        pairs = [(t, number[d]) for t, d in raw.get(s, {}).items() if d in live]
-        if pairs:
-            toks, dsts = zip(*pairs)
-            next_state[number[s], list(toks)] = np.asarray(dsts, dtype=np.int32)
+        for t, d in raw.get(s, {}).items():
+            if d in live:
+                src.append(number[s])
+                tok.append(t)
+                dst.append(number[d])
     final = np.zeros(S, dtype=np.bool_)  # (S,)
     final[[number[s] for s in order if s in finals]] = True
-    return TokenAutomaton(pattern=pattern, n_states=S, initial=0, final=final, next_state=next_state)
+    return _Built(pattern, S, final, *(np.frombuffer(a, dtype=np.int32) for a in (src, tok, dst)))
 
 
 # outlines-core 0.2.14 builds the index from a regex-automata *search* DFA and keeps a token only if

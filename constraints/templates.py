@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, nodes
+from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
+from constraints.budget import check_choices, check_regex_length, check_schema_depth
 from constraints.vocab import check_vocab
 from redraft.errors import ConstraintError, InvalidRequest
+from redraft.settings import get_settings
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
@@ -49,6 +54,7 @@ def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None
         if kind == "regex":
             if not isinstance(value, str) or not value:
                 raise ConstraintError(f"slot {name!r}: regex must be a non-empty string")
+            check_regex_length(value, f"slot {name!r}: the regex")  # before Python compiles it
             try:
                 re.compile(value)
             except re.error as exc:
@@ -57,10 +63,12 @@ def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None
         elif kind == "choices":
             if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) and c for c in value):
                 raise ConstraintError(f"slot {name!r}: choices must be a non-empty list of non-empty strings")
+            check_choices(list(value))
             target = ("choices", json.dumps(list(value)))
         else:
             if not isinstance(value, dict):
                 raise ConstraintError(f"slot {name!r}: json_schema must be a JSON object (a dict)")
+            check_schema_depth(value)  # before serialising it
             target = ("json_schema", json.dumps(value))  # property order sets the output field order
     check_vocab(vocab)
     return SlotSpec(name=name, max_tokens=max_tokens, min_tokens=min_tokens, target=target, vocab=vocab)
@@ -72,11 +80,64 @@ MAX_RENDERED_CHARS = 200_000  # a template renders at most this much text (it is
 
 
 class BoundedSandbox(SandboxedEnvironment):
-    """Jinja2's sandbox with the two operators that build huge values in one step bounded: ``'a' * 10**7`` (a
-    string or list repeated) and ``**``. Together with the cap on rendered text, a template cannot make the API
-    build or tokenise more than ``MAX_RENDERED_CHARS``."""
+    """Jinja2's sandbox with budgets, each a 422 that names its setting:
+
+    - the two operators that build huge values in one step: ``'a' * 10**7`` (a string or list repeated, within
+      ``MAX_RENDERED_CHARS``) and ``**`` (exponents up to 64);
+    - loop iterations, all loops together (``template_max_iterations``): every ``{% for %}`` iterates through
+      :meth:`bounded_loop` (the parsed tree is rewritten so), and so does each ``loop(...)`` of a recursive loop;
+    - nesting of calls (``template_max_call_depth``): macros calling macros, recursive loops;
+    - wall-clock time (``template_timeout_s``), checked at every iteration and call (and by ``render_template``
+      at every piece of output), so exponential macros and loops that print nothing stop too.
+
+    One instance per render: the counters and the deadline start when it is made.
+    """
 
     intercepted_binops = frozenset(["*", "**"])
+
+    def __init__(self, *, max_iterations: int, max_call_depth: int, timeout_s: float, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_iterations, self.max_call_depth, self.timeout_s = max_iterations, max_call_depth, timeout_s
+        self.iterations, self.depth = 0, 0
+        self.deadline = time.monotonic() + timeout_s
+
+    def check_clock(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise InvalidRequest(f"the template took more than {self.timeout_s:g} s to render "
+                                 "(REDRAFT_TEMPLATE_TIMEOUT_S); make it do less (fewer loop iterations and macro calls)",
+                                 code="template_budget")
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):  # for x in SEQ  ->  for x in environment.bounded_loop(SEQ)
+            loop.iter = nodes.Call(nodes.EnvironmentAttribute("bounded_loop"), [loop.iter], [], None, None,
+                                   lineno=loop.lineno)
+        return tree
+
+    def bounded_loop(self, iterable: Any) -> Iterator[Any]:
+        """``iterable``, counting every item against the iteration budget and the deadline."""
+        for item in iterable:
+            self.iterations += 1
+            if self.iterations > self.max_iterations:
+                raise InvalidRequest(f"the template's loops ran more than {self.max_iterations:,} iterations in all "
+                                     "(REDRAFT_TEMPLATE_MAX_ITERATIONS); loop over less (shorter lists, fewer nested "
+                                     "loops)", code="template_budget")
+            self.check_clock()
+            yield item
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.check_clock()
+        if self.depth >= self.max_call_depth:
+            raise InvalidRequest(f"the template nests calls more than {self.max_call_depth} deep (macros calling "
+                                 "macros, REDRAFT_TEMPLATE_MAX_CALL_DEPTH); recurse less deeply",
+                                 code="template_budget")
+        if isinstance(obj, LoopContext) and args:  # loop(children) in a recursive loop: count its items too
+            args = (self.bounded_loop(args[0]), *args[1:])
+        self.depth += 1
+        try:
+            return super().call(context, obj, *args, **kwargs)
+        finally:
+            self.depth -= 1
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -119,12 +180,16 @@ def render_template(source: str, variables: dict[str, Any], default_tokens: int,
         slots.append(spec)
         return f"\x00{nonce}:{len(slots) - 1}\x00"
 
-    env = BoundedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_printable)
+    settings = get_settings()
+    env = BoundedSandbox(max_iterations=settings.template_max_iterations,
+                         max_call_depth=settings.template_max_call_depth, timeout_s=settings.template_timeout_s,
+                         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_printable)
     env.globals.pop("lipsum", None)  # random filler text has no place in a document (and is not seeded)
     try:
         parts, size = [], 0
         for part in env.from_string(source).generate(**variables, slot=slot):  # stops as soon as it is too long
             size += len(part)
+            env.check_clock()
             if size > MAX_RENDERED_CHARS:
                 raise InvalidRequest(f"the template renders more than {MAX_RENDERED_CHARS:,} characters; "
                                      "render less text (fewer loop iterations, shorter variables)")
