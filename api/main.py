@@ -14,6 +14,7 @@ from starlette.routing import Match
 
 from api import metrics
 from api.limits import BodyLimit
+from api.openai import mount_openai
 from api.routes import drafts, jobs, system, templates
 from api.web import mount_web
 from redraft.errors import RedraftError
@@ -85,6 +86,7 @@ def create_app() -> FastAPI:
     app.include_router(drafts.router)
     app.include_router(templates.router)
     app.include_router(system.router)
+    mount_openai(app)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -187,7 +187,9 @@ class RequestObserver:
 
 def _count_rejection(status: int, body: bytes) -> None:
     try:
-        code = json.loads(body).get("code") if len(body) <= _MAX_ERROR_BODY else None
+        parsed = json.loads(body) if len(body) <= _MAX_ERROR_BODY else {}
+        # Redraft's shape {"detail", "code"}, or OpenAI's {"error": {"message", "code", ...}} under /openai/v1
+        code = parsed.get("code") or (parsed.get("error") or {}).get("code")
     except (ValueError, AttributeError):
         code = None
     metrics.REJECTIONS.labels(code=str(code) if isinstance(code, str) else "unknown", status=str(status)).inc()

@@ -176,6 +176,6 @@ class CanvasBuilder:
         if self.canvas.length > self.info.context_length:
             raise InvalidRequest(
                 f"the canvas is {self.canvas.length} tokens but model {self.info.name!r} takes at most "
-                f"{self.info.context_length}; shorten the text or use smaller gaps"
+                f"{self.info.context_length}; shorten the text or use smaller gaps", code="context_too_long"
             )
         return self.canvas

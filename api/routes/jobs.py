@@ -148,7 +148,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JobPu
 async def job_events(job_id: str, request: Request, tenant: CurrentTenant, settings: SettingsDep) -> EventSourceResponse:
     """Server-Sent Events: the steps so far, then each new `step`, then `done` or `failed`."""
     await run_in_threadpool(_check_job, job_id, tenant.id)
-    return EventSourceResponse(_event_stream(job_id, request, settings.redis_url))
+    return EventSourceResponse(event_stream(job_id, request, settings.redis_url))
 
 
 def _check_job(job_id: str, tenant_id: str) -> None:
@@ -164,7 +164,7 @@ def _poll(job_id: str, after: int) -> tuple[list[StepPublic], Job]:
         return steps, job
 
 
-async def _event_stream(job_id: str, request: Request, redis_url: str | None) -> AsyncIterator[dict]:
+async def event_stream(job_id: str, request: Request, redis_url: str | None) -> AsyncIterator[dict]:
     """The database is the source of truth; pub/sub only wakes the stream up early.
 
     Subscribing before the first read means no step can slip between the two; steps are sent in
