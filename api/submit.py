@@ -200,6 +200,7 @@ def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Sett
     session.commit()
     try:
         enqueue(job.id)
-    except Exception:  # the row is committed: the reaper re-enqueues queued jobs, so none is lost
-        log.exception("could not enqueue job %s; the reaper will retry", job.id)
+    except Exception as exc:  # noqa: BLE001 - the row is committed and unsent: a worker's reaper sends it, none is lost
+        log.warning("could not enqueue job %s (%s: %s); the reaper sends it within seconds of the broker's return",
+                    job.id, type(exc).__name__, exc)
     return job

@@ -8,7 +8,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import types
 import typing
@@ -147,10 +146,11 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    """Embedded default: migrate, start redis (unless REDIS_URL is set), one worker, and the API."""
+    """Embedded default: migrate, start redis (unless REDIS_URL is set), the workers (restarted when one
+    dies, ``redraft.embedded.Supervisor``), and the API."""
     import uvicorn
 
-    from redraft.embedded import start_redis, start_worker
+    from redraft.embedded import Supervisor, start_redis, start_worker
     from redraft.settings import get_settings
     from storage.migrate import upgrade
 
@@ -164,9 +164,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         get_settings.cache_clear()
         print(f"embedded redis-server at {url}", flush=True)
     env = {"REDIS_URL": os.environ.get("REDIS_URL", settings.redis_url or ""), "DATABASE_URL": settings.database_url}
-    workers = [start_worker(env, settings.var_dir / "worker.log", settings.queue_name) for _ in range(args.workers)]
-    print(f"{args.workers} worker(s) started (log: {settings.var_dir / 'worker.log'}); API on "
-          f"http://{args.host}:{args.port}", flush=True)
+    workers = Supervisor(lambda: start_worker(env, settings.var_dir / "worker.log", settings.queue_name),
+                         count=args.workers, delay_s=settings.worker_restart_delay_s,
+                         max_delay_s=settings.worker_restart_max_delay_s).run()
+    print(f"{args.workers} worker(s) started (log: {settings.var_dir / 'worker.log'}; one that exits is restarted); "
+          f"API on http://{args.host}:{args.port}", flush=True)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with this handler that becomes a
     # SystemExit, so the cleanup below runs instead of the process dying with children left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -175,13 +177,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            try:
-                w.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        workers.stop()
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(timeout=10)

@@ -34,8 +34,18 @@ class Settings(BaseSettings):
     queue_name: str = "gpu"
     job_timeout_s: int = 600  # a job running longer than this is failed; the visibility timeout sits above it
     heartbeat_timeout_s: int = 60  # a running job whose worker wrote nothing for this long is re-enqueued
-    reaper_interval_s: float = 15.0  # how often each worker looks for jobs to re-enqueue
+    reaper_interval_s: float = Field(2.0, gt=0)  # how often each worker looks for jobs to re-enqueue
     max_attempts: int = 3  # deliveries before a job that keeps killing its worker is failed
+    # Worker liveness (redraft/queue.py): each worker process refreshes a key in Redis this often, and is
+    # dead once the key is this old; the reaper then re-sends the jobs it had received but not claimed.
+    worker_heartbeat_interval_s: float = Field(1.0, gt=0, le=60)
+    worker_heartbeat_ttl_s: float = Field(5.0, gt=0, le=600)
+    enqueue_grace_s: float = Field(2.0, ge=0)  # a job whose send failed (Redis down) is sent by the reaper after this
+    readyz_timeout_s: float = Field(1.0, gt=0, le=30)  # /readyz gives up on the database or Redis after this long
+    # `redraft serve` restarts a worker that exits: after this delay, doubled each time it dies again sooner
+    # than the maximum after starting, up to the maximum (one that ran longer starts over from the delay).
+    worker_restart_delay_s: float = Field(1.0, gt=0)
+    worker_restart_max_delay_s: float = Field(60.0, gt=0)
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when present)
     # Jobs a worker process denoises together (continuous batching: its Celery thread pool has this
     # many threads, and one engine thread steps all their canvases between forward passes).

@@ -85,6 +85,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The heartbeat: touched at every step; the reaper re-enqueues running jobs whose heartbeat is stale.
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # When its id was last sent to the queue; None until a send succeeds (the reaper sends those).
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Draft(Base):

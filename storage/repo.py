@@ -434,3 +434,48 @@ def delete_tenant(s: Session, tenant_id: str, *, allow_running: bool = False) ->
     s.execute(delete(Tenant).where(Tenant.id == tenant_id))
     s.expunge(tenant)
     return usage
+
+
+# ---- sending jobs to the queue (the reaper's side: workers/reaper.py) ----------------------------------
+
+
+def mark_enqueued(s: Session, job_id: str) -> None:
+    """Record that the job's id was just sent to the queue."""
+    s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+
+
+def unsent_jobs(s: Session, created_before: datetime) -> list[tuple[str, datetime | None]]:
+    """(id, enqueued_at) of queued jobs never sent (the broker was down at submission), created before the time."""
+    where = (Job.status == "queued", Job.enqueued_at.is_(None), Job.created_at < created_before)
+    return [tuple(r) for r in s.execute(select(Job.id, Job.enqueued_at).where(*where).order_by(Job.created_at))]
+
+
+def jobs_sent_before(s: Session, before: datetime) -> list[tuple[str, datetime | None]]:
+    """(id, enqueued_at) of queued jobs last sent before the time (to a broker that has since lost its data)."""
+    where = (Job.status == "queued", Job.enqueued_at < before)
+    return [tuple(r) for r in s.execute(select(Job.id, Job.enqueued_at).where(*where).order_by(Job.created_at))]
+
+
+def queued_sent_at(s: Session, job_ids: Sequence[str]) -> list[tuple[str, datetime | None]]:
+    """(id, enqueued_at) of those of the jobs that are still queued."""
+    if not job_ids:
+        return []
+    where = (Job.id.in_(job_ids), Job.status == "queued")
+    return [tuple(r) for r in s.execute(select(Job.id, Job.enqueued_at).where(*where).order_by(Job.created_at))]
+
+
+def take_for_resend(s: Session, job_id: str, sent_at: datetime | None) -> bool:
+    """Atomically take a queued job for sending again: True for the one caller that finds it still queued
+    and its ``enqueued_at`` still ``sent_at``, as the caller read it (it becomes now). Commits."""
+    now = utcnow()
+    sent = Job.enqueued_at.is_(None) if sent_at is None else Job.enqueued_at == sent_at
+    won = s.execute(
+        update(Job).where(Job.id == job_id, Job.status == "queued", sent).values(enqueued_at=now, updated_at=now)
+    ).rowcount
+    s.commit()
+    return won == 1
+
+
+def mark_unsent(s: Session, job_id: str) -> None:
+    """The send after :func:`take_for_resend` failed: leave the job for the next pass to send."""
+    s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=None))

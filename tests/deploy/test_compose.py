@@ -71,5 +71,28 @@ def test_long_running_services_come_back_and_the_worker_is_watched():
     for name in ("api", "worker", "redis", "postgres"):
         assert services[name]["restart"] == "unless-stopped", name
     assert services["migrate"]["restart"] == "no"  # a one-shot
-    check = services["worker"]["healthcheck"]["test"]
-    assert "inspect ping" in check[1] and "workers.tasks" in check[1]
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "redraft.queue", "alive"]
+
+
+def test_the_worker_health_check_reads_the_heartbeat(monkeypatch):
+    """``python -m redraft.queue alive`` (the worker's health check) fails until a worker process on this
+    host beats into Redis, then passes; against the real Redis."""
+    import uuid
+
+    from redraft.queue import Heartbeat, main
+    from redraft.settings import get_settings
+    from tests.utils.service import REDIS_URL
+
+    monkeypatch.setenv("REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("REDRAFT_QUEUE_NAME", f"health-{uuid.uuid4().hex[:8]}")
+    get_settings.cache_clear()
+    try:
+        assert main(["alive"]) == 1
+        beat = Heartbeat(get_settings())
+        beat.beat()
+        assert main(["alive"]) == 0
+        beat.stop()  # a worker that shuts down removes its heartbeat
+        assert main(["alive"]) == 1
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

@@ -13,12 +13,17 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
+import redis
 import uvicorn
 
 from redraft.embedded import free_port, start_worker
+
+if TYPE_CHECKING:
+    from storage.models import Job
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -108,10 +113,25 @@ class Service:
             self.start_worker()
         return self
 
-    def start_worker(self) -> subprocess.Popen:
-        proc = start_worker(self.env, self.work_dir / "worker.log", self.env["REDRAFT_QUEUE_NAME"])
+    def start_worker(self, **env: str) -> subprocess.Popen:
+        """One more worker process; ``env`` overrides this service's settings for it alone."""
+        proc = start_worker({**self.env, **env}, self.work_dir / "worker.log", self.env["REDRAFT_QUEUE_NAME"])
         self.workers.append(proc)
         return proc
+
+    def job_row(self, job_id: str) -> Job:
+        """The job's row as the database has it now (any tenant's)."""
+        from storage.db import session_scope
+        from storage.models import Job
+
+        with session_scope() as s:
+            row = s.get(Job, job_id)
+            s.expunge(row)
+            return row
+
+    def broker(self) -> redis.Redis:
+        """A client for this service's Redis."""
+        return redis.Redis.from_url(self.env["REDIS_URL"], socket_timeout=5)
 
     def kill_worker(self, proc: subprocess.Popen) -> None:
         proc.send_signal(signal.SIGKILL)
