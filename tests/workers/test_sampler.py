@@ -175,3 +175,17 @@ def test_a_position_with_no_allowed_token_is_a_clear_error(tiny_adapter):
     with pytest.raises(ConstraintError, match="no admissible token"):
         denoise(tiny_adapter.logits, x, torch.zeros(1, 8, dtype=torch.bool), MASK, SamplerConfig(steps=4),
                 [torch.Generator().manual_seed(0)], [forbid_everything_at_3])
+
+
+@settings(max_examples=20, deadline=None)
+@given(canvas=canvases(), seed=st.integers(0, 2**31), tiny=st.sampled_from([5e-324, 1e-300, 1e-45, 1e-12, 1e-7]),
+       rule=st.sampled_from([{}, {"entropy_bound": 0.5}, {"threshold": 0.9}]), schedule=st.booleans())
+def test_a_vanishing_temperature_is_greedy_not_a_failure(tiny_adapter, canvas, seed, tiny, rule, schedule):
+    """A temperature too small to divide logits by (they would overflow to inf, the probabilities to NaN) samples
+    the argmax anyway: the job writes greedy's text instead of failing with "no admissible token"."""
+    x, fixed = canvas
+    temps = {"t_max": tiny, "t_min": tiny} if schedule else {"temperature": tiny}
+    out = run(tiny_adapter, x, fixed, SamplerConfig(steps=6, **temps, **rule), seed)
+    greedy = run(tiny_adapter, x, fixed, SamplerConfig(steps=6, temperature=0.0, **rule), seed)
+    assert not (out.tokens == MASK).any()
+    assert torch.equal(out.tokens, greedy.tokens)

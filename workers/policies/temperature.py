@@ -13,6 +13,11 @@ from dataclasses import dataclass
 import torch
 
 
+# A temperature below this samples the argmax anyway (at 1e-6 a logit gap of 1e-4 is a factor e^100), and
+# dividing logits by a much smaller one overflows float32 to inf and the probabilities to NaN: it is greedy.
+GREEDY_BELOW = 1e-6
+
+
 @dataclass(frozen=True)
 class Temperature:
     value: float | None = None  # one temperature for every step (0: greedy)
@@ -22,6 +27,7 @@ class Temperature:
     def at(self, step: int, steps: int) -> float | torch.Tensor:
         """The temperature of step ``step`` (0-based) of ``steps``: a float (0 means greedy) or a 0-dim tensor."""
         if self.t_max is None:
-            return self.value or 0.0
+            return self.value if self.value and self.value >= GREEDY_BELOW else 0.0
         remaining = torch.tensor(max(steps - step, 1), dtype=torch.int32)
-        return self.t_min + ((self.t_max - self.t_min) * (remaining / steps))
+        t = self.t_min + ((self.t_max - self.t_min) * (remaining / steps))
+        return t if float(t) >= GREEDY_BELOW else 0.0
