@@ -6,7 +6,9 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,7 +18,7 @@ from api import metrics
 from api.limits import BodyLimit
 from api.openai import mount_openai
 from api.routes import drafts, jobs, system, templates
-from api.web import mount_web
+from api.web import docs_page, mount_web
 from redraft.errors import RedraftError
 from redraft.settings import get_settings
 
@@ -47,11 +49,35 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _mount_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles from the fastapi-offline package, served here at
+    /docs-assets: FastAPI's own pages load them from a CDN, and are blank on a host without internet."""
+    app.mount("/docs-assets", StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
+
+    def urls(request: Request) -> tuple[str, str, str]:  # the document, the assets, the favicon (behind a root_path)
+        root = request.scope.get("root_path", "")
+        return f"{root}{app.openapi_url}", f"{root}/docs-assets", f"{root}/docs-assets/favicon.png"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        spec, assets, icon = urls(request)
+        return docs_page(get_swagger_ui_html(
+            openapi_url=spec, title=f"{app.title} - Swagger UI", swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css", swagger_favicon_url=icon))
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        spec, assets, icon = urls(request)
+        return docs_page(get_redoc_html(openapi_url=spec, title=f"{app.title} - ReDoc", with_google_fonts=False,
+                                        redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url=icon))
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(title="Redraft", version="0.1.0",
+    app = FastAPI(title="Redraft", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Infill, constrained generation and revision with masked diffusion language models.")
     app.state.settings = settings
+    _mount_docs(app)
 
     @app.exception_handler(RedraftError)
     async def _redraft_error(_: Request, exc: RedraftError) -> JSONResponse:

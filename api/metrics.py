@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import SettingsDep
 from redraft import metrics
+from redraft.jobs import JobStatus
 from redraft.logs import configure_logging
 from redraft.settings import Settings
 from storage.db import get_engine
@@ -37,7 +38,7 @@ access_log = logging.getLogger("redraft.access")
 
 router = APIRouter(include_in_schema=False)
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_STATES = tuple(JobStatus)  # every state is reported, 0 when no job is in it
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: logged at DEBUG
 _MAX_ERROR_BODY = 64 * 1024  # a 4xx body longer than this is not parsed for its `code`
 

@@ -40,6 +40,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from redraft.errors import RateLimited
+from redraft.jobs import ACTIVE
 from redraft.settings import Settings
 from storage.models import Job, Tenant
 
@@ -68,7 +69,7 @@ def _retry_after(reset_at: float) -> int:
 def active_jobs(session: Session, tenant_id: str) -> int:
     """The tenant's jobs that hold a concurrent slot: queued or running, and not asked to cancel."""
     return session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant_id, Job.status.in_(("queued", "running")), Job.cancel_requested.is_(False))) or 0
+        Job.tenant_id == tenant_id, Job.status.in_(ACTIVE), Job.cancel_requested.is_(False))) or 0
 
 
 class Quotas:

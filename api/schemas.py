@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from redraft.jobs import JobStatus, Remasking, SafetyParams, WholeNumbers, job_default
+
 
 def exactly_one_of(*names: str) -> Callable[[dict[str, Any]], None]:
     """``json_schema_extra`` for a model that takes exactly one of the fields ``names``: the group is stated
@@ -34,44 +37,37 @@ REQUEST = ConfigDict(extra="forbid", strict=True)
 MAX_VARIABLE_DEPTH = 32  # template variables nest at most this deep
 
 
-class TextSegment(BaseModel):
+class TextSegment(WholeNumbers):
     model_config = REQUEST
     text: str
 
 
-class GapSpec(BaseModel):
+class GapSpec(WholeNumbers):
     model_config = REQUEST
     max_tokens: int | None = Field(None, description="up to this many tokens (default: the server's gap size)")
 
 
-class GapSegment(BaseModel):
+class GapSegment(WholeNumbers):
     model_config = REQUEST
     gap: GapSpec
 
 
-class SafetySpec(BaseModel):
+class SafetySpec(SafetyParams, WholeNumbers):
     """Safety targets, on any job kind. ``banned`` and ``pii`` hold during decoding (token masks);
     ``avoid`` steers away from topics by re-masking and re-writing spans a scorer rates high."""
 
-    model_config = REQUEST
-    banned: list[str] = Field(default_factory=list, description="phrases never written (case-insensitive)")
-    pii: bool | list[Literal["email", "phone", "card"]] = Field(
-        False, description="true (all kinds) or a list: never write email addresses, phone or card numbers")
-    avoid: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
-        default_factory=list, max_length=32, description="topics in words to steer away from (non-empty)")
-    avoid_threshold: float = Field(0.25, gt=0.0, le=1.0, description=(
-        "a span scoring above this is rewritten (the default suits the packaged MiniLM scorer: sentences on a "
-        "topic score about 0.2-0.45 against it, unrelated ones below 0.2)"))
-    avoid_rounds: int = Field(3, ge=1, le=10, description="at most this many rewrite rounds")
+    model_config = REQUEST  # the fields, their limits and defaults: redraft.jobs.SafetyParams
 
 
-class SamplingParams(BaseModel):
+class SamplingParams(WholeNumbers):
     model_config = REQUEST
     model: str | None = Field(None, description="a name from GET /v1/models (default: the server's default)")
     steps: int | None = Field(None, description=(
         "denoising steps (forward passes); default from the model (block-diffusion families: the most steps per "
-        "canvas, from its generation_config.json) or the server"))
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="same seed, same output")
+        "canvas, from its generation_config.json) or the server. At most one step per masked position is run: "
+        "more steps than masks run as many as there are masks. The job's `params.steps` is the number asked for, "
+        "`timings.steps_run` the number run"))
+    seed: int = Field(job_default("seed"), ge=0, le=2**63 - 1, description="same seed, same output")
     temperature: float | None = Field(None, ge=0.0, le=10.0, description=(
         "one temperature for every step: 0 is greedy, above 0 samples; default: the model's (masked families "
         "0, DiffusionGemma its t_max -> t_min schedule)"))
@@ -82,14 +78,15 @@ class SamplingParams(BaseModel):
         "accept, each step, the lowest-entropy proposals whose summed entropy minus the largest stays within "
         "this (DiffusionGemma's rule; its default comes from the model)"))
     block_size: int | None = Field(None, ge=1, le=65536, description="semi-autoregressive blocks of this many tokens")
-    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    remasking: Remasking = job_default("remasking")
     threshold: float | None = Field(None, gt=0.0, le=1.0, description=(
         "parallel decoding: each step commits every masked position whose confidence is at least this "
         "(at least one per step) instead of following `steps` (Fast-dLLM); omit for the steps schedule"))
-    remask_budget: int = Field(0, ge=0, le=4096, description=(
+    remask_budget: int = Field(job_default("remask_budget"), ge=0, le=4096, description=(
         "self-correction: up to this many committed tokens may be re-masked and written again during "
         "denoising (ReMDM-style; 0 is off)"))
-    remask_below: float = Field(0.5, gt=0.0, le=1.0, description="only tokens committed below this confidence")
+    remask_below: float = Field(job_default("remask_below"), gt=0.0, le=1.0,
+                                description="only tokens committed below this confidence")
     safety: SafetySpec | None = None
 
     @model_validator(mode="after")
@@ -122,13 +119,13 @@ MAX_CHAT_MESSAGES = 500  # a conversation longer than this is a mistake, not a r
 MAX_CHAT_CHARS = 200_000  # all messages' text together (models here take far fewer tokens)
 
 
-class ChatTextPart(BaseModel):
+class ChatTextPart(WholeNumbers):
     model_config = REQUEST
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(WholeNumbers):
     model_config = REQUEST
     role: Literal["system", "user", "assistant"]
     content: str | list[ChatTextPart] = Field(description=(
@@ -196,14 +193,14 @@ class GenerateJobCreate(SamplingParams):
         return self
 
 
-class SpanEdit(BaseModel):
+class SpanEdit(WholeNumbers):
     model_config = REQUEST
     start: int = Field(ge=0, description="first character to rewrite")
     end: int = Field(ge=0, description="one past the last character; start == end inserts")
     max_tokens: int | None = Field(None, ge=1, description="room for the rewrite (default: its current length)")
 
 
-class AutoRevise(BaseModel):
+class AutoRevise(WholeNumbers):
     model_config = REQUEST
     confidence_below: float | None = Field(None, gt=0.0, le=1.0, description="rewrite tokens written below this")
     least_confident: int | None = Field(None, ge=1, description="rewrite the k tokens written least confidently")
@@ -215,13 +212,13 @@ class AutoRevise(BaseModel):
         return self
 
 
-class CharRange(BaseModel):
+class CharRange(WholeNumbers):
     model_config = REQUEST
     start: int = Field(ge=0)
     end: int = Field(ge=0)
 
 
-class ReviseTarget(BaseModel):
+class ReviseTarget(WholeNumbers):
     model_config = REQUEST
     span: CharRange | None = Field(None, description="where the target applies (or name a `slot`)")
     slot: str | None = Field(None, description="a slot of the draft (from the job that wrote it)")
@@ -277,7 +274,9 @@ class JobTimings(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    steps_run: int
+    steps_run: int = Field(description=(
+        "denoising steps run so far, over every canvas and round; can be fewer than `params.steps`, which is "
+        "capped at one step per masked position"))
     attempts: int
 
 
@@ -292,7 +291,9 @@ class JobResult(BaseModel):
     text: str
     gaps: list[str] | None = Field(None, description="infill: each gap's text, in order")
     slots: dict[str, str] | None = Field(None, description="generate: slot name -> text (prompt form: `answer`)")
-    edits: list[dict[str, Any]] | None = Field(None, description="revise: each rewritten range, old and new text")
+    edits: list[dict[str, Any]] | None = Field(None, description=(
+        "revise: each range whose text changed, with its old and new text; empty when the revision changed nothing "
+        "(the new draft's text is its parent's)"))
     safety_rounds: list[SafetyRound] | None = Field(None, description="avoid: each scoring round")
     draft_id: str
     parent_draft_id: str | None = None
@@ -301,7 +302,7 @@ class JobResult(BaseModel):
 class JobPublic(BaseModel):
     id: str
     kind: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     model: str
     params: dict[str, Any]
     result: JobResult | None
@@ -424,7 +425,7 @@ AUTHED_ERRORS = error_responses(401, 422, 503)
 BODY_ERRORS = error_responses(400, 413)  # routes that read a JSON body
 
 
-class TemplateCreate(BaseModel):
+class TemplateCreate(WholeNumbers):
     model_config = REQUEST
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="unique per tenant; saving again replaces it")
     source: str = Field(min_length=1, max_length=100_000, description="Jinja2 source with slot() calls")

@@ -20,6 +20,7 @@ from constraints.revise import (
 from constraints.safety import SafetyTargets, find_violations, parse_safety
 from constraints.templates import render_template
 from redraft.errors import InvalidRequest, NotFound
+from redraft.jobs import JobParams, RevisePlan, job_default
 from redraft.models import ModelInfo, load_model_info, load_tokenizer
 from redraft.queue import enqueue
 from redraft.settings import Settings
@@ -42,41 +43,42 @@ def resolve_model(name: str | None, settings: Settings) -> ModelInfo:
 JobRequest = InfillJobCreate | GenerateJobCreate | ReviseJobCreate
 
 
-def sampling_params(req: JobRequest, settings: Settings, info: ModelInfo) -> dict:
-    """The job's resolved sampling parameters: the request's, else the model's defaults, else the server's."""
+def sampling_params(req: JobRequest, settings: Settings, info: ModelInfo) -> JobParams:
+    """The job's resolved parameters: the request's, else the model's defaults, else JobParams' own."""
     defaults = info.defaults
     steps = req.steps if req.steps is not None else defaults.get("steps", settings.default_steps)
     if not 1 <= steps <= settings.max_steps:
         raise InvalidRequest(f"steps must be between 1 and {settings.max_steps}; got {steps}")
     if info.noise == "uniform":
-        unused = [name for name, given in (("block_size", req.block_size is not None),
-                                           ("remasking", req.remasking != "low_confidence"),
-                                           ("remask_budget", req.remask_budget > 0)) if given]
+        unused = [name for name in ("block_size", "remasking", "remask_budget")
+                  if getattr(req, name) != job_default(name)]
         if unused:
             raise InvalidRequest(
                 f"{', '.join(unused)} do not apply to model {info.name!r} ({info.family}: block diffusion from "
                 f"uniform noise, canvases of {info.canvas_length} tokens, acceptance re-decided every step); "
                 "leave them out, or tune `entropy_bound`, `threshold`, `t_max`/`t_min` or `steps`")
-    scheduled = req.temperature is None and req.t_max is None and "t_max" in defaults
-    params = {
-        "steps": steps,
-        "seed": req.seed,
-        "temperature": None if (req.t_max is not None or scheduled) else (req.temperature or 0.0),
-        "t_max": req.t_max if req.t_max is not None else (defaults["t_max"] if scheduled else None),
-        "t_min": req.t_min if req.t_min is not None else (defaults["t_min"] if scheduled else None),
-        "block_size": req.block_size,
-        "remasking": req.remasking,
-        "threshold": req.threshold,
-        "entropy_bound": req.entropy_bound if req.entropy_bound is not None else (
+    temperature: dict[str, float | None] = {}  # left out: JobParams' default (greedy)
+    if req.t_max is not None:  # the request's schedule
+        temperature = {"temperature": None, "t_max": req.t_max, "t_min": req.t_min}
+    elif req.temperature is not None:
+        temperature = {"temperature": req.temperature}
+    elif "t_max" in defaults:  # the model's own schedule
+        temperature = {"temperature": None, "t_max": defaults["t_max"], "t_min": defaults["t_min"]}
+    return JobParams(
+        steps=steps,
+        seed=req.seed,
+        **temperature,
+        block_size=req.block_size,
+        remasking=req.remasking,
+        threshold=req.threshold,
+        entropy_bound=req.entropy_bound if req.entropy_bound is not None else (
             defaults.get("entropy_bound") if req.threshold is None else None),
-        "stability": defaults.get("stability"),
-        "confidence_stop": defaults.get("confidence_stop"),
-        "remask_budget": req.remask_budget,
-        "remask_below": req.remask_below,
-    }
-    if req.safety is not None:
-        params["safety"] = req.safety.model_dump(mode="json")
-    return params
+        stability=defaults.get("stability"),
+        confidence_stop=defaults.get("confidence_stop"),
+        remask_budget=req.remask_budget,
+        remask_below=req.remask_below,
+        safety=req.safety,
+    )
 
 
 def safety_targets(req: JobRequest) -> SafetyTargets | None:
@@ -191,12 +193,13 @@ def submit_job(session: Session, tenant_id: str, req: JobRequest, settings: Sett
         kind=req.kind,
         model=info.name,
         request=req.model_dump(mode="json", exclude_none=True),
-        params=params,
+        params=params.to_json(),
         canvas=canvas.to_json(),
     )
     if plan is not None:  # revise: the new draft's parent is the draft given, or the text given, imported
         parent_id = req.draft_id or repo.add_source_draft(session, job, req.text, []).id
-        job.params = {**job.params, "revise": {"parent_id": parent_id, **plan}}
+        params.revise = RevisePlan(parent_id=parent_id, **plan)
+        job.params = params.to_json()
     session.commit()
     try:
         enqueue(job.id)

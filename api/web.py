@@ -6,11 +6,15 @@ key once, keeps it in ``sessionStorage`` and calls the JSON API with it, like an
 Security headers: every response of the app gets ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``
 and a ``Referrer-Policy`` (``SecurityHeaders``); the pages also get a Content-Security-Policy that allows only this
 origin's script and styles (no inline script, no ``style`` attributes: the script sets styles through the CSSOM)
-and the API as the one thing to connect to. ``/docs`` (Swagger UI from a CDN) is not one of these pages.
+and the API as the one thing to connect to. ``/docs`` (Swagger UI) and ``/redoc`` load their assets from this
+origin too (``docs_page``: a CSP of their own, see ``DOCS_CONTENT_SECURITY_POLICY``).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
@@ -31,6 +35,14 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "connect-src 'self'",
     "form-action 'self'", "base-uri 'none'", "frame-ancestors 'none'",
 ])
+# /docs and /redoc (api/main.py) load Swagger UI and ReDoc from /docs-assets on this origin. Swagger UI starts from
+# one inline script, allowed by its hash (added per page); ReDoc injects <style> elements (styled-components) and
+# runs its search in a blob: worker; both draw data: images and fetch /openapi.json.
+DOCS_CONTENT_SECURITY_POLICY = [
+    "default-src 'none'", "script-src 'self'", "style-src 'self' 'unsafe-inline'", "img-src 'self' data:",
+    "font-src 'self' data:", "connect-src 'self'", "worker-src blob:", "form-action 'self'", "base-uri 'none'",
+    "frame-ancestors 'none'",
+]
 EVERY_RESPONSE = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
                   "Referrer-Policy": "no-referrer"}
 
@@ -54,6 +66,16 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def docs_page(page: HTMLResponse) -> HTMLResponse:
+    """FastAPI's Swagger UI or ReDoc page with ``DOCS_CONTENT_SECURITY_POLICY``, its inline scripts allowed by hash."""
+    inline = re.findall(r"<script>(.*?)</script>", bytes(page.body).decode(), flags=re.DOTALL)
+    hashes = [f"'sha256-{base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()}'" for js in inline]
+    policy = [" ".join([rule, *hashes]) if rule.startswith("script-src") else rule
+              for rule in DOCS_CONTENT_SECURITY_POLICY]
+    page.headers["Content-Security-Policy"] = "; ".join(policy)
+    return page
 
 
 def _page(request: Request, name: str, **context: str) -> HTMLResponse:

@@ -109,7 +109,8 @@ def throughput_table(device: str, database_url: str, redis_url: str) -> list[str
             tenant = repo.get_or_create_tenant(s, "bench")
             canvas = compile_request(req, info, settings)
             ids = [repo.create_job(s, tenant_id=tenant.id, kind="infill", model=info.name, request={},
-                                   params={**sampling_params(req, settings, info), "seed": i}, canvas=canvas.to_json()).id
+                                   params={**sampling_params(req, settings, info).to_json(), "seed": i},
+                                   canvas=canvas.to_json()).id
                    for i in range(n)]
         return ids
 

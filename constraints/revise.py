@@ -187,6 +187,15 @@ def carry_layout(source: dict[str, Any] | None, kept: list[list[int]], canvas: C
     return {"written": sorted(written), "slots": rendered["slots"]}
 
 
+def revision_edits(source: str, regions: list[Region], values: list[str]) -> list[dict[str, Any]]:
+    """A revise job's ``edits``: each region the rewrite really changed, in order, with its old and new text.
+
+    A region written again as the text it had is left out, so an empty list says that the revision changed
+    nothing (the new draft's text is its parent's)."""
+    return [{"start": r.start, "end": r.end, "old": source[r.start:r.end], "new": new, "reason": r.reason}
+            for r, new in zip(regions, values) if new != source[r.start:r.end]]
+
+
 def _room(n: int, limit: int, what: str) -> int:
     if n > limit:
         raise InvalidRequest(f"{what} needs {n} tokens but a slot holds at most {limit}; use a smaller range")

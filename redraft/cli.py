@@ -240,13 +240,15 @@ def _client_command(func: Callable[[Any, argparse.Namespace], int]) -> Callable[
 
 def _print_job(job, args: argparse.Namespace) -> int:
     """A finished (or, with --no-wait, just queued) job: its text, its id, or its JSON."""
+    from redraft.jobs import ACTIVE, JobStatus
+
     if args.json:
         print(job.model_dump_json(indent=2))
-    elif job.status in ("queued", "running"):
+    elif job.status in ACTIVE:
         print(job.id)
-    elif job.status == "succeeded" and job.result is not None:
+    elif job.status == JobStatus.SUCCEEDED and job.result is not None:
         print(job.result.text)
-    if job.status == "cancelled":
+    if job.status == JobStatus.CANCELLED:
         print(f"redraft: job {job.id} was cancelled", file=sys.stderr)
         return 1
     return 0
@@ -379,6 +381,7 @@ def _rows(lines: list[str], width: int) -> int:
 
 def _cmd_watch(client, args: argparse.Namespace) -> int:
     from redraft.client import CanvasReplay
+    from redraft.jobs import JobStatus
 
     canvas = CanvasReplay(client.steps(args.job))
     view = _CanvasView(sys.stderr, canvas.total)
@@ -392,12 +395,12 @@ def _cmd_watch(client, args: argparse.Namespace) -> int:
             elif event.terminal:
                 job = event.data
     finally:
-        view.close(clear=job is not None and job.status == "succeeded")
-    if job.status == "failed":
+        view.close(clear=job is not None and job.status == JobStatus.SUCCEEDED)
+    if job.status == JobStatus.FAILED:
         if args.json:
             print(job.model_dump_json(indent=2))
         err = job.error
-        print(f"redraft: job {job.id} failed: {err.message if err else ''} ({err.code if err else 'failed'})",
+        print(f"redraft: job {job.id} failed: {err.message if err else ''} ({err.code if err else JobStatus.FAILED})",
               file=sys.stderr)
         return 1
     return _print_job(job, args)
@@ -649,7 +652,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, inside the try, not at interpreter exit
+    except BrokenPipeError:
+        # `redraft --json jobs | head`: the reader closed the pipe; stop quietly, with no traceback. Python
+        # flushes stdout again at exit, so point it at devnull first (the recipe in the docs of `signal`).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from api.schemas import (
     TemplatePublic,
     TemplatesPublic,
 )
+from redraft.jobs import TERMINAL, JobStatus
 
 __all__ = [
     "AsyncClient",
@@ -61,7 +62,6 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # The server pings an idle event stream every 15 s (sse-starlette), so a read waiting longer than this is a
 # dead connection, whatever the client's ordinary timeout is.
 EVENTS_READ_TIMEOUT_S = 60.0
@@ -105,7 +105,7 @@ class JobFailed(RedraftClientError):
 
     def __init__(self, job: JobPublic) -> None:
         self.job = job
-        self.code = job.error.code if job.error else "failed"
+        self.code = job.error.code if job.error else JobStatus.FAILED
         self.message = job.error.message if job.error else "the job failed without an error message"
         super().__init__(f"job {job.id} failed: {self.code}: {self.message}")
 
@@ -295,7 +295,7 @@ def _parse(resp: httpx.Response, model: type[M]) -> M:
 
 
 def _failed_or(job: JobPublic, raise_on_failure: bool) -> JobPublic:
-    if raise_on_failure and job.status == "failed":
+    if raise_on_failure and job.status == JobStatus.FAILED:
         raise JobFailed(job)
     return job
 

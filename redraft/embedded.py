@@ -17,6 +17,8 @@ from typing import Self
 
 import redis
 
+from redraft.settings import Settings, get_settings
+
 log = logging.getLogger(__name__)
 
 
@@ -167,9 +169,13 @@ class Supervisor:
 
 
 def start_worker(env: dict[str, str], log_file: Path, queue: str = "gpu") -> subprocess.Popen:
-    """One Celery worker process: a thread per job it holds (``REDRAFT_WORKER_BATCH_SIZE``, prefetch 1
-    each), one engine thread batching their denoising steps; the model loads lazily inside it."""
-    batch = env.get("REDRAFT_WORKER_BATCH_SIZE") or os.environ.get("REDRAFT_WORKER_BATCH_SIZE") or "16"
+    """One Celery worker process: a thread per job it holds (``Settings.worker_batch_size``, prefetch 1
+    each), one engine thread batching their denoising steps; the model loads lazily inside it.
+
+    ``env`` is laid over this process's environment for the child; the thread count is the batch size the
+    child's own settings will read, so a ``REDRAFT_WORKER_BATCH_SIZE`` in ``env`` wins and is validated here."""
+    given = env.get("REDRAFT_WORKER_BATCH_SIZE")
+    batch = (get_settings() if given is None else Settings(worker_batch_size=given)).worker_batch_size
     cmd = [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "-Q", queue, "--pool=threads",
            f"--concurrency={batch}", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
     with log_file.open("ab") as log:

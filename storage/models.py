@@ -12,6 +12,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from redraft.jobs import JobStatus
+
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
@@ -69,7 +71,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     model: Mapped[str] = mapped_column(String(200))
     request: Mapped[dict[str, Any]] = mapped_column(JSONType)
     params: Mapped[dict[str, Any]] = mapped_column(JSONType)

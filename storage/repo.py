@@ -13,10 +13,8 @@ from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from redraft.errors import Conflict, JobCancelled, NotFound
+from redraft.jobs import ACTIVE, TERMINAL, JobParams, JobStatus
 from storage.models import ApiKey, Draft, Job, Step, Template, Tenant, utcnow
-
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def _hash(key: str) -> str:
@@ -53,7 +51,7 @@ def create_job(s: Session, *, tenant_id: str, kind: str, model: str, request: di
                canvas: dict) -> Job:
     """A new queued job (flushed, so its id is set; the caller commits, then enqueues)."""
     job = Job(tenant_id=tenant_id, kind=kind, model=model, request=request, params=params, canvas=canvas,
-              status="queued")
+              status=JobStatus.QUEUED)
     s.add(job)
     s.flush()
     return job
@@ -102,7 +100,7 @@ def claim_job(s: Session, job_id: str, max_attempts: int, heartbeat_timeout_s: f
         mark_cancelled(s, job_id)
         s.commit()
         return None
-    if job.status == "running" and job.updated_at > now - timedelta(seconds=heartbeat_timeout_s):
+    if job.status == JobStatus.RUNNING and job.updated_at > now - timedelta(seconds=heartbeat_timeout_s):
         s.commit()
         return None
     seen = job.attempts
@@ -113,33 +111,24 @@ def claim_job(s: Session, job_id: str, max_attempts: int, heartbeat_timeout_s: f
         return None
     won = s.execute(
         update(Job).where(Job.id == job_id, Job.attempts == seen, Job.status.in_(ACTIVE), ~Job.cancel_requested)
-        .values(attempts=seen + 1, status="running", started_at=now, updated_at=now, steps_run=0)
+        .values(attempts=seen + 1, status=JobStatus.RUNNING, started_at=now, updated_at=now, steps_run=0)
     ).rowcount
     if won != 1:
         s.rollback()
         return None
     s.execute(delete(Step).where(Step.job_id == job_id))
     # A revise job's imported source text is its input, not its output: it stays.
-    source = (job.params or {}).get("revise", {}).get("parent_id")
+    revise = JobParams.from_json(job.params).revise if job.params else None
+    source = revise.parent_id if revise else None
     s.execute(delete(Draft).where(Draft.job_id == job_id, *([Draft.id != source] if source else [])))
     s.commit()
     s.refresh(job)
     return job
 
 
-def still_owner(s: Session, job_id: str, attempt: int) -> bool:
-    """Whether the attempt that claimed the job still owns it (a takeover bumps ``attempts``)."""
-    row = s.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one_or_none()
-    return row is not None and row.status == "running" and row.attempts == attempt
-
-
-def add_step(s: Session, job_id: str, step: int, committed: Sequence[Any], remasked: Sequence[Any] = ()) -> None:
-    """Record one denoising step: ``[[position, token_id, token_text, confidence], ...]`` committed."""
-    add_steps(s, job_id, step, [(committed, remasked)])
-
-
 def add_steps(s: Session, job_id: str, first: int, rows: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> None:
-    """Record consecutive steps ``first, first + 1, ...`` in one statement (``(committed, remasked)`` each)."""
+    """Record consecutive denoising steps ``first, first + 1, ...`` in one statement: ``(committed, remasked)``
+    each, both ``[[position, token_id, token_text, confidence], ...]``."""
     now = utcnow()
     s.execute(insert(Step), [{"job_id": job_id, "step": first + i, "committed": list(c), "remasked": list(r),
                               "created_at": now} for i, (c, r) in enumerate(rows)])
@@ -150,7 +139,7 @@ def writable(s: Session, job_id: str, attempt: int) -> tuple[bool, bool]:
     row = s.execute(select(Job.status, Job.attempts, Job.cancel_requested).where(Job.id == job_id)).one_or_none()
     if row is None:
         return False, False
-    return row.status == "running" and row.attempts == attempt, bool(row.cancel_requested)
+    return row.status == JobStatus.RUNNING and row.attempts == attempt, bool(row.cancel_requested)
 
 
 def set_canvas(s: Session, job_id: str, canvas: dict) -> None:
@@ -161,11 +150,6 @@ def set_canvas(s: Session, job_id: str, canvas: dict) -> None:
 def set_steps_run(s: Session, job_id: str, steps_run: int) -> None:
     """Record progress; also the heartbeat the reaper watches."""
     s.execute(update(Job).where(Job.id == job_id).values(steps_run=steps_run, updated_at=utcnow()))
-
-
-def cancel_requested(s: Session, job_id: str) -> bool:
-    """Whether a client asked to cancel the job (the worker checks at every step)."""
-    return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
 def finish_job(s: Session, job_id: str, *, text: str, token_ids: list[int], result_extra: dict,
@@ -179,16 +163,16 @@ def finish_job(s: Session, job_id: str, *, text: str, token_ids: list[int], resu
     requires no cancel request, so a cancel committed between the read and the write still wins.
     """
     job = _locked(s, job_id)
-    if job.status == "succeeded" and job.result:
+    if job.status == JobStatus.SUCCEEDED and job.result:
         return s.get_one(Draft, job.result["draft_id"])
     if job.status in TERMINAL:
         raise Conflict(f"job {job_id} is already {job.status}; it cannot succeed now")
     tenant_id = job.tenant_id
     now = utcnow()
     won = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE), ~Job.cancel_requested).values(
-        status="succeeded", finished_at=now, updated_at=now, steps_run=steps_run)).rowcount == 1
+        status=JobStatus.SUCCEEDED, finished_at=now, updated_at=now, steps_run=steps_run)).rowcount == 1
     if not won:
-        if cancel_requested(s, job_id):
+        if s.scalar(select(Job.cancel_requested).where(Job.id == job_id)):
             raise JobCancelled("cancelled by the client")
         raise Conflict(f"job {job_id} finished meanwhile; it cannot succeed now")
     parent = s.get(Draft, parent_id) if parent_id else None
@@ -205,14 +189,14 @@ def fail_job(s: Session, job_id: str, code: str, message: str) -> bool:
     """Fail a queued or running job; False (no change) when it had already finished."""
     now = utcnow()
     return s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(
-        status="failed", error_code=code, error_message=message, finished_at=now, updated_at=now)).rowcount == 1
+        status=JobStatus.FAILED, error_code=code, error_message=message, finished_at=now, updated_at=now)).rowcount == 1
 
 
 def mark_cancelled(s: Session, job_id: str) -> bool:
     """Cancel a queued or running job; False (no change) when it had already finished."""
     now = utcnow()
     return s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE))
-                     .values(status="cancelled", finished_at=now, updated_at=now)).rowcount == 1
+                     .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now)).rowcount == 1
 
 
 def request_cancel(s: Session, job_id: str, tenant_id: str) -> Job:
@@ -223,10 +207,10 @@ def request_cancel(s: Session, job_id: str, tenant_id: str) -> Job:
     """
     job = get_job(s, job_id, tenant_id)
     now = utcnow()
-    queued = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
-        status="cancelled", finished_at=now, updated_at=now, cancel_requested=True)).rowcount
+    queued = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(
+        status=JobStatus.CANCELLED, finished_at=now, updated_at=now, cancel_requested=True)).rowcount
     if not queued:
-        running = s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+        running = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
                             .values(cancel_requested=True)).rowcount
         if not running:
             s.refresh(job)
@@ -284,8 +268,8 @@ def get_draft(s: Session, draft_id: str, tenant_id: str) -> Draft:
 
 def _stale(now: datetime, heartbeat_timeout_s: float, queued_timeout_s: float) -> ColumnElement[bool]:
     return or_(
-        (Job.status == "running") & (Job.updated_at < now - timedelta(seconds=heartbeat_timeout_s)),
-        (Job.status == "queued") & (Job.updated_at < now - timedelta(seconds=queued_timeout_s)),
+        (Job.status == JobStatus.RUNNING) & (Job.updated_at < now - timedelta(seconds=heartbeat_timeout_s)),
+        (Job.status == JobStatus.QUEUED) & (Job.updated_at < now - timedelta(seconds=queued_timeout_s)),
     )
 
 
@@ -303,7 +287,7 @@ def mark_reaped(s: Session, job_id: str, heartbeat_timeout_s: float, queued_time
     """
     now = utcnow()
     won = s.execute(update(Job).where(Job.id == job_id, _stale(now, heartbeat_timeout_s, queued_timeout_s))
-                    .values(updated_at=now, status="queued")).rowcount
+                    .values(updated_at=now, status=JobStatus.QUEUED)).rowcount
     return won == 1
 
 
@@ -392,8 +376,7 @@ def tenant_usage(s: Session, tenant_id: str) -> dict[str, int]:
     return {
         "keys": count(ApiKey, ApiKey.tenant_id == tenant_id),
         "jobs": sum(jobs.values()),
-        "queued": jobs.get("queued", 0),
-        "running": jobs.get("running", 0),
+        **{status: jobs.get(status, 0) for status in ACTIVE},  # queued, running
         "steps": count(Step.__table__.join(Job.__table__), Job.tenant_id == tenant_id),
         "drafts": count(Draft, Draft.tenant_id == tenant_id),
         "templates": count(Template, Template.tenant_id == tenant_id),
@@ -401,7 +384,7 @@ def tenant_usage(s: Session, tenant_id: str) -> dict[str, int]:
 
 
 def running_job_ids(s: Session, tenant_id: str) -> list[str]:
-    return list(s.scalars(select(Job.id).where(Job.tenant_id == tenant_id, Job.status == "running")
+    return list(s.scalars(select(Job.id).where(Job.tenant_id == tenant_id, Job.status == JobStatus.RUNNING)
                           .order_by(Job.created_at)))
 
 
@@ -409,9 +392,9 @@ def cancel_tenant_jobs(s: Session, tenant_id: str) -> int:
     """Cancel every queued or running job of the tenant, as ``request_cancel`` does one: queued ones now, running
     ones flagged (their worker stops at its next step). Returns how many were active."""
     now = utcnow()
-    queued = s.execute(update(Job).where(Job.tenant_id == tenant_id, Job.status == "queued").values(
-        status="cancelled", finished_at=now, updated_at=now, cancel_requested=True)).rowcount
-    running = s.execute(update(Job).where(Job.tenant_id == tenant_id, Job.status == "running")
+    queued = s.execute(update(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.QUEUED).values(
+        status=JobStatus.CANCELLED, finished_at=now, updated_at=now, cancel_requested=True)).rowcount
+    running = s.execute(update(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.RUNNING)
                         .values(cancel_requested=True)).rowcount
     return queued + running
 
@@ -427,7 +410,7 @@ def delete_tenant(s: Session, tenant_id: str, *, allow_running: bool = False) ->
     if tenant is None:
         raise NotFound(f"tenant {tenant_id} not found")
     usage = tenant_usage(s, tenant_id)
-    if usage["running"] and not allow_running:
+    if usage[JobStatus.RUNNING] and not allow_running:
         ids = running_job_ids(s, tenant_id)
         raise Conflict(f"tenant {tenant.name!r} has {len(ids)} running job(s) ({', '.join(ids[:5])}"
                        f"{', ...' if len(ids) > 5 else ''}); wait for them, or force: cancel them first")
@@ -446,13 +429,13 @@ def mark_enqueued(s: Session, job_id: str) -> None:
 
 def unsent_jobs(s: Session, created_before: datetime) -> list[tuple[str, datetime | None]]:
     """(id, enqueued_at) of queued jobs never sent (the broker was down at submission), created before the time."""
-    where = (Job.status == "queued", Job.enqueued_at.is_(None), Job.created_at < created_before)
+    where = (Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None), Job.created_at < created_before)
     return [tuple(r) for r in s.execute(select(Job.id, Job.enqueued_at).where(*where).order_by(Job.created_at))]
 
 
 def jobs_sent_before(s: Session, before: datetime) -> list[tuple[str, datetime | None]]:
     """(id, enqueued_at) of queued jobs last sent before the time (to a broker that has since lost its data)."""
-    where = (Job.status == "queued", Job.enqueued_at < before)
+    where = (Job.status == JobStatus.QUEUED, Job.enqueued_at < before)
     return [tuple(r) for r in s.execute(select(Job.id, Job.enqueued_at).where(*where).order_by(Job.created_at))]
 
 
@@ -460,7 +443,7 @@ def queued_sent_at(s: Session, job_ids: Sequence[str]) -> list[tuple[str, dateti
     """(id, enqueued_at) of those of the jobs that are still queued."""
     if not job_ids:
         return []
-    where = (Job.id.in_(job_ids), Job.status == "queued")
+    where = (Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
     return [tuple(r) for r in s.execute(select(Job.id, Job.enqueued_at).where(*where).order_by(Job.created_at))]
 
 
@@ -470,7 +453,8 @@ def take_for_resend(s: Session, job_id: str, sent_at: datetime | None) -> bool:
     now = utcnow()
     sent = Job.enqueued_at.is_(None) if sent_at is None else Job.enqueued_at == sent_at
     won = s.execute(
-        update(Job).where(Job.id == job_id, Job.status == "queued", sent).values(enqueued_at=now, updated_at=now)
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED, sent)
+        .values(enqueued_at=now, updated_at=now)
     ).rowcount
     s.commit()
     return won == 1
@@ -478,4 +462,4 @@ def take_for_resend(s: Session, job_id: str, sent_at: datetime | None) -> bool:
 
 def mark_unsent(s: Session, job_id: str) -> None:
     """The send after :func:`take_for_resend` failed: leave the job for the next pass to send."""
-    s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=None))
+    s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(enqueued_at=None))

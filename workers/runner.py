@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import fields
 from typing import Any
 
 import redis
@@ -19,9 +20,10 @@ from tokenizers import Tokenizer
 
 from constraints.canvas import Canvas
 from constraints.generate import slot_values
-from constraints.revise import Region, carry_layout, compile_revision, token_count
+from constraints.revise import Region, carry_layout, compile_revision, revision_edits, token_count
 from constraints.safety import parse_safety
 from redraft.errors import Conflict, JobCancelled, RedraftError
+from redraft.jobs import JobParams, JobStatus, SafetyParams
 from redraft.logs import bind_job_id
 from redraft.models import load_tokenizer, special_ids, token_text
 from redraft.queue import job_channel
@@ -90,7 +92,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
         if job is None:
             return "skipped"
         attempt = job.attempts
-        kind, params, canvas_json = job.kind, dict(job.params), job.canvas
+        kind, params, canvas_json = job.kind, JobParams.from_json(job.params), job.canvas
     try:
         if load_error is not None:
             raise load_error
@@ -102,24 +104,24 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
             row = repo.finish_job(s, job_id, text=text, token_ids=draft.tokens, result_extra=extra,
                                   steps_run=sink.offset, parent_id=parent_id, layout=layout)
             draft_id = row.id
-        publisher.publish(job_id, "done", {"status": "succeeded", "draft_id": draft_id, "text": text})
-        return "succeeded"
+        publisher.publish(job_id, "done", {"status": JobStatus.SUCCEEDED, "draft_id": draft_id, "text": text})
+        return JobStatus.SUCCEEDED
     except JobCancelled as exc:
         if exc.code == "superseded":
             return "skipped"
         with session_scope() as s:
             repo.mark_cancelled(s, job_id)
-        publisher.publish(job_id, "done", {"status": "cancelled"})
-        return "cancelled"
+        publisher.publish(job_id, "done", {"status": JobStatus.CANCELLED})
+        return JobStatus.CANCELLED
     except Conflict:  # finished meanwhile (e.g. cancelled after the last step): nothing left to write
         return "skipped"
     except RedraftError as exc:
         _fail(job_id, exc.code, exc.message, publisher)
-        return "failed"
+        return JobStatus.FAILED
     except Exception as exc:  # a bug must fail the job visibly, never lose it
         log.exception("job %s failed", job_id)
         _fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}", publisher)
-        return "failed"
+        return JobStatus.FAILED
 
 
 class StepSink:
@@ -194,14 +196,14 @@ class DownWeight:
         return logits
 
 
-SAMPLING_FIELDS = ("steps", "block_size", "temperature", "t_max", "t_min", "remasking", "remask_budget",
-                   "remask_below", "threshold", "entropy_bound", "stability", "confidence_stop")
+# The job parameters the sampler reads: every JobParams field SamplerConfig also has (not seed, safety, revise).
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplerConfig) if f.name in JobParams.model_fields)
 
 
-def sampler_config(params: dict[str, Any], info) -> SamplerConfig:
+def sampler_config(params: JobParams, info) -> SamplerConfig:
     """The sampler's config from a job's stored (already resolved) parameters and its model's family; a field
-    the job leaves unset keeps SamplerConfig's own default."""
-    given = {k: params[k] for k in SAMPLING_FIELDS if params.get(k) is not None}
+    the job leaves None keeps SamplerConfig's own default."""
+    given = params.model_dump(include=set(SAMPLING_FIELDS), exclude_none=True)
     uniform = info.noise == "uniform"
     return SamplerConfig(**given, noise=info.noise, canvas_length=info.canvas_length,
                          vocab_size=info.vocab_size if uniform else None,
@@ -211,15 +213,17 @@ def sampler_config(params: dict[str, Any], info) -> SamplerConfig:
 class Drafting:
     """One job's denoising: processors, the sampler, ``avoid`` rounds, and the resulting draft."""
 
-    def __init__(self, adapter, canvas: Canvas, params: dict[str, Any], sink: StepSink, settings: Settings,
-                 scorer: TopicScorer | None = None, engine: BatchEngine | None = None) -> None:
+    def __init__(self, adapter, canvas: Canvas, params: JobParams | dict[str, Any], sink: StepSink,
+                 settings: Settings, scorer: TopicScorer | None = None, engine: BatchEngine | None = None) -> None:
+        """``params``: the job's JobParams, or its stored JSON form (``jobs.params``)."""
+        params = params.model_copy() if isinstance(params, JobParams) else JobParams.from_json(params)  # ours to update
         self.adapter, self.info, self.canvas, self.params, self.sink = adapter, adapter.info, canvas, params, sink
         self.settings = settings
         self.tokenizer = sink.tokenizer
         self.cfg = sampler_config(params, self.info)
         self.engine = engine  # None: step alone, in this thread
-        self.safety = params.get("safety") or {}
-        self.gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
+        self.safety = params.safety or SafetyParams()
+        self.gen = torch.Generator().manual_seed(params.seed)
         self.down = DownWeight(settings.avoid_penalty)
         self.tokens: list[int] = []
         self.scorer = scorer  # None: the configured one (settings.safety_scorer), loaded on first use
@@ -230,7 +234,7 @@ class Drafting:
         vocabularies = SlotVocabulary.for_canvas(self.canvas, self.tokenizer, self.info, special)
         if vocabularies is not None:
             procs.append(vocabularies)
-        hard = parse_safety({"banned": self.safety.get("banned", []), "pii": self.safety.get("pii", False)})
+        hard = parse_safety({"banned": self.safety.banned, "pii": self.safety.pii})
         if hard is not None:
             procs.append(SafetyGuard.for_canvas(self.canvas, hard, self.tokenizer, self.info))
         targets = constrained_slots(self.canvas, self.tokenizer, self.info, special)
@@ -274,18 +278,18 @@ class Drafting:
         return max(length, min(self.info.context_length, -(-length // PAD_TO) * PAD_TO))
 
     def run(self, kind: str) -> tuple[str, dict[str, Any], dict[str, Any], str | None]:
-        revise = self.params.get("revise")
+        revise = self.params.revise
         source_layout, kept, regions, rounds = None, [], [], []
         if revise is not None:
             with session_scope() as s:
-                parent = s.get_one(Draft, revise["parent_id"])
+                parent = s.get_one(Draft, revise.parent_id)
                 source_text, source_layout = parent.text, parent.layout
-            kept, regions = revise["kept"], [Region(**r) for r in revise["regions"]]
-            if self.safety.get("avoid"):
+            kept, regions = revise.kept, [Region(**r) for r in revise.regions]
+            if self.safety.avoid:
                 regions, rounds = self.avoid_source(source_text, regions)
         x = torch.tensor(self.canvas.token_ids)
         tokens, conf = self.denoise(x) if (x == self.info.mask_id).any() else (x, torch.ones(len(x)))
-        if self.safety.get("avoid"):
+        if self.safety.avoid:
             tokens, conf = self.avoid_rounds(tokens, conf, rounds)
         self.tokens = tokens.tolist()
         text, values, rendered = self.canvas.render_layout(self.tokens, conf.tolist(), self.tokenizer, self.info)
@@ -295,12 +299,11 @@ class Drafting:
         elif kind == "generate":
             extra = {"slots": slot_values(self.canvas, values)}
         else:
-            extra = {"edits": [{"start": r.start, "end": r.end, "old": source_text[r.start:r.end], "new": v,
-                                "reason": r.reason} for r, v in zip(regions, values)],
-                     "parent_draft_id": revise["parent_id"]}
+            extra = {"edits": revision_edits(source_text, regions, values),
+                     "parent_draft_id": revise.parent_id}
         if rounds:
             extra["safety_rounds"] = rounds
-        return text, extra, layout, revise["parent_id"] if revise else None
+        return text, extra, layout, revise.parent_id if revise else None
 
     # ------------------------------------------------------------------------------------------ avoid
 
@@ -311,7 +314,7 @@ class Drafting:
             return [], torch.zeros(0), torch.zeros(0, dtype=torch.long)
         if self.scorer is None:
             self.scorer = load_scorer(self.settings.safety_scorer, str(self.adapter.device))
-        scores = self.scorer.score([text[a:b] for a, b in spans], list(self.safety["avoid"]))  # (n, T)
+        scores = self.scorer.score([text[a:b] for a, b in spans], list(self.safety.avoid))  # (n, T)
         best, which = scores.max(dim=1)
         return spans, best, which
 
@@ -322,7 +325,7 @@ class Drafting:
             "max_score": round(float(best.max()), 4) if len(spans) else 0.0,
             "mean_score": round(float(best.mean()), 4) if len(spans) else 0.0,
             "rewritten": [{"start": spans[i][0], "end": spans[i][1], "text": text[spans[i][0]:spans[i][1]],
-                           "topic": self.safety["avoid"][int(which[i])], "score": float(best[i])}
+                           "topic": self.safety.avoid[int(which[i])], "score": float(best[i])}
                           for i in above],
         })
         return [spans[i] for i in above]
@@ -330,7 +333,7 @@ class Drafting:
     def avoid_source(self, source: str, regions: list[Region]) -> tuple[list[Region], list[dict]]:
         """Revise + avoid: score the source text first; spans above the threshold join the regions
         (their old tokens down-weighted), and the canvas is rebuilt and stored before any step."""
-        threshold = self.safety.get("avoid_threshold", 0.25)
+        threshold = self.safety.avoid_threshold
         rounds: list[dict] = []
         spans, best, which = self.score(source, [(0, len(source))])
         hot = self.record(rounds, source, spans, best, which, threshold)
@@ -344,7 +347,7 @@ class Drafting:
                 for position in canvas.slot_positions(index):
                     self.down.tokens.setdefault(position, set()).update(old)
         self.canvas = canvas
-        self.params["revise"] = {**self.params["revise"], "kept": kept}
+        self.params.revise = self.params.revise.model_copy(update={"kept": kept})
         with session_scope() as s:
             repo.set_canvas(s, self.sink.job_id, canvas.to_json())
         return regions, rounds
@@ -352,12 +355,12 @@ class Drafting:
     def avoid_rounds(self, tokens: torch.Tensor, conf: torch.Tensor, rounds: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Score the written spans; re-mask those above the threshold, down-weight the tokens they held,
         and denoise again; at most ``avoid_rounds`` rewrites, each recorded with its scores."""
-        threshold = self.safety.get("avoid_threshold", 0.25)
-        for rewrite in range(self.safety.get("avoid_rounds", 3) + 1):
+        threshold = self.safety.avoid_threshold
+        for rewrite in range(self.safety.avoid_rounds + 1):
             text, _, rendered = self.canvas.render_layout(tokens.tolist(), conf.tolist(), self.tokenizer, self.info)
             spans, best, which = self.score(text, [(s["start"], s["end"]) for s in rendered["slots"]])
             hot = self.record(rounds, text, spans, best, which, threshold)
-            if not hot or rewrite == self.safety.get("avoid_rounds", 3):
+            if not hot or rewrite == self.safety.avoid_rounds:
                 break
             positions = self.positions_in(rendered["written"], hot)
             remasked = [[p, int(tokens[p])] for p in positions]
@@ -387,4 +390,4 @@ class Drafting:
 def _fail(job_id: str, code: str, message: str, publisher: Publisher) -> None:
     with session_scope() as s:
         repo.fail_job(s, job_id, code, message)
-    publisher.publish(job_id, "failed", {"status": "failed", "error": {"code": code, "message": message}})
+    publisher.publish(job_id, "failed", {"status": JobStatus.FAILED, "error": {"code": code, "message": message}})

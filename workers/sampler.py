@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from redraft.errors import InvalidRequest
+from redraft.jobs import job_default
 from workers.policies import acceptance
 from workers.policies.mask_noise import MaskNoise, plan  # noqa: F401  (plan: part of the sampler's API)
 from workers.policies.temperature import Temperature
@@ -79,13 +80,14 @@ class Admissible(Protocol):
 class SamplerConfig:
     steps: int  # forward passes for the whole canvas (masked) or at most per canvas (block diffusion)
     block_size: int | None = None  # semi-autoregressive blocks of this many positions, left to right (masked)
-    temperature: float = 0.0  # one temperature for every step: 0 argmax, > 0 sample (unless t_max/t_min)
-    remasking: str = "low_confidence"  # which proposals to commit first: most confident, or random
+    # Defaults shared with a job's parameters come from redraft.jobs.JobParams (written once, there).
+    temperature: float = job_default("temperature")  # one for every step: 0 argmax, > 0 sample (unless t_max/t_min)
+    remasking: str = job_default("remasking")  # which proposals to commit first: most confident, or random
     # Self-correction (ReMDM-style, masked noise): during a run, up to ``remask_budget`` already committed
     # tokens whose commit-time confidence is below ``remask_below`` go back to [MASK] and are written again
     # later, with more context. Fixed positions are never touched. 0 turns it off.
-    remask_budget: int = 0
-    remask_below: float = 0.5
+    remask_budget: int = job_default("remask_budget")
+    remask_below: float = job_default("remask_below")
     # Parallel decoding (Fast-dLLM): each step takes every proposal whose confidence is at least this
     # (always at least one), instead of following the ``steps`` schedule.
     threshold: float | None = None

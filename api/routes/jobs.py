@@ -31,6 +31,7 @@ from api.schemas import (
     error_responses,
 )
 from api.submit import submit_job
+from redraft.jobs import TERMINAL, JobStatus
 from redraft.models import load_model_info, load_tokenizer, token_text
 from redraft.queue import job_channel
 from redraft.settings import Settings
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTHED_ERRORS)
 JOB_404 = error_responses(404)  # the routes that name a job
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def job_public(job: Job) -> JobPublic:
@@ -187,7 +187,7 @@ async def event_stream(job_id: str, request: Request, redis_url: str | None) -> 
                 last = st.step
                 yield {"event": "step", "id": str(st.step), "data": st.model_dump_json()}
             if job.status in TERMINAL:
-                event = "failed" if job.status == "failed" else "done"
+                event = "failed" if job.status == JobStatus.FAILED else "done"
                 yield {"event": event, "data": job_public(job).model_dump_json()}
                 return
             if await request.is_disconnected():

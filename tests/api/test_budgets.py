@@ -5,6 +5,7 @@ compile budget a target passes fails that job with the reason and goes on servin
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -83,13 +84,14 @@ def test_healthz_and_other_requests_answer_while_a_hostile_compile_runs(client):
     body = prompt({"regex": r"\w{40}"})
     hostile = threading.Thread(target=lambda: result.update(r=client.post("/v1/jobs", json=body)))
     hostile.start()
-    answered_meanwhile = 0
+    answered_meanwhile, deadline = 0, time.monotonic() + 120
     while hostile.is_alive():
+        assert time.monotonic() < deadline, "the hostile compile never ended"
         health, listing = client.get("/healthz"), client.get("/v1/jobs")
         if hostile.is_alive():  # both answered before the compile ended
             assert health.status_code == 200 and listing.status_code == 200
             answered_meanwhile += 1
-    hostile.join()
+    hostile.join(timeout=60)
     assert answered_meanwhile >= 1
     r = result["r"]
     assert r.status_code == 422 and r.json()["code"] in ("constraint_too_large", "compile_timeout"), r.text

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -16,6 +15,7 @@ import uvicorn
 
 from redraft.embedded import free_port
 from tests.utils.service import REDIS_URL, reset_caches
+from tests.utils.waiting import until
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def silent_database():
     thread.start()
     yield f"postgresql+psycopg://postgres@127.0.0.1:{server.getsockname()[1]}/test"
     stop.set()
-    thread.join()
+    thread.join(timeout=10)
     for conn in held:
         conn.close()
     server.close()
@@ -58,8 +58,7 @@ def api(silent_database, tiny_model_dir, monkeypatch):
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    until(lambda: server.started, "the API never started", timeout_s=20)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=30)

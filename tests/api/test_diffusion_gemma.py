@@ -62,8 +62,10 @@ def dg_dir(tmp_path_factory):
 def service(request, tiny_model_dir, dg_dir, tmp_path_factory):
     """tiny-random (masked, the default) and tiny-dg (uniform-noise block diffusion), one worker."""
     models = json.dumps({"tiny-random": str(tiny_model_dir), DG: str(dg_dir)})
+    # The module submits its ten jobs at once (so they batch), more than a tenant's default of concurrent jobs;
+    # quotas have their own tests (tests/api/test_quotas.py).
     with running_service(request.param, tiny_model_dir, tmp_path_factory.mktemp(request.param),
-                         REDRAFT_MODELS=models) as svc:
+                         REDRAFT_MODELS=models, REDRAFT_TENANT_MAX_CONCURRENT_JOBS=str(2 * len(JOBS))) as svc:
         yield svc
 
 

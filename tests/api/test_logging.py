@@ -62,7 +62,7 @@ def test_the_job_id_stays_with_its_own_thread(json_log):
     bound.wait(10)
     log.info("outside")
     other.set()
-    thread.join()
+    thread.join(timeout=10)
     records = {r["message"]: r for r in map(json.loads, buffer.getvalue().splitlines())}
     assert records["inside"]["job_id"] == "abc123" and "job_id" not in records["outside"]
     assert records["job started"]["job_id"] == "abc123"

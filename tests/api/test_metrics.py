@@ -162,7 +162,7 @@ def silent_listener() -> Iterator[int]:
     thread.start()
     yield server.getsockname()[1]
     stop.set()
-    thread.join()
+    thread.join(timeout=10)
     for conn in held:
         conn.close()
     server.close()

@@ -160,7 +160,7 @@ def test_delete_refuses_while_jobs_run_and_force_cancels_them_first(db, s, capsy
     s.commit()
     running, queued = running.id, queued.id
     attempt = repo.claim_job(s, running, 3, 60).attempts  # as a worker does; it now writes steps as this attempt
-    repo.add_step(s, running, 0, [[0, 5, "a", 0.5]])
+    repo.add_steps(s, running, 0, [([[0, 5, "a", 0.5]], [])])
     s.commit()
 
     code, _, err = redraft(capsys, monkeypatch, "tenants", "delete", "acme", "--yes")

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from constraints.revise import (
-    Region, auto_regions, carry_layout, compile_revision, merge, span_regions, target_regions,
+    Region, auto_regions, carry_layout, compile_revision, merge, revision_edits, span_regions, target_regions,
 )
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.models import special_ids
@@ -164,3 +164,24 @@ def test_a_structure_target_holds_after_the_rewrite(tiny_adapter, tiny_model):
     assert new.startswith("Delivery date: ") and new.endswith(", we hope.")
     automaton = compile_target(region.target, tokenizer, info.eos_id, set(special))
     assert accepts(automaton, tokenizer.encode(values[0], add_special_tokens=False).ids)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), source=st.text("ab .", max_size=24))
+def test_edits_name_only_the_regions_whose_text_changed(data, source):
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(source)), max_size=8)))
+    regions = [Region(a, b, 3, "span") for a, b in zip(cuts[::2], cuts[1::2])]
+    values = [data.draw(st.sampled_from([source[r.start:r.end], source[r.start:r.end] + "x", "", "ab"]))
+              for r in regions]
+    edits = revision_edits(source, regions, values)
+
+    def apply(changes):
+        out, at = "", 0
+        for start, end, new in changes:
+            out, at = out + source[at:start] + new, end
+        return out + source[at:]
+
+    assert all(e["old"] == source[e["start"]:e["end"]] != e["new"] for e in edits)
+    assert apply((e["start"], e["end"], e["new"]) for e in edits) == apply(
+        (r.start, r.end, v) for r, v in zip(regions, values))  # what was left out changed nothing
+    assert edits or apply((r.start, r.end, v) for r, v in zip(regions, values)) == source  # none: nothing changed

@@ -14,6 +14,7 @@ import uvicorn
 
 from redraft.embedded import free_port
 from tests.utils.service import reset_caches
+from tests.utils.waiting import until
 
 
 def _ready(client: httpx.Client, status: int, timeout: float = 30) -> dict:
@@ -59,7 +60,7 @@ def silent_redis():
     thread.start()
     yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
     stop.set()
-    thread.join()
+    thread.join(timeout=10)
     for conn in held:
         conn.close()
     server.close()
@@ -82,8 +83,7 @@ def test_readyz_answers_503_quickly_when_redis_hangs(silent_redis, tiny_model_di
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        while not server.started:
-            time.sleep(0.05)
+        until(lambda: server.started, "the API never started", timeout_s=20)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             r = client.get("/readyz")
             assert r.status_code == 503

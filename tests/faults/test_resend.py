@@ -48,7 +48,7 @@ def test_racing_reapers_take_a_job_exactly_once(engine, database_url, reapers):
     maker = get_sessionmaker(database_url)
     with maker() as s:
         job_id = make_job(s).id
-    wins, barrier = [], threading.Barrier(reapers)
+    wins, barrier = [], threading.Barrier(reapers, timeout=30)
 
     def reap() -> None:  # each reads the job unsent, as concurrent passes do, then races to take it
         with maker() as s:
@@ -60,5 +60,5 @@ def test_racing_reapers_take_a_job_exactly_once(engine, database_url, reapers):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=60)
     assert sorted(wins) == [False] * (reapers - 1) + [True]

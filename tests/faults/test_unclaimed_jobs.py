@@ -8,20 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 
 from redraft.queue import Keys, live_workers
 from tests.utils.service import wait_for
+from tests.utils.waiting import until
 
 JOB = {"kind": "infill", "text": "A [[gap:8]] b", "steps": 8}
 SLOW_FALLBACKS = {"REDRAFT_JOB_TIMEOUT_S": "600", "REDRAFT_HEARTBEAT_TIMEOUT_S": "600"}
-
-
-def _wait(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def test_a_job_whose_worker_died_while_loading_the_model_runs_on_another(service_on, tiny_model_dir, tmp_path):
@@ -36,7 +29,7 @@ def test_a_job_whose_worker_died_while_loading_the_model_runs_on_another(service
     with svc.client(svc.new_key("acme")) as client:
         job_id = client.post("/v1/jobs", json=JOB).json()["id"]
         # Received, held (its heartbeat lists it) and never claimed: the worker is loading the model.
-        _wait(lambda: any(job_id in b.held for b in live_workers(broker, keys).values()),
+        until(lambda: any(job_id in b.held for b in live_workers(broker, keys).values()),
               "the worker never got the job")
         assert broker.hexists(keys.receipts, job_id) and svc.job_row(job_id).status == "queued"
         svc.kill_worker(hung)
@@ -44,7 +37,7 @@ def test_a_job_whose_worker_died_while_loading_the_model_runs_on_another(service
         done = wait_for(client, job_id, timeout=60)
         assert done["status"] == "succeeded", done["error"]
         assert done["timings"]["attempts"] == 1  # the dead worker never claimed it
-        _wait(lambda: not broker.hexists(keys.receipts, job_id), "the receipt was never cleared")
+        until(lambda: not broker.hexists(keys.receipts, job_id), "the receipt was never cleared")
 
 
 def test_jobs_sent_while_redis_was_down_or_lost_by_its_restart_run(service_on, private_redis):

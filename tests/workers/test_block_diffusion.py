@@ -12,7 +12,6 @@ import json
 import os
 import re
 import threading
-import time
 
 import jsonschema
 import pytest
@@ -33,6 +32,7 @@ from constraints.safety import find_violations, parse_safety
 from redraft.models import load_model_info, load_tokenizer
 from redraft.settings import Settings
 from tests.utils.models import make_tiny_diffusion_gemma
+from tests.utils.waiting import until
 from tests.workers.test_guards import Push, fixed_spans
 from workers.adapters import TEXT_ONLY_VISION, DiffusionGemmaAdapter, get_adapter
 from workers.engine import BatchEngine
@@ -456,8 +456,8 @@ def run_together(model, tokenizer, job_settings, reqs, engine):
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(reqs))]
     for t in threads:
         t.start()
-    while engine.pending < len(reqs):
-        time.sleep(0.01)
+    # a job that failed before queueing its rows is done, not pending
+    until(lambda: engine.pending + sum(not t.is_alive() for t in threads) >= len(reqs), "the jobs never queued")
     engine.start()
     for t in threads:
         t.join(timeout=300)
@@ -543,7 +543,7 @@ def test_a_revise_changes_nothing_outside_its_regions(adapter, tokenizer, job_se
     tenant = repo.get_or_create_tenant(session, "block-diffusion")
     job = repo.create_job(session, tenant_id=tenant.id, kind="revise", model=NAME,
                           request=req.model_dump(mode="json", exclude_none=True),
-                          params=sampling_params(req, job_settings, info), canvas=canvas.to_json())
+                          params=sampling_params(req, job_settings, info).to_json(), canvas=canvas.to_json())
     parent = repo.add_source_draft(session, job, SOURCE, [])
     job.params = {**job.params, "revise": {"parent_id": parent.id, **plan}}
     session.commit()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from constraints.infill import compile_infill, parse_text
 from redraft.errors import ConstraintError, JobCancelled
 from redraft.models import special_ids
 from redraft.settings import get_settings
+from tests.utils.waiting import until
 from workers.engine import BatchEngine
 from workers.runner import Drafting, MemorySink
 from workers.sampler import ForbidTokens, SamplerConfig, denoise
@@ -59,8 +59,8 @@ def run_together(adapter, tokenizer, jobs, engine):
     for t in threads:
         t.start()
     if not engine._thread.is_alive():
-        while engine.pending < len(jobs):
-            time.sleep(0.01)
+        # a job that failed before queueing its rows is done, not pending
+        until(lambda: engine.pending + sum(not t.is_alive() for t in threads) >= len(jobs), "the jobs never queued")
         engine.start()
     for t in threads:
         t.join(timeout=300)
