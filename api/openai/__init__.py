@@ -8,6 +8,8 @@ the web page). Redraft's own /v1 routes keep their shapes; this sub-application 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.openai.errors import OpenAIError, from_redraft
 from api.openai.routes import router
 from redraft.errors import RedraftError
+from redraft.settings import get_settings
 
 log = logging.getLogger(__name__)
 PREFIX = "/openai/v1"
@@ -39,6 +42,26 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
         return OpenAIError(400, f"you must provide `{param}`", param=param, code="missing_required_parameter")
     return OpenAIError(400, f"{param}: {err.get('msg')}" if param else str(err.get("msg")), param=param,
                        code="invalid_value")
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The app's OpenAPI document, without FastAPI's 422 on every route (this app answers a body that does not
+    validate with OpenAI's 400, documented on each route), and with the served models as the `model` examples."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)  # builds and caches app.openapi_schema
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)
+            components = schema.get("components", {}).get("schemas", {})
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
+            for request in ("ChatCompletionCreate", "CompletionCreate"):
+                components[request]["properties"]["model"]["examples"] = sorted(get_settings().models)
+        return app.openapi_schema
+
+    return openapi
 
 
 def create_openai_app() -> FastAPI:
@@ -77,6 +100,7 @@ def create_openai_app() -> FastAPI:
         return OpenAIError(exc.status_code, message, code=code, headers=exc.headers).response()
 
     app.include_router(router)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 
 

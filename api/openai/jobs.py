@@ -15,7 +15,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.openai.errors import OpenAIError, unsupported
-from api.openai.schemas import ChatCompletionCreate, CompletionCreate, OpenAICreate, Usage
+from api.openai.schemas import (
+    ChatCompletionCreate,
+    CompletionCreate,
+    JsonObjectFormat,
+    JsonSchemaResponseFormat,
+    OpenAICreate,
+    Usage,
+)
 from api.schemas import GenerateJobCreate, InfillJobCreate
 from api.submit import JobRequest
 
@@ -43,12 +50,9 @@ def structure_target(body: OpenAICreate) -> tuple[dict[str, Any] | None, str | N
     fmt, so = body.response_format, body.structured_outputs
     if fmt is not None and fmt.type != "text" and so is not None:
         raise unsupported("structured_outputs", "give `response_format` or `structured_outputs`, not both")
-    if fmt is not None and fmt.type == "json_schema":
-        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-            raise unsupported("response_format", 'a json_schema response_format needs {"json_schema": {"name": ..., '
-                                                 '"schema": {...}}}')
+    if isinstance(fmt, JsonSchemaResponseFormat):
         return {"json_schema": fmt.json_schema.schema_}, "response_format"
-    if fmt is not None and fmt.type == "json_object":
+    if isinstance(fmt, JsonObjectFormat):
         return {"json_schema": JSON_OBJECT_SCHEMA}, "response_format"
     if so is None:
         return None, None
@@ -81,8 +85,8 @@ def _validated(model: type[GenerateJobCreate] | type[InfillJobCreate], data: dic
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        raise OpenAIError(400, f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")), param=loc or None,
-                          code="invalid_value") from exc
+        msg = str(err.get("msg")).removeprefix("Value error, ")  # a validator's own message, without pydantic's tag
+        raise OpenAIError(400, f"{loc}: {msg}" if loc else msg, param=loc or None, code="invalid_value") from exc
 
 
 def _sampling(body: OpenAICreate, target_from: str | None) -> dict[str, Any]:
@@ -95,7 +99,8 @@ def _sampling(body: OpenAICreate, target_from: str | None) -> dict[str, Any]:
 
 def chat_plans(body: ChatCompletionCreate) -> list[ChoicePlan]:
     target, target_from = structure_target(body)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
+    messages = [{"role": "system" if m.role == "developer" else m.role, **m.model_dump(include={"content"})}
+                for m in body.messages]
     data = {"kind": "generate", "messages": messages, **_sampling(body, target_from)}
     if target is not None:
         data["target"] = target

@@ -24,6 +24,7 @@ from api.quotas import Quotas
 from api.routes.jobs import event_stream
 from api.submit import submit_job
 from redraft.errors import Conflict, ConstraintError, RedraftError
+from redraft.jobs import JobStatus
 from redraft.models import ModelInfo, load_model_info
 from redraft.settings import Settings
 from storage import repo
@@ -130,13 +131,13 @@ def load_outcomes(job_ids: list[str], tenant_id: str, settings: Settings) -> lis
             info = model_info(settings, job.model)
             slot = [p for p, k in enumerate(job.canvas["slot_of"]) if k == 0]
             answer, written = None, []
-            if job.status == "succeeded" and job.result:
+            if job.status == JobStatus.SUCCEEDED and job.result:
                 draft = repo.get_draft(s, job.result["draft_id"], tenant_id)
                 written = [t for t in (draft.token_ids[p] for p in slot) if t not in (info.empty_id, info.mask_id)]
                 answer = (job.result.get("slots") or {}).get("answer") if job.kind == "generate" \
                     else (job.result.get("gaps") or [""])[0]
             error = (job.error_code or job.status, job.error_message or f"the job ended {job.status}") \
-                if job.status != "succeeded" else None
+                if job.status != JobStatus.SUCCEEDED else None
             outcomes.append(Outcome(
                 job_id=job.id, status=job.status, model=job.model, created=int(job.created_at.timestamp()),
                 answer=answer, error=error, prompt_tokens=sum(job.canvas["fixed"]), completion_tokens=len(written),
@@ -146,6 +147,6 @@ def load_outcomes(job_ids: list[str], tenant_id: str, settings: Settings) -> lis
 
 def failure(outcome: Outcome) -> OpenAIError:
     """The answer for a job that did not succeed (failed while running, or cancelled by someone else)."""
-    code, message = outcome.error or ("failed", "the job failed")
+    code, message = outcome.error or (JobStatus.FAILED, "the job failed")
     return OpenAIError(500, f"job {outcome.job_id} {outcome.status}: {message}", type="server_error", code=code,
                        headers={"x-redraft-job-id": outcome.job_id})

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep
@@ -27,12 +29,41 @@ from api.openai.schemas import (
     ModelList,
 )
 from api.openai.stream import ChunkWriter, stream_choices
+from api.schemas import error_responses
+from redraft.jobs import JobStatus
 from redraft.models import registry
 from redraft.settings import Settings
 from storage.models import Tenant
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 429, 503)}
-router = APIRouter(responses=ERRORS)
+_MEANING = {
+    400: "the request is malformed or asks for something Redraft cannot do (`param` names the field, `message` says "
+         "what to change); `context_length_exceeded` for a canvas over the model's context",
+    401: "missing, malformed, unknown or revoked API key (`invalid_api_key`)",
+    404: "`model_not_found`: the model is not served (GET /openai/v1/models lists those that are)",
+    429: "a per-tenant quota is spent (`rate_limit_error`, the quota's `code`); retry after `Retry-After` seconds",
+    500: "a job failed while running (`server_error`, the job's error `code`; `x-redraft-job-id` names it)",
+    503: "the database is not answering (`database_unavailable`); retry after `Retry-After` seconds",
+    504: "the jobs did not finish within REDRAFT_OPENAI_WAIT_TIMEOUT_S (`timeout`); they go on: GET /v1/jobs/{id}",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entries for the errors a route really answers, in OpenAI's shape."""
+    return {status: {"model": ErrorResponse, "description": _MEANING[status]} for status in statuses}
+
+
+def completion_responses(model: type[BaseModel], chunk: str) -> dict[int | str, dict[str, Any]]:
+    """A completion route's answers: the JSON body, or with `stream: true` an SSE stream of ``chunk``s; its errors
+    (413 is Redraft's own, from the body limit in front of every route)."""
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string", "description": (
+        f"a {chunk} chunk as JSON (with `diffusing: true` one per denoising step); an ErrorResponse as JSON if the "
+        "jobs fail or time out; last, `[DONE]`")}}}
+    return {200: {"model": model, "description": f"a {model.__name__}; with `stream: true` an SSE stream of chunks",
+                  "content": {"text/event-stream": {"schema": event}}},
+            **errors(400, 401, 404, 429, 500, 503, 504), **error_responses(413)}
+
+
+router = APIRouter(responses=errors(401, 503))
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the request" (nobody reads it)
 
 
@@ -48,7 +79,7 @@ def list_models(_: CurrentTenant, settings: SettingsDep) -> ModelList:
     return ModelList(data=[_card(n, i.path, i.context_length, i.family) for n, i in registry(settings.models).items()])
 
 
-@router.get("/models/{model_id}", response_model=ModelCard)
+@router.get("/models/{model_id}", response_model=ModelCard, responses=errors(404))
 def get_model(model_id: str, _: CurrentTenant, settings: SettingsDep) -> ModelCard:
     """One model; 404 `model_not_found` for a name the server does not serve."""
     info = registry(settings.models).get(model_id)
@@ -59,15 +90,17 @@ def get_model(model_id: str, _: CurrentTenant, settings: SettingsDep) -> ModelCa
     return _card(model_id, info.path, info.context_length, info.family)
 
 
-@router.post("/chat/completions", response_model=ChatCompletion)
+@router.post("/chat/completions", response_model=ChatCompletion,
+             responses=completion_responses(ChatCompletion, "chat.completion.chunk"))
 async def chat_completions(body: ChatCompletionCreate, request: Request, session: SessionDep, tenant: CurrentTenant,
                            settings: SettingsDep) -> Response:
     """A chat completion: one `generate` job with `messages` per choice."""
     return await _respond(body, chat_plans(body), "messages", request, session, tenant, settings)
 
 
-@router.post("/completions", response_model=Completion)
-@router.post("/fim/completions", response_model=Completion, summary="Fim Completions (Mercury's alias)")
+@router.post("/completions", response_model=Completion, responses=completion_responses(Completion, "text_completion"))
+@router.post("/fim/completions", response_model=Completion, summary="Fim Completions (Mercury's alias)",
+             responses=completion_responses(Completion, "text_completion"))
 async def completions(body: CompletionCreate, request: Request, session: SessionDep, tenant: CurrentTenant,
                       settings: SettingsDep) -> Response:
     """A completion: a `generate` job with the prompt, or with `suffix` an `infill` job, per choice."""
@@ -90,7 +123,7 @@ async def _respond(body: ChatCompletionCreate | CompletionCreate, plans: list[Ch
         return Response(status_code=CLIENT_CLOSED)
     outcomes = await run_in_threadpool(load_outcomes, ids, tenant_id, settings)
     for outcome in outcomes:
-        if outcome.status != "succeeded":
+        if outcome.status != JobStatus.SUCCEEDED:
             raise failure(outcome)
     finished = [finish(plan, outcome) for plan, outcome in zip(plans, outcomes)]
     usage = usage_of(plans, outcomes)

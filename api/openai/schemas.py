@@ -9,15 +9,31 @@ Redraft's own sampling fields are accepted beside OpenAI's (send them with the S
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from collections.abc import Callable
+from copy import copy
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from api.openai.errors import unsupported
+from api.schemas import MAX_CHAT_MESSAGES, REQUEST, ChatTextPart, GenerateJobCreate, SafetySpec, SamplingParams
+from redraft.jobs import WholeNumbers
 
-OPENAI_REQUEST = ConfigDict(extra="forbid", populate_by_name=True)
+# As /v1's request bodies (api.schemas.REQUEST): unknown fields and wrong JSON types are refused (no 0 for false,
+# no "5" for 5; an int is still a float), so the OpenAPI document says exactly which bodies pass.
+OPENAI_REQUEST = ConfigDict(**REQUEST, populate_by_name=True)
 MAX_N = 128  # OpenAI's own bound on `n`; every choice is one Redraft job (and counts against the tenant's quotas)
 MAX_STOP = 4  # OpenAI's bound on `stop` sequences
+MAX_SEED = 2**53  # the largest integer every JSON parser holds exactly; choice i's job has seed + i (below 2**63)
 
 # Field -> (values that mean "off", why anything else is refused).
 REJECTED: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -41,6 +57,8 @@ REJECTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "moderation": ((None,), "Redraft has no moderation models; use Redraft's `safety` field (banned phrases, PII, "
                             "avoided topics)"),
 }
+# A message's fields of tool calling and audio: (values that mean "none", refused otherwise).
+MESSAGE_REJECTED: dict[str, tuple[Any, ...]] = {"tool_calls": (None, []), "function_call": (None,), "audio": (None,)}
 # Accepted and without effect (OpenAI account, caching and reasoning options that a local server has no use for).
 IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
            "prompt_cache_retention", "prompt_cache_options", "safety_identifier", "reasoning_effort", "verbosity")
@@ -55,89 +73,164 @@ def _neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
                for n in neutral)
 
 
-class StreamOptions(BaseModel):
+def only(neutral: tuple[Any, ...], why: str) -> Any:
+    """A field Redraft accepts only at one of its ``neutral`` values (a validator refuses the rest, saying ``why``):
+    its JSON schema is the enum of those values, so a schema-valid body is never refused for it."""
+    shown = " / ".join(json.dumps(v) for v in neutral)
+    return Field(None, description=f"rejected unless {shown}: {why}",
+                 json_schema_extra={"enum": list(neutral)})
+
+
+def rejected(name: str) -> Any:
+    """The field ``name`` of ``REJECTED``."""
+    return only(*REJECTED[name])
+
+
+def ignored() -> Any:
+    return Field(None, description="ignored: accepted, and without effect")
+
+
+def job_field(name: str, model: type[BaseModel] = SamplingParams) -> Any:
+    """A Redraft job's own field (its bounds and description, defined once there), absent unless sent: the job's
+    schema checks it again, and the OpenAPI document says the same."""
+    field = copy(model.model_fields[name])
+    field.default = None
+    return field
+
+
+def explain(param: str, message: str, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """``handler(value)``, its failure told as ``message``: what the field takes (for a union, pydantic's first
+    error names a branch the sender never meant)."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise unsupported(param, message) from None
+
+
+def exactly_one_given(*names: str) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra``: exactly one of ``names`` is given and not null, the others null or left out (the
+    JSON-schema form of the check in ``jobs.structure_target``)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["oneOf"] = [{"required": [n], "properties": {
+            o: {"not": {"type": "null"}} if o == n else {"type": "null"} for o in names}} for n in names]
+
+    return extra
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class StreamOptions(WholeNumbers):
     model_config = OPENAI_REQUEST
     include_usage: bool = Field(False, description="a last chunk with `usage` (and no choices) before [DONE]")
     include_obfuscation: bool | None = Field(None, description="ignored: Redraft adds no obfuscation padding")
 
 
-class JsonSchemaFormat(BaseModel):
+class JsonSchemaFormat(WholeNumbers):
     model_config = OPENAI_REQUEST
     name: str = Field(description="the schema's name (OpenAI requires one; Redraft only records it)")
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema", description="the JSON schema the answer must meet")
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON schema the answer must meet")
     strict: bool | None = Field(None, description="ignored: Redraft always holds the schema (true)")
 
 
-class ResponseFormat(BaseModel):
+class TextFormat(WholeNumbers):
     model_config = OPENAI_REQUEST
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
+    type: Literal["text"]
+
+
+class JsonObjectFormat(WholeNumbers):
+    model_config = OPENAI_REQUEST
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(WholeNumbers):
+    model_config = OPENAI_REQUEST
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")]
 
 
 class StructuredOutputs(BaseModel):
     """vLLM's ``structured_outputs``: exactly one of ``json``, ``regex``, ``choice``, ``json_object``."""
 
-    model_config = OPENAI_REQUEST
+    model_config = ConfigDict(**OPENAI_REQUEST, json_schema_extra=exactly_one_given("json", "regex", "choice",
+                                                                                  "json_object"))
     json_: dict[str, Any] | str | None = Field(None, alias="json", description="a JSON schema (object or JSON text)")
     regex: str | None = None
-    choice: list[str] | None = None
-    json_object: bool | None = None
-    grammar: str | None = Field(None, description="rejected: Redraft takes regex and JSON-schema targets, no CFG")
-    structural_tag: Any = Field(None, description="rejected: Redraft has no structural tags")
+    choice: list[str] | None = Field(None, min_length=1)
+    json_object: Literal[True] | None = None
+    grammar: Any = only((None,), "Redraft takes regex and JSON-schema targets, no CFG")
+    structural_tag: Any = only((None,), "Redraft has no structural tags")
 
 
-class OpenAICreate(BaseModel):
+class OpenAICreate(WholeNumbers):
     """What chat completions and completions share."""
 
     model_config = OPENAI_REQUEST
-    model: str = Field(description="a model id from GET /openai/v1/models")
+    model: str = Field(min_length=1, description="a model id from GET /openai/v1/models")
     max_tokens: int | None = Field(None, ge=1, description=(
         "the answer's size in tokens (the answer slot; default REDRAFT_DEFAULT_GAP_TOKENS, at most "
         "REDRAFT_MAX_GAP_TOKENS)"))
-    temperature: float | None = Field(None, description="0 is greedy; default: the model's (masked models 0)")
-    seed: int | None = Field(None, description="same seed, same text (default 0); choice i uses seed + i")
+    temperature: float | None = job_field("temperature")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=(
+        "same seed, same text (default 0); choice i uses seed + i"))
     n: int = Field(1, ge=1, le=MAX_N, description="choices: one Redraft job each")
-    stop: str | list[str] | None = Field(None, description=(
-        f"up to {MAX_STOP} strings: the answer ends before the first one it contains"))
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=MAX_STOP)] | None = Field(None, description=(
+        f"up to {MAX_STOP} non-empty strings: the answer ends before the first one it contains (not with a "
+        "structure target)"))
     stream: bool = False
     stream_options: StreamOptions | None = None
-    response_format: ResponseFormat | None = None
+    response_format: ResponseFormat | None = Field(None, description=(
+        "the answer's target; not with `structured_outputs`, `stop` or (completions) `suffix`"))
     structured_outputs: StructuredOutputs | None = Field(None, description="vLLM's field: json, regex, choice")
     diffusing: bool = Field(False, description=(
-        "Redraft extension (streaming): one chunk per denoising step holding the whole current text, undecided "
-        "positions marked; each chunk's content replaces the last"))
-    # Redraft's own sampling fields (EXTENSIONS), checked by the job's schema.
-    steps: Any = None
-    block_size: Any = None
-    remasking: Any = None
-    threshold: Any = None
-    entropy_bound: Any = None
-    t_max: Any = None
-    t_min: Any = None
-    remask_budget: Any = None
-    remask_below: Any = None
-    safety: Any = None
-    min_tokens: Any = None
+        "Redraft extension (streaming, with `stream: true` only): one chunk per denoising step holding the whole "
+        "current text, undecided positions marked; each chunk's content replaces the last"))
+    # Redraft's own sampling fields (EXTENSIONS; the SDK's `extra_body`), as in POST /v1/jobs.
+    steps: int | None = job_field("steps")
+    block_size: int | None = job_field("block_size")
+    remasking: Literal["low_confidence", "random"] | None = job_field("remasking")
+    threshold: float | None = job_field("threshold")
+    entropy_bound: float | None = job_field("entropy_bound")
+    t_max: float | None = job_field("t_max")
+    t_min: float | None = job_field("t_min")
+    remask_budget: int | None = job_field("remask_budget")
+    remask_below: float | None = job_field("remask_below")
+    safety: SafetySpec | None = job_field("safety")
+    min_tokens: int | None = job_field("min_tokens", GenerateJobCreate)
     # Ignored (IGNORED) and rejected unless neutral (REJECTED).
-    user: Any = None
-    metadata: Any = None
-    store: Any = None
-    service_tier: Any = None
-    logprobs: Any = None
-    top_p: Any = None
-    frequency_penalty: Any = None
-    presence_penalty: Any = None
-    logit_bias: Any = None
+    user: Any = ignored()
+    metadata: Any = ignored()
+    store: Any = ignored()
+    service_tier: Any = ignored()
+    logprobs: Any = rejected("logprobs")
+    top_p: Any = rejected("top_p")
+    frequency_penalty: Any = rejected("frequency_penalty")
+    presence_penalty: Any = rejected("presence_penalty")
+    logit_bias: Any = rejected("logit_bias")
+
+    @field_validator("stop", mode="wrap")
+    @classmethod
+    def _stops(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return explain("stop", f"`stop` takes a string or up to {MAX_STOP} non-empty strings; got {value!r}",
+                       value, handler)
+
+    @field_validator("response_format", mode="wrap")
+    @classmethod
+    def _format(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return explain("response_format", '`response_format` is {"type": "text"}, {"type": "json_object"} or '
+                                          '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+                       value, handler)
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> OpenAICreate:
         for name, (neutral, why) in REJECTED.items():
             if name in type(self).model_fields and not _neutral(getattr(self, name), neutral):
                 raise unsupported(name, f"`{name}` is not supported: {why}; leave it out")
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        if len(stops) > MAX_STOP or any(not s for s in stops):
-            raise unsupported("stop", f"`stop` takes up to {MAX_STOP} non-empty strings; got {stops!r}")
         if self.diffusing and not self.stream:
             raise unsupported("diffusing", "`diffusing` streams the denoising steps: send it with `stream: true`")
         return self
@@ -147,55 +240,66 @@ class OpenAICreate(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def extensions(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in EXTENSIONS if getattr(self, name) is not None}
+        return self.model_dump(include=set(EXTENSIONS), exclude_none=True)
 
 
-class ChatMessageIn(BaseModel):
+class ChatMessageIn(WholeNumbers):
     """A message as OpenAI clients send it; the fields an assistant message carries back are accepted when null."""
 
     model_config = OPENAI_REQUEST
-    role: str = Field(description="system, developer (as system), user or assistant")
-    content: str | list[Any] | None = None
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="developer is taken as system; tool and function messages need tool calling (not supported)")
+    content: str | list[ChatTextPart] = Field(description='a string, or text parts ({"type": "text", "text": ...})')
     name: str | None = Field(None, description="ignored (chat templates take no participant names)")
-    refusal: Any = None
-    tool_calls: Any = None
-    function_call: Any = None
-    audio: Any = None
-    annotations: Any = None
+    refusal: Any = ignored()
+    tool_calls: Any = only(MESSAGE_REJECTED["tool_calls"], "Redraft has text turns only")
+    function_call: Any = only(MESSAGE_REJECTED["function_call"], "Redraft has text turns only")
+    audio: Any = only(MESSAGE_REJECTED["audio"], "Redraft has text turns only")
+    annotations: Any = ignored()
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _text_role(cls, value: Any) -> Any:
+        if value in ("tool", "function"):
+            raise unsupported("messages", f"`{value}` messages need tool calling, which Redraft does not support; "
+                                          "send system, developer, user and assistant messages")
+        return value
+
+    @field_validator("content", mode="wrap")
+    @classmethod
+    def _text_content(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return explain("messages", 'a message\'s `content` is a string or a list of text parts ({"type": "text", '
+                                   '"text": ...}); image, audio and file parts are not supported', value, handler)
 
     @model_validator(mode="after")
     def _text_turn(self) -> ChatMessageIn:
-        if self.role in ("tool", "function"):
-            raise unsupported("messages", f"`{self.role}` messages need tool calling, which Redraft does not "
-                                          "support; send system, user and assistant messages")
-        for name in ("tool_calls", "function_call", "audio"):
-            if getattr(self, name):
+        for name, neutral in MESSAGE_REJECTED.items():
+            if not _neutral(getattr(self, name), neutral):
                 raise unsupported("messages", f"a message's `{name}` is not supported: Redraft has text turns only")
-        if self.content is None:
-            raise unsupported("messages", "every message needs `content` (a string or text parts)")
         return self
 
 
 class ChatCompletionCreate(OpenAICreate):
-    messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, description="the same as max_tokens")
-    top_logprobs: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    audio: Any = None
-    modalities: Any = None
-    prediction: Any = None
-    web_search_options: Any = None
-    moderation: Any = None
-    parallel_tool_calls: Any = None
-    prompt_cache_key: Any = None
-    prompt_cache_retention: Any = None
-    prompt_cache_options: Any = None
-    safety_identifier: Any = None
-    reasoning_effort: Any = None
-    verbosity: Any = None
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1, description=(
+        "the same as max_tokens (send one of them, or both equal)"))
+    top_logprobs: Any = rejected("top_logprobs")
+    tools: Any = rejected("tools")
+    tool_choice: Any = rejected("tool_choice")
+    functions: Any = rejected("functions")
+    function_call: Any = rejected("function_call")
+    audio: Any = rejected("audio")
+    modalities: Any = rejected("modalities")
+    prediction: Any = rejected("prediction")
+    web_search_options: Any = rejected("web_search_options")
+    moderation: Any = rejected("moderation")
+    parallel_tool_calls: Any = ignored()
+    prompt_cache_key: Any = ignored()
+    prompt_cache_retention: Any = ignored()
+    prompt_cache_options: Any = ignored()
+    safety_identifier: Any = ignored()
+    reasoning_effort: Any = ignored()
+    verbosity: Any = ignored()
 
     @model_validator(mode="after")
     def _one_size(self) -> ChatCompletionCreate:
@@ -210,16 +314,21 @@ class ChatCompletionCreate(OpenAICreate):
 
 
 class CompletionCreate(OpenAICreate):
-    prompt: str | list[Any] = Field(description="a string, or a list of strings (one set of `n` choices each)")
+    prompt: str | Annotated[list[str], Field(min_length=1)] = Field(description=(
+        "a string, or a list of strings (one set of `n` choices each); token-id prompts are not supported"))
     suffix: str | None = Field(None, description="fill in the middle: the answer goes between prompt and suffix")
     echo: bool = Field(False, description="prepend the prompt to each choice's text")
-    best_of: int | None = Field(None, description="accepted only as 1 or equal to n: Redraft does not rank choices")
+    best_of: int | None = Field(None, ge=1, description=(
+        "accepted only as 1 or equal to n: Redraft does not rank choices"))
+
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def _text_prompts(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return explain("prompt", "`prompt` must be a string or a non-empty list of strings; token-id prompts are "
+                                 "not supported (send the text)", value, handler)
 
     @model_validator(mode="after")
     def _prompts(self) -> CompletionCreate:
-        if isinstance(self.prompt, list) and (not self.prompt or not all(isinstance(p, str) for p in self.prompt)):
-            raise unsupported("prompt", "`prompt` must be a string or a non-empty list of strings; token-id "
-                                        "prompts are not supported (send the text)")
         if self.best_of not in (None, 1, self.n):
             raise unsupported("best_of", f"`best_of` ({self.best_of}) is not supported: Redraft does not rank "
                                          "choices; leave it out, or use `n`")

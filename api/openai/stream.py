@@ -40,6 +40,7 @@ from api.openai.lifecycle import (
     timeout_error,
 )
 from api.openai.schemas import OpenAICreate, Usage
+from redraft.jobs import JobParams, JobStatus
 from redraft.models import ModelInfo, load_tokenizer
 from redraft.settings import Settings
 
@@ -59,8 +60,9 @@ class AnswerReplay:
         at = next(i for i, piece in enumerate(pieces) if isinstance(piece, int) and piece == 0)
         # Canvas.render_layout drops a written leading space after fixed text that ends in whitespace; so does this.
         self.drop_space = at > 0 and isinstance(pieces[at - 1], str) and pieces[at - 1][-1:].isspace()
-        avoid = bool((params.get("safety") or {}).get("avoid"))
-        self.rule = "end" if avoid or params.get("remask_budget") else "window" if info.noise == "uniform" else "commit"
+        job = JobParams.from_json(params)
+        avoid = job.safety is not None and bool(job.safety.avoid)
+        self.rule = "end" if avoid or job.remask_budget else "window" if info.noise == "uniform" else "commit"
         self.settled = 0  # "window": positions below this belong to finished windows
 
     def apply(self, step: dict[str, Any]) -> None:
@@ -177,7 +179,7 @@ async def stream_choices(writer: ChunkWriter, body: OpenAICreate, plans: list[Ch
             if not terminal:
                 return  # the client went away: `finally` cancels the jobs
             outcome = (await run_in_threadpool(load_outcomes, [sub.job_id], tenant_id, settings))[0]
-            if outcome.status != "succeeded":
+            if outcome.status != JobStatus.SUCCEEDED:
                 yield error_chunk(failure(outcome))
                 return
             outcomes.append(outcome)

@@ -65,7 +65,7 @@ def _check_replay(info, tokenizer, prompt, size, seed, windows):
         rng.shuffle(order)
         schedule = [order[i:i + 3] for i in range(0, len(order), 3)]
     expected = canvas.render(final, tokenizer, info)[1][0]
-    replay = AnswerReplay(canvas.to_json(), info, {})
+    replay = AnswerReplay(canvas.to_json(), info, {"steps": 4})  # a stored job's params always hold steps
     for step in _replay_steps(info, canvas, final, schedule, rng):
         replay.apply(step)
         assert expected.startswith(replay.final_text()), (replay.final_text(), expected)
@@ -89,6 +89,6 @@ def test_block_diffusion_final_text_is_always_a_prefix_of_the_answer(tiny_diffus
 def test_with_remasking_nothing_is_final_before_the_end():
     info, tokenizer = load_model_info("redraft-tiny", DEFAULT_MODEL_DIR), load_tokenizer(DEFAULT_MODEL_DIR)
     canvas = compile_generate(["Hi ", prompt_slot(None, 4, 0, 256)], tokenizer, info)
-    replay = AnswerReplay(canvas.to_json(), info, {"remask_budget": 2})
+    replay = AnswerReplay(canvas.to_json(), info, {"steps": 4, "remask_budget": 2})
     replay.apply({"committed": [[p, 300, "", 1.0] for p in canvas.slot_positions(0)], "remasked": []})
     assert replay.final_text() == "" and replay.current_text()
