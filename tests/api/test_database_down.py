@@ -5,7 +5,6 @@ not a 500 and not a hang. The client time-outs below are bounds on hanging, far 
 
 from __future__ import annotations
 
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,35 +13,15 @@ import pytest
 import uvicorn
 
 from redraft.embedded import free_port
-from tests.utils.service import REDIS_URL, reset_caches
+from tests.utils.service import REDIS_URL, reset_caches, silent_listener
 from tests.utils.waiting import until
 
 
 @pytest.fixture
 def silent_database():
-    """A listener on loopback that accepts every connection and never sends a byte."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"postgresql+psycopg://postgres@127.0.0.1:{server.getsockname()[1]}/test"
-    stop.set()
-    thread.join(timeout=10)
-    for conn in held:
-        conn.close()
-    server.close()
+    """A PostgreSQL URL on a listener that accepts every connection and never sends a byte."""
+    with silent_listener() as port:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"
 
 
 @pytest.fixture

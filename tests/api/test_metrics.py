@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from redraft.embedded import free_port, start_worker
 from redraft.settings import REPO_ROOT, Settings, get_settings
-from tests.utils.service import REDIS_URL, wait_for
+from tests.utils.service import REDIS_URL, silent_listener, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -141,31 +139,11 @@ def test_rejections_are_counted_by_their_error_code(stack, client):
         "unauthorized": ("401", 1), "invalid_request": ("422", 2), "body_too_large": ("413", 1), "not_found": ("404", 1)}
 
 
-@pytest.fixture
-def silent_listener() -> Iterator[int]:
+@pytest.fixture(name="silent_listener")
+def silent_listener_port() -> Iterator[int]:
     """A loopback port that accepts connections and never sends a byte (a hung PostgreSQL or Redis)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.2)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(timeout=10)
-    for conn in held:
-        conn.close()
-    server.close()
+    with silent_listener() as port:
+        yield port
 
 
 def test_a_scrape_answers_when_the_database_and_redis_do_not(silent_listener, monkeypatch):

@@ -4,7 +4,6 @@ the configured ``readyz_timeout_s``."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -13,7 +12,7 @@ import pytest
 import uvicorn
 
 from redraft.embedded import free_port
-from tests.utils.service import reset_caches
+from tests.utils.service import reset_caches, silent_listener
 from tests.utils.waiting import until
 
 
@@ -41,29 +40,9 @@ def test_readyz_follows_the_workers_heartbeats_and_counts_the_queue(service_on):
 
 @pytest.fixture
 def silent_redis():
-    """A listener on loopback that accepts every connection and never sends a byte, as a hung Redis does."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
-    stop.set()
-    thread.join(timeout=10)
-    for conn in held:
-        conn.close()
-    server.close()
+    """A Redis URL on a listener that accepts every connection and never sends a byte, as a hung Redis does."""
+    with silent_listener() as port:
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 def test_readyz_answers_503_quickly_when_redis_hangs(silent_redis, tiny_model_dir, tmp_path, monkeypatch):

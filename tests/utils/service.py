@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -192,3 +193,34 @@ def read_sse(client, job_id, timeout=60) -> list[tuple[str, dict]]:
                 if event in ("done", "failed"):
                     break
     return events
+
+
+@contextmanager
+def silent_listener() -> Iterator[int]:
+    """A loopback port that accepts every connection and never sends a byte, as a hung PostgreSQL or Redis
+    does; yields the port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        for conn in held:
+            conn.close()
+        server.close()
+
