@@ -287,6 +287,7 @@ class Drafting:
             kept, regions = revise.kept, [Region(**r) for r in revise.regions]
             if self.safety.avoid:
                 regions, rounds = self.avoid_source(source_text, regions)
+                kept = self.params.revise.kept  # the rebuilt canvas keeps other ranges of the source
         x = torch.tensor(self.canvas.token_ids)
         tokens, conf = self.denoise(x) if (x == self.info.mask_id).any() else (x, torch.ones(len(x)))
         if self.safety.avoid:

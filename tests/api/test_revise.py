@@ -127,6 +127,26 @@ def test_revise_with_avoid_rewrites_only_the_sentence_on_the_topic(client):
     assert all(r["round"] == i for i, r in enumerate(rounds)) and len(rounds) <= 3
 
 
+def test_revise_with_avoid_carries_the_drafts_confidences_to_where_the_kept_text_now_is(client):
+    """The rewritten sentence changes length, so the kept text after it moves: the confidences the source draft
+    had for its model-written tokens must follow it (they are what a later `auto` revision reads)."""
+    source = submit(client, kind="infill", text="We went hiking in the hills. He shot the man with a gun. Then we "
+                                                "[[gap:6]] by the lake.")
+    assert source["status"] == "succeeded", source["error"]
+    (parent,) = client.get(f"/v1/jobs/{source['id']}/drafts").json()["data"]
+    done = submit(client, kind="revise", draft_id=parent["id"],
+                  safety={"avoid": ["violence and weapons"], "avoid_threshold": 0.3, "avoid_rounds": 1})
+    assert done["status"] == "succeeded", done["error"]
+    (edit,) = [e for e in done["result"]["edits"] if e["reason"] == "avoid"]
+    assert edit["old"] == "He shot the man with a gun." and len(edit["new"]) != len(edit["old"])
+    (child,) = client.get(f"/v1/jobs/{done['id']}/drafts").json()["data"]
+    shift = len(edit["new"]) - len(edit["old"])
+    carried = {(s + shift, e + shift, c) for s, e, c in parent["layout"]["written"] if s >= edit["end"]}
+    assert carried and carried <= {tuple(w) for w in child["layout"]["written"]}
+    for s, e, _ in carried:
+        assert child["text"][s:e] == parent["text"][s - shift:e - shift]
+
+
 BAD = [
     ({"kind": "revise", "text": SOURCE}, "say what to reconsider"),
     ({"kind": "revise", "spans": [{"start": 0, "end": 1}]}, "exactly one of `draft_id`"),
