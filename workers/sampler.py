@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import torch
 
 from redraft.errors import InvalidRequest
-from redraft.jobs import job_default
+from redraft.jobs import Remasking, job_default
 from workers.policies import acceptance
 from workers.policies.mask_noise import MaskNoise, plan  # noqa: F401  (plan: part of the sampler's API)
 from workers.policies.temperature import Temperature
@@ -60,7 +60,7 @@ class ForbidTokens:
         return logits
 
 
-REMASKING = ("low_confidence", "random")
+REMASKING = get_args(Remasking)  # the values, from the one definition
 NOISE = ("mask", "uniform")
 
 

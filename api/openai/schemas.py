@@ -26,7 +26,7 @@ from pydantic import (
 
 from api.openai.errors import unsupported
 from api.schemas import MAX_CHAT_MESSAGES, REQUEST, ChatTextPart, GenerateJobCreate, SafetySpec, SamplingParams
-from redraft.jobs import WholeNumbers
+from redraft.jobs import Remasking, WholeNumbers
 
 # As /v1's request bodies (api.schemas.REQUEST): unknown fields and wrong JSON types are refused (no 0 for false,
 # no "5" for 5; an int is still a float), so the OpenAPI document says exactly which bodies pass.
@@ -193,7 +193,7 @@ class OpenAICreate(WholeNumbers):
     # Redraft's own sampling fields (EXTENSIONS; the SDK's `extra_body`), as in POST /v1/jobs.
     steps: int | None = job_field("steps")
     block_size: int | None = job_field("block_size")
-    remasking: Literal["low_confidence", "random"] | None = job_field("remasking")
+    remasking: Remasking | None = job_field("remasking")
     threshold: float | None = job_field("threshold")
     entropy_bound: float | None = job_field("entropy_bound")
     t_max: float | None = job_field("t_max")
