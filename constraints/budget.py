@@ -37,17 +37,10 @@ from re import _constants as sre  # the parse tree's opcodes (the stdlib's own r
 from re import _parser as sre_parser
 from typing import Any, TypeVar
 
-from redraft.errors import ConstraintError, RedraftError
+from redraft.errors import CompileBusy, ConstraintError
 from redraft.settings import get_settings
 
 T = TypeVar("T")
-
-
-class CompileBusy(RedraftError):
-    """Every compile slot stayed busy for the whole compile budget (503: retry shortly)."""
-
-    code = "compile_busy"
-    status_code = 503
 
 
 def shown(pattern: str, limit: int = 80) -> str:

@@ -62,6 +62,17 @@ class RateLimited(RedraftError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class CompileBusy(RedraftError):
+    """Every compile slot of the process stayed busy for the whole compile budget (503: retry shortly)."""
+
+    code = "compile_busy"
+    status_code = 503
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class ModelError(RedraftError):
     """A model directory is missing, malformed or of an unknown family."""
 
