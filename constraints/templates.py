@@ -41,9 +41,9 @@ def make_slot(name: Any, max_tokens: Any, min_tokens: Any = 0, regex: Any = None
     """Validate one slot's arguments; every message says what to write instead."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidRequest(f"slot name {name!r} is not valid: use letters, digits, _ . - (up to 64)")
-    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= limit:
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= limit:
         raise InvalidRequest(f"slot {name!r}: max_tokens must be a whole number from 1 to {limit}; got {max_tokens!r}")
-    if not isinstance(min_tokens, int) or not 0 <= min_tokens <= max_tokens:
+    if not isinstance(min_tokens, int) or isinstance(min_tokens, bool) or not 0 <= min_tokens <= max_tokens:
         raise InvalidRequest(f"slot {name!r}: min_tokens must be from 0 to max_tokens ({max_tokens}); got {min_tokens!r}")
     given = [(k, v) for k, v in (("regex", regex), ("choices", choices), ("json_schema", json_schema)) if v is not None]
     if len(given) > 1:

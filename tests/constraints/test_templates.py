@@ -44,7 +44,8 @@ def test_a_bad_slot_name_is_refused_saying_what_a_name_may_hold(name):
 
 
 @settings(max_examples=100, deadline=None)
-@given(max_tokens=st.one_of(st.integers(-100, 0), st.integers(65, 10**6), st.floats(), st.text(max_size=3)))
+@given(max_tokens=st.one_of(st.integers(-100, 0), st.integers(65, 10**6), st.floats(), st.text(max_size=3),
+                            st.booleans()))  # True is an int in Python, but not a token count
 def test_max_tokens_outside_1_to_the_limit_is_refused_naming_the_range(max_tokens):
     with pytest.raises(InvalidRequest, match="max_tokens must be a whole number from 1 to 64"):
         make_slot("s", max_tokens, limit=64)
@@ -57,6 +58,8 @@ def test_min_tokens_over_max_tokens_is_refused(max_tokens, over):
         make_slot("s", max_tokens, max_tokens + over, limit=64)
     with pytest.raises(InvalidRequest, match="min_tokens must be from 0"):
         make_slot("s", max_tokens, -over, limit=64)
+    with pytest.raises(InvalidRequest, match="min_tokens must be from 0"):
+        make_slot("s", max_tokens, True, limit=64)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
