@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 
 import redis
 from fastapi import APIRouter, Response
-from kombu.transport.redis import PRIORITY_STEPS, Channel
+from kombu.transport.redis import Channel
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -29,6 +29,7 @@ from api.deps import SettingsDep
 from redraft import metrics
 from redraft.jobs import JobStatus
 from redraft.logs import configure_logging
+from redraft.queue import broker_client, queue_depth
 from redraft.settings import Settings
 from storage.db import get_engine
 from storage.models import Job
@@ -88,17 +89,13 @@ class LiveGauges(Collector):
     def _queue(self) -> list[Metric]:
         """Messages waiting in the Celery queue (kombu's Redis layout: one list per priority step) and messages
         delivered to a worker but not yet acknowledged."""
-        timeout = self.settings.metrics_scrape_timeout_s
-        client = redis.Redis.from_url(self.settings.redis_url or "redis://unset", socket_timeout=timeout,
-                                      socket_connect_timeout=timeout)
+        if not self.settings.redis_url:
+            raise redis.ConnectionError("REDIS_URL is not set")
         queue = self.settings.queue_name
-        with client, client.pipeline(transaction=False) as pipe:
-            for pri in PRIORITY_STEPS:
-                pipe.llen(f"{queue}{Channel.sep}{pri}" if pri else queue)
-            pipe.hlen(Channel.unacked_key)
-            *depths, unacked = pipe.execute()
+        with broker_client(self.settings, timeout_s=self.settings.metrics_scrape_timeout_s) as client:
+            waiting, unacked = queue_depth(client, queue), client.hlen(Channel.unacked_key)
         depth = GaugeMetricFamily("redraft_queue_depth", "Job messages waiting in the queue", labels=["queue"])
-        depth.add_metric([queue], sum(depths))
+        depth.add_metric([queue], waiting)
         held = GaugeMetricFamily("redraft_queue_unacked", "Job messages delivered to workers and not yet "
                                  "acknowledged (all queues on this Redis)")
         held.add_metric([], unacked)

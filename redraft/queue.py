@@ -219,8 +219,12 @@ def live_workers(client: redis.Redis, keys: Keys) -> dict[str, WorkerBeat]:
 
 
 def queue_depth(client: redis.Redis, queue: str) -> int:
-    """Messages waiting in the Celery queue (kombu's Redis transport keeps them in a list named after it)."""
-    return int(client.llen(queue))
+    """Messages waiting in the Celery queue: kombu's Redis transport keeps one list per priority step (the
+    queue's own name for priority 0, then ``name + sep + step``)."""
+    with client.pipeline(transaction=False) as pipe:
+        for step in kombu_redis.PRIORITY_STEPS:
+            pipe.llen(f"{queue}{kombu_redis.Channel.sep}{step}" if step else queue)
+        return sum(pipe.execute())
 
 
 def broker_epoch(client: redis.Redis, keys: Keys) -> datetime:
