@@ -322,31 +322,37 @@ def timed_compile() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------- the DP's memory
 
 
-def dp_step_bytes(n_positions: int, n_edges: int, n_states: int) -> int:
-    """Peak bytes of one ``workers.slot_decoder.best_path`` call on a slot of ``n_positions`` over an automaton of
-    ``n_edges`` allowed (state, token) pairs and ``n_states`` states (its per-automaton caches, the edge list and
-    the (S, V) table, are counted once by the compile cache, not here):
+def dp_step_bytes(n_positions: int, n_class_tokens: int, n_pairs: int, n_states: int) -> int:
+    """Peak bytes of one ``workers.slot_decoder.best_path`` call on a slot of ``n_positions`` over an automaton whose
+    token classes hold ``n_class_tokens`` entries in all (M), with ``n_pairs`` (source, destination) pairs (P) and
+    ``n_states`` states (``constraints.automaton.EdgeClasses``; its per-automaton caches, the pairs and the (S, V)
+    table, are counted once by the compile cache, not here):
 
-    - ``16 * n * E``: the edge scores ``lp_edge`` (n, E) float64, plus one transient copy while ``nan_to_num``
-      builds it (the float32 gather before it is 4nE, freed first);
-    - ``72 * E``: per position, the candidate scores and ``relax``'s (E,) temporaries (float64, int64, bool);
-    - ``96 * n * (S + 1)``: the backpointers, two (S+1,) int64 tensors per position, then as Python lists.
+    - ``10 * n * M``: each free position's log-probabilities at the classes' tokens (n, M) float32 with its NaN mask,
+      and at the end the mask and scores picking each path token within its class;
+    - ``12 * n * P``: each class's best score read per pair (n, P), float32 then float64;
+    - ``72 * P``: per position, the candidate scores and ``relax``'s (P,) temporaries (float64, int64, bool);
+    - ``16 * n * (S + 1)``: the scores of every prefix (n+1, S+1) float64, and their copy on the host for the way back.
     """
-    return 16 * n_positions * n_edges + 72 * n_edges + 96 * n_positions * (n_states + 1)
+    n = n_positions
+    return 10 * n * n_class_tokens + 12 * n * n_pairs + 72 * n_pairs + 16 * (n + 1) * (n_states + 1)
 
 
-def require_dp_fits(pattern: str, n_positions: int, n_edges: int, n_states: int, min_tokens: int) -> None:
+def require_dp_fits(pattern: str, n_positions: int, n_class_tokens: int, n_pairs: int, n_states: int,
+                    min_tokens: int) -> None:
     """ConstraintError (422) when a slot of ``n_positions`` would need more than ``max_dp_bytes`` per step; the
     message says how many positions would fit, or that the pattern itself is too wide."""
     limit = get_settings().max_dp_bytes
-    need = dp_step_bytes(n_positions, n_edges, n_states)
+    need = dp_step_bytes(n_positions, n_class_tokens, n_pairs, n_states)
     if need <= limit:
         return
-    per_position = 16 * n_edges + 96 * (n_states + 1)
-    fits = max(0, (limit - 72 * n_edges) // per_position)
+    fixed = dp_step_bytes(0, n_class_tokens, n_pairs, n_states)
+    per_position = dp_step_bytes(1, n_class_tokens, n_pairs, n_states) - fixed
+    fits = max(0, (limit - fixed) // per_position)
     how = (f"give at most max_tokens={fits}" if fits >= max(1, min_tokens)
            else "simplify the pattern (fewer states that admit most tokens: shorter free-text parts, narrower classes)")
     raise ConstraintError(
         f"a slot of {n_positions} tokens under {shown(pattern)} needs {need / 2**30:.2f} GiB per denoising step "
-        f"({n_positions} positions x {n_edges:,} automaton edges), over the {limit / 2**30:.2f} GiB budget "
+        f"({n_positions} positions x {n_class_tokens:,} token-class entries and {n_pairs:,} state pairs), over the "
+        f"{limit / 2**30:.2f} GiB budget "
         f"(REDRAFT_MAX_DP_BYTES); {how}", code="constraint_too_large")

@@ -1,15 +1,18 @@
 """The slot decoder: Viterbi over (slot position, automaton state) on torch log-probabilities.
 
-The torch side of :mod:`constraints.automaton` (which stays torch-free for the API process). The
-automaton's numpy tables are copied to torch once per (automaton, device) and cached for the
-automaton's lifetime (a ``WeakKeyDictionary`` keyed by the automaton), so the per-step calls of a
-denoising run do not rebuild them.
+The torch side of :mod:`constraints.automaton` (which stays torch-free for the API process). A position
+does not score every (state, token) edge: it takes the best token of each of the automaton's token classes
+once (:class:`constraints.automaton.EdgeClasses`), then relaxes the (source, destination) pairs with those
+maxima, the same optimum for a fraction of the reads. The automaton's arrays are copied to torch once per
+(automaton, device) and cached for the automaton's lifetime (a ``WeakKeyDictionary`` keyed by the
+automaton), so the per-step calls of a denoising run do not rebuild them.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,28 +20,46 @@ import torch
 from constraints.automaton import TokenAutomaton
 
 _lock = threading.Lock()
-# automaton -> {str(device): (src, tok, dst)}; dies with the automaton.
-_edges: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = (
-    weakref.WeakKeyDictionary()
-)
+# automaton -> {str(device): Pairs}; dies with the automaton.
+_pairs: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, Pairs]] = weakref.WeakKeyDictionary()
 # automaton -> {str(device): (next_state, final)}
 _tables: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, tuple[torch.Tensor, torch.Tensor]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def edges(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The allowed transitions as three (E,) int64 tensors (src, token, dst), sorted by (src, token)."""
+class Pairs(NamedTuple):
+    """:class:`constraints.automaton.EdgeClasses` as int64 tensors on one device."""
+
+    src: torch.Tensor  # (P,) source state of each pair
+    dst: torch.Tensor  # (P,) its destination
+    cls: torch.Tensor  # (P,) the token class it reads
+    tokens: torch.Tensor  # (M,) the classes' tokens, class after class
+    class_of: torch.Tensor  # (M,) the class of each entry of ``tokens``
+    n_classes: int  # K
+    final_states: torch.Tensor  # (F,) the final states
+    # For the way back, on the host: the pairs into each state, ``into[into_ptr[d]:into_ptr[d + 1]]`` (ascending).
+    into: np.ndarray  # (P,) int64
+    into_ptr: np.ndarray  # (S + 1,) int64
+
+
+def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pairs:
+    """The automaton's grouped transitions on ``device`` (cached per automaton and device)."""
     key = str(device)
     with _lock:
-        hit = _edges.get(automaton, {}).get(key)
+        hit = _pairs.get(automaton, {}).get(key)
     if hit is not None:
         return hit
-    src, tok = np.nonzero(automaton.next_state >= 0)  # (E,), (E,) row-major: sorted by (src, token)
-    dst = automaton.next_state[src, tok]  # (E,)
-    value = tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device) for a in (src, tok, dst))
+    c = automaton.classes
+    as_long = lambda a: torch.from_numpy(a).to(device=device, dtype=torch.long)  # noqa: E731
+    class_of = torch.repeat_interleave(torch.arange(c.n_classes), torch.from_numpy(c.offsets).diff())  # (M,)
+    into = np.argsort(c.dst, kind="stable").astype(np.int64)  # (P,) pairs by destination, then pair id
+    into_ptr = np.zeros(automaton.n_states + 1, dtype=np.int64)
+    np.cumsum(np.bincount(c.dst, minlength=automaton.n_states), out=into_ptr[1:])
+    value = Pairs(as_long(c.src), as_long(c.dst), as_long(c.cls), as_long(c.tokens), class_of.to(device), c.n_classes,
+                  torch.from_numpy(np.flatnonzero(automaton.final)).to(device), into, into_ptr)
     with _lock:
-        return _edges.setdefault(automaton, {}).setdefault(key, value)
+        return _pairs.setdefault(automaton, {}).setdefault(key, value)
 
 
 def tables(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,11 +86,14 @@ def best_path(
 ) -> list[int] | None:
     """The best whole-slot assignment consistent with ``committed``, or None if none is accepted.
 
-    Viterbi over (position, automaton state) plus one extra state "ended" (the EMPTY tail), with
-    backpointers; each position is one vectorised max-scatter over the automaton's edges.
+    Viterbi over (position, automaton state) plus one extra state "ended" (the EMPTY tail); each free position
+    is one vectorised max-scatter over the automaton's (source, destination) pairs, scored by the best token of
+    each pair's class there (computed for all positions at once). Only scores are kept; the way back finds,
+    position by position, the move that reached each score (recomputing the same float additions).
     Score = sum of ``logp[i, token]`` over the *free* positions: committed positions are fixed and
     add nothing (so a committed token whose logp is -inf does not make the slot infeasible). A free
-    token whose logp is -inf (or NaN) is forbidden. Ties go to the lowest (src, token) edge.
+    token whose logp is -inf (or NaN) is forbidden. Ties go to the ended state, the lowest source state / pair,
+    then the lowest token.
 
     Contract, as a reference loop (exponential; the same best score, up to ties)::
 
@@ -100,85 +124,86 @@ def best_path(
         raise ValueError(f"empty_id {empty_id} is outside the vocabulary of logp")
     if empty_id < V and bool((automaton.next_state[:, empty_id] >= 0).any()):
         raise ValueError(f"empty_id {empty_id} is a real token of this automaton; compile with it as special")
+    for i, c in enumerate(committed):
+        if c is not None and not 0 <= c < logp.shape[1]:
+            raise ValueError(f"committed token {c} at position {i} is outside the vocabulary")
     if min_tokens > n:
         return None
     device = logp.device
     neg_inf = float("-inf")
-    src, tok, dst = edges(automaton, device)  # (E,) each
-    # Only the logp entries the DP can read: per edge token and the EMPTY column.
-    lp_edge = torch.nan_to_num(logp[:, tok].to(torch.float64), nan=neg_inf)  # (n, E)
-    lp_empty = torch.nan_to_num(logp[:, empty_id].to(torch.float64), nan=neg_inf)  # (n,)
-    table, final = tables(automaton, device)  # (S, V), (S,)
+    g = pairs(automaton, device)
+    table, _ = tables(automaton, device)  # (S, V)
     END = S  # index of the "ended" state in score vectors
-    n_edges = int(src.shape[0])
-    edge_ids = torch.arange(n_edges, device=device)  # (E,)
-    all_states = torch.arange(S, device=device)  # (S,)
-    no_real = (
-        torch.full((S,), neg_inf, dtype=torch.float64, device=device),  # (S,) scores
-        torch.full((S,), -1, dtype=torch.long, device=device),  # (S,) previous states
-        torch.full((S,), -1, dtype=torch.long, device=device),  # (S,) tokens
-    )
 
-    def relax(cand: torch.Tensor, e_src: torch.Tensor, e_dst: torch.Tensor, e_tok: torch.Tensor, ids: torch.Tensor):
-        """Max of ``cand`` (E,) into each destination state, with the argmax edge's source and token."""
-        m = cand.shape[0]
-        real = torch.full((S,), neg_inf, dtype=torch.float64, device=device)  # (S,)
-        real.scatter_reduce_(0, e_dst, cand, reduce="amax", include_self=True)
-        hit = (cand == real[e_dst]) & (cand > neg_inf)  # (E,) edges achieving their dst's max
-        first = torch.full((S,), m, dtype=torch.long, device=device)  # (S,) lowest argmax edge
-        first.scatter_reduce_(0, e_dst, torch.where(hit, ids, m), reduce="amin", include_self=True)
-        has = first < m  # (S,)
-        pick = first.clamp_max(m - 1)  # (S,)
-        return real, torch.where(has, e_src[pick], -1), torch.where(has, e_tok[pick], -1)
+    # The best token of each class at each free position: one gather and one scatter-max for the whole slot.
+    free_at = [i for i, c in enumerate(committed) if c is None]
+    row_of = {i: r for r, i in enumerate(free_at)}  # position -> row of the free-position tensors
+    free_idx = torch.tensor(free_at, dtype=torch.long, device=device)  # (f,)
+    lp_class = logp.index_select(1, g.tokens).index_select(0, free_idx).float()  # (f, M)
+    lp_class.masked_fill_(lp_class.isnan(), neg_inf)  # NaN is forbidden, like -inf
+    best_in_class = torch.full((len(free_at), g.n_classes), neg_inf, dtype=torch.float32, device=device)  # (f, K)
+    best_in_class.scatter_reduce_(1, g.class_of.expand_as(lp_class), lp_class, reduce="amax", include_self=True)
+    lp_pair = best_in_class[:, g.cls].double()  # (f, P) what each pair scores at each free position
+    lp_empty = logp[free_idx, empty_id].double()  # (f,)
+    lp_empty.masked_fill_(lp_empty.isnan(), neg_inf)
 
-    score = torch.full((S + 1,), neg_inf, dtype=torch.float64, device=device)  # (S+1,)
-    score[automaton.initial] = 0.0
-    back_state: list[torch.Tensor] = []  # n x (S+1,) previous state, -1: unreachable
-    back_token: list[torch.Tensor] = []  # n x (S+1,) token written at this position
-
+    # Forward: scores[i, s] is the best score of a prefix of i positions ending in state s (END: ended).
+    # Only scores are kept; the way back recomputes which move reached each score (the same float additions).
+    scores = torch.full((n + 1, S + 1), neg_inf, dtype=torch.float64, device=device)  # (n+1, S+1)
+    scores[0, automaton.initial] = 0.0
+    zero = torch.zeros((), dtype=torch.float64, device=device)
     for i, c in enumerate(committed):
-        if c is not None and not 0 <= c < logp.shape[1]:
-            raise ValueError(f"committed token {c} at position {i} is outside the vocabulary")
-
-        # Real token at position i (only from a non-ended state).
-        if c is None:
-            real, bs, bt = relax(score[src] + lp_edge[i], src, dst, tok, edge_ids)
-        elif c != empty_id and c < V:  # committed real token: one edge per source state, cost 0
+        prev, nxt = scores[i], scores[i + 1]
+        if c is None:  # any pair, scored by its class's best token here
+            nxt[:S].scatter_reduce_(0, g.dst, prev.index_select(0, g.src) + lp_pair[row_of[i]], reduce="amax")
+        elif c != empty_id and c < V:  # a committed real token: one edge per source state, cost 0
             col = table[:, c].long()  # (S,)
-            cand = torch.where(col >= 0, score[:S], neg_inf)  # (S,)
-            real, bs, bt = relax(cand, all_states, col.clamp_min(0), torch.full_like(col, c), all_states)
-        else:
-            real, bs, bt = no_real
-
-        # EMPTY at position i: stay ended, or end here from a final state (i real tokens so far).
-        if c is None or c == empty_id:
-            prev_score, prev_state = score[END], torch.tensor(END, device=device)
-            if i >= min_tokens:
-                f_score, f_state = torch.where(final, score[:S], neg_inf).max(0)
-                take = f_score > prev_score
-                prev_score, prev_state = torch.where(take, f_score, prev_score), torch.where(take, f_state, prev_state)
-            end_score = prev_score + (lp_empty[i] if c is None else 0.0)
-            end_state = torch.where(end_score > neg_inf, prev_state, -1)
-            end_token = torch.where(end_score > neg_inf, empty_id, -1)
-        else:
-            end_score, end_state, end_token = no_real[0][0], no_real[1][0], no_real[2][0]
-
-        score = torch.cat([real, end_score.reshape(1)])  # (S+1,)
-        back_state.append(torch.cat([bs, end_state.reshape(1)]))
-        back_token.append(torch.cat([bt, end_token.reshape(1)]))
+            nxt[:S].scatter_reduce_(0, col.clamp_min(0), torch.where(col >= 0, prev[:S], neg_inf), reduce="amax")
+        if c is None or c == empty_id:  # EMPTY here: stay ended, or end now from a final state
+            end = prev[END]
+            if i >= min_tokens and g.final_states.numel():
+                end = torch.maximum(end, prev.index_select(0, g.final_states).max())
+            nxt[END] = end + (lp_empty[row_of[i]] if c is None else zero)
 
     # Accept: a final state after n real tokens (n >= min_tokens holds here), or the ended state.
-    accept = torch.cat([torch.where(final, score[:S], neg_inf), score[END:]])  # (S+1,)
-    best_score, best = accept.max(0)
-    if not best_score > neg_inf:
+    last = scores[n]
+    ends = torch.cat([last.index_select(0, g.final_states), last[END:]])  # (F+1,)
+    if not bool(ends.max() > neg_inf):
         return None
     if n == 0:
         return []
-    states = torch.stack(back_state).tolist()  # (n, S+1)
-    tokens = torch.stack(back_token).tolist()  # (n, S+1)
+
+    # The way back, on the host: at each position, the lowest move whose score gives the one reached.
+    sc = scores.cpu().numpy()  # (n+1, S+1)
+    bic = best_in_class.cpu().numpy().astype(np.float64)  # (f, K): the same float64 values as lp_pair
+    lpe = lp_empty.cpu().numpy()  # (f,)
+    src, cls, final = automaton.classes.src, automaton.classes.cls, automaton.final
+    finals = np.flatnonzero(final)
+    state = END if sc[n, END] >= sc[n, finals].max(initial=neg_inf) else int(finals[np.argmax(sc[n, finals])])
     out = [0] * n
-    state = int(best)
+    taken: dict[int, int] = {}  # free position -> the pair its token is read from
     for i in range(n - 1, -1, -1):
-        out[i] = tokens[i][state]
-        state = states[i][state]
+        c, target, prev = committed[i], sc[i + 1, state], sc[i]
+        if state == END:  # EMPTY at i: from the ended state, else from the lowest final state that gives it
+            out[i] = empty_id
+            add = lpe[row_of[i]] if c is None else 0.0
+            if prev[END] + add == target:
+                continue
+            ok = finals[prev[finals] + add == target] if i >= min_tokens else finals[:0]
+            state = int(ok[0])
+        elif c is None:  # a pair into ``state``
+            into = g.into[g.into_ptr[state]:g.into_ptr[state + 1]]
+            p = int(into[np.flatnonzero(prev[src[into]] + bic[row_of[i], cls[into]] == target)[0]])
+            taken[i], state = p, int(src[p])
+        else:  # the committed token, from the lowest state it takes here
+            col = automaton.next_state[:, c]
+            state = int(np.flatnonzero((col == state) & (prev[:S] == target))[0])
+            out[i] = c
+    if taken:  # each free real position: the best token of its pair's class there (the lowest id on ties)
+        at = list(taken)
+        rows = torch.tensor([row_of[i] for i in at], device=device)  # (t,)
+        classes = g.cls[torch.tensor(list(taken.values()), device=device)]  # (t,)
+        chosen = torch.where(g.class_of.unsqueeze(0) == classes.unsqueeze(1), lp_class[rows], neg_inf)  # (t, M)
+        for i, t in zip(at, g.tokens[chosen.argmax(1)].tolist()):
+            out[i] = t
     return out

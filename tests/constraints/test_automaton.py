@@ -106,7 +106,7 @@ def test_compile_is_cached_and_specials_are_never_allowed():
     assert isinstance(a.next_state, np.ndarray) and isinstance(a.final, np.ndarray)
     assert a.next_state.shape == (a.n_states, V) and a.next_state.dtype == np.int32
     assert a.final.shape == (a.n_states,) and a.final.dtype == np.bool_
-    assert a.vocab_size == V and a.nbytes == a.n_states * V * 4
+    assert a.vocab_size == V and a.nbytes == a.n_states * V * 4 + a.classes.nbytes  # the table and its classes
     assert (a.next_state[:, sorted(NEVER_REAL)] == -1).all()
     xy = compile_choices(["x", "y"], TOKENIZER, EOS, SPECIALS)
     assert compile_choices(["x", "y"], TOKENIZER, EOS, SPECIALS) is xy

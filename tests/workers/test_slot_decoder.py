@@ -58,33 +58,35 @@ def free_score(path: list[int], logp: torch.Tensor, committed: list[int | None])
 def test_device_tensors_are_cached_per_automaton():
     """Repeated calls (one per denoising step) reuse the torch copies; they die with the automaton."""
     a = compile_regex(r"(q|r){1,3}zz", TOKENIZER, EOS, SPECIALS)
-    src, tok, dst = slot_decoder.edges(a)
-    assert slot_decoder.edges(a) is slot_decoder.edges(a, torch.device("cpu"))
+    g = slot_decoder.pairs(a)
+    assert slot_decoder.pairs(a) is slot_decoder.pairs(a, torch.device("cpu"))
     table, final = slot_decoder.tables(a)
     assert slot_decoder.tables(a, "cpu") is slot_decoder.tables(a)
     assert table.dtype == torch.int32 and final.dtype == torch.bool
     assert torch.equal(table, torch.from_numpy(a.next_state)) and torch.equal(final, torch.from_numpy(a.final))
-    assert src.dtype == tok.dtype == dst.dtype == torch.int64
-    keys = (src * V + tok).tolist()
-    assert keys == sorted(keys) and len(keys) == int((a.next_state >= 0).sum())
-    assert torch.equal(table[src, tok].long(), dst)
+    assert g.src.dtype == g.dst.dtype == g.cls.dtype == g.tokens.dtype == torch.int64
+    # The pairs and their classes spell exactly the table's edges, each once.
+    edges = sorted((s, t, d) for s, d, k in zip(g.src.tolist(), g.dst.tolist(), g.cls.tolist())
+                   for t in g.tokens[g.class_of == k].tolist())
+    src, tok = np.nonzero(a.next_state >= 0)
+    assert edges == sorted(zip(src.tolist(), tok.tolist(), a.next_state[src, tok].tolist()))
     assert table.data_ptr() != a.next_state.ctypes.data  # a copy: the numpy table is never shared
     path = best_path(a, random_logp(0, 4), [None] * 4, EMPTY)
     check(a, path, 4, [None] * 4)
-    assert a in slot_decoder._edges and a in slot_decoder._tables
+    assert a in slot_decoder._pairs and a in slot_decoder._tables
 
     # An automaton built by hand (outside the compile cache): its cached tensors go when it does.
     table = np.full((1, V), -1, dtype=np.int32)
     table[0, TOKENIZER.token_to_id("q")] = 0
     loop = TokenAutomaton(pattern="q*", n_states=1, initial=0, final=np.ones(1, dtype=np.bool_), next_state=table)
-    before = (len(slot_decoder._edges), len(slot_decoder._tables))
+    before = (len(slot_decoder._pairs), len(slot_decoder._tables))
     assert best_path(loop, random_logp(1, 3), [None] * 3, EMPTY) is not None
-    assert (len(slot_decoder._edges), len(slot_decoder._tables)) == (before[0] + 1, before[1] + 1)
+    assert (len(slot_decoder._pairs), len(slot_decoder._tables)) == (before[0] + 1, before[1] + 1)
     gone = weakref.ref(loop)
     del loop
     gc.collect()
     assert gone() is None
-    assert (len(slot_decoder._edges), len(slot_decoder._tables)) == before
+    assert (len(slot_decoder._pairs), len(slot_decoder._tables)) == before
 
 
 # ------------------------------------------------------------------------------------------ best_path
@@ -165,6 +167,14 @@ def test_impossible_commits_return_none():
     everything_banned = torch.full((4, V), float("-inf"))
     assert best_path(a, everything_banned, [x, None, None, None], EMPTY) is None
     assert best_path(a, everything_banned, [x, EMPTY, EMPTY, EMPTY], EMPTY) == [x, EMPTY, EMPTY, EMPTY]
+
+
+def test_a_thousand_letters_in_256_positions():
+    """2.5M edges, 11 token classes: the DP reads the classes, and the path spells exactly 1000 letters."""
+    a = regex("[a-z]{1000}")
+    free = [None] * 256
+    path = best_path(a, random_logp(0, 256), free, EMPTY)
+    assert re.fullmatch("[a-z]{1000}", check(a, path, 256, free))
 
 
 # Tiny alphabet for brute force: digits with a two-digit token, "-", a letter, and EMPTY.
