@@ -4,7 +4,7 @@
    text is masked and written back): one token per step (LLaDA's reference schedule: as many forward
    passes as masks) against confidence-threshold parallel decoding (Fast-dLLM) at several thresholds:
    forward passes per generated token, tokens per second, and top-1 accuracy against the held-out text.
-2. Worker throughput: N jobs (1, 4, 16) through the worker's own path (``workers.runner.run_job``:
+2. Worker throughput: N jobs (1, 4, 16, 32) through the worker's own path (``workers.runner.run_job``:
    claim, processors, the batching engine, step rows written and step events published on real Redis,
    the draft written) in N threads, as the Celery thread pool runs them, batched (one engine stepping
    all of them) vs one at a time; next to the ceiling, a bare forward pass of the same shapes, as many
@@ -13,6 +13,7 @@
    Redis) one after another, submit → result, next to the sampler called directly.
 
     python benchmarks/harness.py [--device cpu|cuda] [--markdown docs/benchmarks.md]
+        [--tables decoding,throughput,queue] [--concurrency 1,4,16,32]
 
 Runs unchanged on CUDA (``--device cuda``); on these 2-core CPUs it takes a few minutes.
 """
@@ -85,7 +86,8 @@ def decoding_table(device: str) -> list[str]:
     return rows
 
 
-def throughput_table(device: str, database_url: str, redis_url: str) -> list[str]:
+def throughput_table(device: str, database_url: str, redis_url: str,
+                     concurrency: tuple[int, ...] = (1, 4, 16, 32)) -> list[str]:
     os.environ.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDRAFT_DEVICE": device})
     from api.schemas import InfillJobCreate
     from api.submit import compile_request, resolve_model, sampling_params
@@ -137,7 +139,7 @@ def throughput_table(device: str, database_url: str, redis_url: str) -> list[str
     rows = ["| concurrent jobs | one at a time: jobs/s | batched: jobs/s | batched: tokens/s | "
             "bare forward ceiling: jobs/s | batched / ceiling | engine: forward / advance |",
             "|---|---|---|---|---|---|---|"]
-    for n in (1, 4, 16):
+    for n in concurrency:
         alone = run(make_jobs(n), 1)
         engine_mod._engines.clear()
         batched = run(make_jobs(n), n)
@@ -215,15 +217,22 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50, help="queue latency jobs")
     parser.add_argument("--skip-queue", action="store_true", help="no `redraft serve` (e.g. on a bare GPU host)")
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
+    parser.add_argument("--tables", default="decoding,throughput,queue", help="which tables, comma-separated")
+    parser.add_argument("--concurrency", default="1,4,16,32", help="concurrent jobs of the throughput table")
     args = parser.parse_args()
+    tables = set(args.tables.split(","))
+    concurrency = tuple(int(n) for n in args.concurrency.split(","))
     database_url = args.database_url or f"sqlite:///{tempfile.mkdtemp(prefix='redraft-bench-')}/bench.db"
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else \
         f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     out = [f"Measured {date.today()} on {device_name}, model redraft-tiny, "
-           f"`python benchmarks/harness.py --device {args.device}`.", "",
-           "### 1. Decoding schedules (held-out infill)", "", *decoding_table(args.device), "",
-           "### 2. Worker throughput", "", *throughput_table(args.device, database_url, args.redis_url), ""]
-    if not args.skip_queue:
+           f"`python benchmarks/harness.py {' '.join(sys.argv[1:])}`.", ""]
+    if "decoding" in tables:
+        out += ["### 1. Decoding schedules (held-out infill)", "", *decoding_table(args.device), ""]
+    if "throughput" in tables:
+        out += ["### 2. Worker throughput", "",
+                *throughput_table(args.device, database_url, args.redis_url, concurrency), ""]
+    if "queue" in tables and not args.skip_queue:
         out += ["### 3. Queue path latency", "", *queue_table(args.jobs, args.redis_url), ""]
     text = "\n".join(out)
     print(text)

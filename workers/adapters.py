@@ -35,11 +35,17 @@ class Adapter:
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def forward_rows(self, rows) -> list[torch.Tensor]:
-        """Each row's logits over its canvas, one forward pass per group of equal length (the sampler's rows)."""
-        from workers.sampler import forward_rows
+    def forward_groups(self, rows) -> list[tuple[list[int], torch.Tensor]]:
+        """The sampler's rows' logits, one forward pass (b, L, V) per group of rows of equal length."""
+        from workers.sampler import forward_groups
 
-        return forward_rows(self.logits, rows)
+        return forward_groups(self.logits, rows)
+
+    def forward_rows(self, rows) -> list[torch.Tensor]:
+        """Each row's logits over its window (W, V), from ``forward_groups``."""
+        from workers.sampler import per_row
+
+        return per_row(self.forward_groups(rows), len(rows))
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,7 +122,7 @@ class EncoderContext:
 class DiffusionGemmaAdapter(Adapter):
     """Google's DiffusionGemma (``DiffusionGemmaForBlockDiffusion``, native in transformers), text only.
 
-    ``forward_rows`` runs one decoder pass per group of rows whose windows have the same shape (same cached
+    ``forward_groups`` runs one decoder pass per group of rows whose windows have the same shape (same cached
     context length, same window width), with each row's own encoder cache stacked along the batch. Before a
     row's window is read, whatever lies left of it and is not cached yet (the prompt, a finished canvas, fixed
     text between canvases) is encoded into the row's cache, as ``generate`` encodes each finished canvas.
@@ -163,14 +169,14 @@ class DiffusionGemmaAdapter(Adapter):
         return ctx
 
     @torch.no_grad()
-    def forward_rows(self, rows) -> list[torch.Tensor]:
-        """Each row's decoder logits (W, V) over its current window."""
+    def forward_groups(self, rows) -> list[tuple[list[int], torch.Tensor]]:
+        """The rows' decoder logits over their current windows, (b, W, V) per group of rows of one shape."""
         model = self.model
         groups: dict[tuple[int, int], list[int]] = {}
         for i, row in enumerate(rows):
             ctx = self._encode(row)
             groups.setdefault((ctx.encoded, row.model_input().numel()), []).append(i)
-        out: list[torch.Tensor | None] = [None] * len(rows)
+        out = []
         dtype = model.model.decoder.embed_tokens.weight.dtype
         for (encoded, width), members in groups.items():
             canvas = torch.stack([rows[i].model_input() for i in members]).to(self.device)  # (b, W)
@@ -189,13 +195,12 @@ class DiffusionGemmaAdapter(Adapter):
                 decoder_attention_mask=torch.ones((len(members), encoded + width), dtype=torch.bool, device=self.device))
             logits = model(decoder_input_ids=canvas, self_conditioning_logits=sc, self_conditioning_mask=sc_mask,
                            decoder_attention_mask=masks, cache=cache, decoder_position_ids=positions).logits  # (b, W, V)
-            for j, i in enumerate(members):
-                out[i] = logits[j].float()
-        return out  # type: ignore[return-value]
+            out.append((members, logits.float()))
+        return out
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         raise ModelError(f"model {self.info.name!r} ({self.info.family}) denoises canvases with an encoder cache; "
-                         "run it through the sampler's rows (forward_rows), not a whole-sequence logits call")
+                         "run it through the sampler's rows (forward_groups), not a whole-sequence logits call")
 
 
 def stack_caches(caches: list):

@@ -58,13 +58,16 @@ class SlotTargets:
                 seen = (pos >= offset) & (pos < offset + width)  # (n,) positions these logits are for
                 if not bool((slot_free & seen).any()):
                     continue
+                # The DP scores a path by the logits themselves: each position adds exactly one term, so the
+                # per-position normaliser of a log-softmax would not change the best path (and costs n x V).
                 # Positions of the slot outside the window (a later canvas of a block-diffusion model) have no
-                # logits yet: they count as "any token" (log-probability 0), so the path stays completable.
-                if bool(seen.all()):  # the whole slot is in the window (always, for masked models)
-                    logp = logits[j, pos - offset].float().log_softmax(-1)  # (n, V)
+                # logits yet: they count as "any token" (score 0), so the path stays completable.
+                first = slot.positions[0] - offset
+                if bool(seen.all()) and slot.positions[-1] - slot.positions[0] == len(slot.positions) - 1:
+                    logp = logits[j, first:first + pos.numel()]  # (n, V) the whole slot is in the window: a view
                 else:
                     logp = torch.zeros(pos.numel(), logits.shape[-1], device=logits.device)  # (n, V)
-                    logp[seen] = logits[j, pos[seen] - offset].float().log_softmax(-1)
+                    logp[seen] = logits[j, pos[seen] - offset].float()  # the rest of the slot: later windows
                 committed = [None if f else int(t) for f, t in zip(slot_free.tolist(), x[j, pos].tolist())]
                 path = best_path(slot.automaton, logp, committed, self.empty_id, slot.min_tokens)
                 if path is None:  # cannot happen from a canvas the API accepted; fail loudly if it does
@@ -82,6 +85,8 @@ class SlotTargets:
 
 class SlotVocabulary:
     """Logits processor: free positions of a slot with a ``vocab`` may use only that vocabulary (and EMPTY)."""
+
+    masks_only = True
 
     def __init__(self, masks_per_row: dict[int, list[tuple[list[int], torch.Tensor]]]) -> None:
         self.masks_per_row = masks_per_row  # batch row -> [(positions, allowed (V,) bool)]

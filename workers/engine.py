@@ -9,7 +9,8 @@ rows join and leave, rows of equal length share one forward pass, and each row k
 schedule, constraints and generator, so a job's text does not depend on its batch-mates.
 
 Failure isolation: an exception while advancing one row (a constraint that cannot be met, a
-processor bug) ends that row only; a forward pass that fails for a group is retried row by row, so
+processor bug) ends that row only (rows of a length group step together, ``sampler.advance_group``, and
+each row's error comes back on its own); a forward pass that fails for a group is retried row by row, so
 only the row that cannot run fails. A stop requested by the job's own thread (cancelled, timed out,
 superseded) removes the row before its next step.
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from redraft import metrics
-from workers.sampler import Row, StepRecord, rows_forward
+from workers.sampler import Row, StepRecord, advance_group, rows_forward
 
 log = logging.getLogger(__name__)
 
@@ -144,32 +145,34 @@ class BatchEngine:
         t0 = time.perf_counter()
         try:
             with torch.no_grad():
-                raws = self.forward([h.row for h in handles])
+                groups = [([handles[i] for i in members], raw) for members, raw in self.forward([h.row for h in handles])]
         except Exception:
             log.exception("a batched forward pass failed; retrying its rows one by one")
-            raws = []
+            groups = []
             for h in handles:
                 try:
                     with torch.no_grad():
-                        raws.append(self.forward([h.row])[0])
+                        groups.extend(([h], raw) for _, raw in self.forward([h.row]))
                 except Exception as exc:
-                    raws.append(None)
                     h.error = exc
                     h.done.set()
         self.steps += 1
         t1 = time.perf_counter()
         self.forward_s += t1 - t0
         self._forward_seconds.observe(t1 - t0)
-        for h, raw in zip(handles, raws):
-            if raw is None:
-                continue
+        for members, raw in groups:
             try:
                 with torch.no_grad():
-                    h.row.advance(raw)
-                self.rows_stepped += 1
-            except Exception as exc:  # this row's failure is this row's alone
-                h.error = exc
-                h.done.set()
+                    errors = advance_group([h.row for h in members], raw)
+            except Exception as exc:  # a failure of the group step itself: its rows fail, the others go on
+                log.exception("a group step failed; failing its %d rows", len(members))
+                errors = [exc] * len(members)
+            for h, error in zip(members, errors):
+                if error is None:
+                    self.rows_stepped += 1
+                else:  # this row's failure is this row's alone
+                    h.error = error
+                    h.done.set()
         t2 = time.perf_counter()
         self.advance_s += t2 - t1
         self._step_seconds.observe(t2 - t0)

@@ -151,6 +151,8 @@ class SafetyGuard:
     ``rows`` maps a batch row to its canvas and compiled ``TextGuard``; rows not in it are left alone.
     """
 
+    masks_only = True  # it forbids tokens; it never changes an allowed one's logit
+
     def __init__(self, rows: dict[int, tuple[Canvas, TextGuard]], info: ModelInfo) -> None:
         self.info = info
         self.rows = {row: (CanvasText(canvas, guard, info.mask_id), guard) for row, (canvas, guard) in rows.items()}

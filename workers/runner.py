@@ -188,6 +188,10 @@ class DownWeight:
         self.penalty = penalty
         self.tokens: dict[int, set[int]] = {}  # position -> token ids to down-weight there
 
+    @property
+    def masks_only(self) -> bool:
+        return not self.tokens  # nothing to down-weight: it changes no logit
+
     def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
                  offset: int = 0) -> torch.Tensor:
         for position, ids in self.tokens.items():

@@ -25,7 +25,7 @@ import torch
 from redraft.errors import InvalidRequest
 from redraft.jobs import Remasking, job_default
 from workers.policies import acceptance
-from workers.policies.mask_noise import MaskNoise, plan  # noqa: F401  (plan: part of the sampler's API)
+from workers.policies.mask_noise import MaskNoise, plan, step_group  # noqa: F401  (plan: part of the sampler's API)
 from workers.policies.temperature import Temperature
 from workers.policies.uniform_noise import UniformNoise
 
@@ -40,7 +40,9 @@ class LogitsProcessor(Protocol):
     undecided position, ``free`` marks the positions this step may write, and ``rows[j]`` is the batch row
     ``logits[j]`` belongs to. It may edit ``logits`` in place and return it. Hard constraints set forbidden
     tokens to ``-inf``; the sampler still ranks commits by the model's own probability of the chosen token,
-    so a constraint decides *what* is written, not *when*.
+    so a constraint decides *what* is written, not *when*. A processor that only ever sets logits to ``-inf``
+    says so with ``masks_only = True``: the sampler then reads the model's own logit of an allowed token from the
+    processed logits instead of keeping a copy of them.
     """
 
     def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
@@ -49,6 +51,8 @@ class LogitsProcessor(Protocol):
 
 class ForbidTokens:
     """Hard mask: never write these ids at a free position (mask, pad, BOS, EOS, ...)."""
+
+    masks_only = True
 
     def __init__(self, token_ids: Sequence[int], vocab_size: int) -> None:
         self.ids = torch.tensor(sorted({int(t) for t in token_ids if 0 <= t < vocab_size}), dtype=torch.long)  # (k,)
@@ -200,7 +204,12 @@ class Row:
 
     def advance(self, raw: torch.Tensor) -> StepRecord:
         """One step from this row's model logits ``raw`` (W, V) over its window, which it may edit in place:
-        propose, choose, commit, correct."""
+        propose, choose, commit, correct. (Rows of a length group step together: :func:`advance_group`.)"""
+        if isinstance(self.noise, MaskNoise):
+            error = step_group([self], raw.unsqueeze(0))[0]
+            if error is not None:
+                raise error
+            return self.last
         noise, cfg = self.noise, self.cfg
         lo, _ = noise.window()
         cand = noise.candidates()  # (n,) window-relative indices this step proposes for
@@ -228,8 +237,12 @@ class Row:
         conf = self.last_own_probability(proposal)  # (n,)
         if cfg.noise == "uniform":
             self.step_conf = dict(zip(cand.tolist(), conf.tolist()))
-        pos_out, tok_out, conf_out, remasked = noise.take(cand, proposal, allowed, conf, entropy, processed)
-        rec = StepRecord(self.step, pos_out, tok_out, [round(c, 6) for c in conf_out], remasked)
+        return self.record(*noise.take(cand, proposal, allowed, conf, entropy, processed))
+
+    def record(self, positions: list[int], tokens: list[int], confidences: list[float],
+               remasked: list[tuple[int, int]]) -> StepRecord:
+        """Close the row's step: its record joins the history and goes to ``on_step``."""
+        rec = StepRecord(self.step, positions, tokens, [round(c, 6) for c in confidences], remasked)
         self.history.append(rec)
         self.step += 1
         self.last = rec
@@ -280,44 +293,70 @@ class Row:
         return pos_out, tok_out, conf_out
 
 
-Forward = Callable[[Sequence[Row]], list[torch.Tensor]]
+Groups = list[tuple[list[int], torch.Tensor]]  # (indices into the rows, their logits (b, W, V)) per forward pass
+Forward = Callable[[Sequence[Row]], Groups]
 
 
-def forward_rows(logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-                 rows: Sequence[Row]) -> list[torch.Tensor]:
-    """A masked model's logits for each row, one forward pass per group of rows of equal length."""
-    out: list[torch.Tensor | None] = [None] * len(rows)
+def forward_groups(logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+                   rows: Sequence[Row]) -> Groups:
+    """A masked model's logits for rows, one forward pass per group of rows of equal length."""
     groups: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row.x.numel(), []).append(i)
+    out = []
     for members in groups.values():
         x = torch.stack([rows[i].model_input() for i in members])  # (b, L)
         masks = [rows[i].attention_mask for i in members]
         attn = None if all(m is None for m in masks) else torch.stack(
             [m if m is not None else torch.ones_like(rows[i].x, dtype=torch.bool) for i, m in zip(members, masks)])
-        raw = logits_fn(x, attn)  # (b, L, V)
+        out.append((members, logits_fn(x, attn)))  # (b, L, V)
+    return out
+
+
+def per_row(groups: Groups, n: int) -> list[torch.Tensor]:
+    """The logits of each of ``n`` rows, (W, V) each, from the groups that computed them."""
+    out: list[torch.Tensor | None] = [None] * n
+    for members, raw in groups:
         for j, i in enumerate(members):
             out[i] = raw[j]
     return out  # type: ignore[return-value]
 
 
 def rows_forward(model) -> Forward:
-    """How to run the model over rows: an adapter's own ``forward_rows`` (DiffusionGemma's keeps a cache per
-    row), or, for a bare ``logits(input_ids, attention_mask)`` function of a masked model, ``forward_rows``."""
-    if hasattr(model, "forward_rows"):
-        return model.forward_rows
-    return lambda rows: forward_rows(model, rows)
+    """How to run the model over rows, as groups of rows that shared a forward pass: an adapter's own
+    ``forward_groups`` (DiffusionGemma's keeps an encoder cache per row), or, for a bare ``logits(input_ids,
+    attention_mask)`` function of a masked model, :func:`forward_groups`."""
+    if hasattr(model, "forward_groups"):
+        return model.forward_groups
+    return lambda rows: forward_groups(model, rows)
+
+
+def advance_group(rows: Sequence[Row], raw: torch.Tensor) -> list[BaseException | None]:
+    """One step for ``rows`` from the logits (b, W, V) of their shared forward pass: masked rows step together
+    (``mask_noise.step_group``), others one by one. Returns each row's error (None: it stepped)."""
+    if all(isinstance(r.noise, MaskNoise) for r in rows):
+        return step_group(list(rows), raw)
+    errors: list[BaseException | None] = []
+    for row, logits in zip(rows, raw):
+        try:
+            row.advance(logits)
+            errors.append(None)
+        except Exception as exc:  # this row's failure is this row's alone
+            errors.append(exc)
+    return errors
 
 
 @torch.no_grad()
 def step(model, rows: Sequence[Row]) -> list[Row]:
     """One denoising step for every active row (one forward pass per shape); returns the rows that
-    took it. A row whose ``advance`` raises is not retried here: the exception propagates."""
+    took it. A row whose step fails is not retried here: the first error propagates."""
     active = [r for r in rows if r.active]
     for r in rows:
         r.last = None
-    for row, raw in zip(active, rows_forward(model)(active)):
-        row.advance(raw)
+    for members, raw in rows_forward(model)(active):
+        for error in advance_group([active[i] for i in members], raw):
+            if error is not None:
+                raise error
     return active
 
 

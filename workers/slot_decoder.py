@@ -79,7 +79,7 @@ def tables(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> tup
 
 def best_path(
     automaton: TokenAutomaton,
-    logp: torch.Tensor,  # (n, V') log-probabilities, V' >= automaton.vocab_size
+    logp: torch.Tensor,  # (n, V') log-probabilities or logits, V' >= automaton.vocab_size
     committed: list[int | None],  # (n,) a token id fixed at that position, or None (free)
     empty_id: int,
     min_tokens: int = 0,
@@ -92,7 +92,8 @@ def best_path(
     position by position, the move that reached each score (recomputing the same float additions).
     Score = sum of ``logp[i, token]`` over the *free* positions: committed positions are fixed and
     add nothing (so a committed token whose logp is -inf does not make the slot infeasible). A free
-    token whose logp is -inf (or NaN) is forbidden. Ties go to the ended state, the lowest source state / pair,
+    token whose logp is -inf (or NaN) is forbidden. Logits do as well as log-probabilities: every position adds
+    exactly one term (a token or EMPTY), so a constant per position never changes which path is best. Ties go to the ended state, the lowest source state / pair,
     then the lowest token.
 
     Contract, as a reference loop (exponential; the same best score, up to ties)::

@@ -35,6 +35,8 @@ job_params = st.fixed_dictionaries({
     "block_size": st.sampled_from([None, 8]),
     "threshold": st.sampled_from([None, 0.05, 0.5, 0.9]),
     "remask_budget": st.sampled_from([0, 4]),
+    "remasking": st.sampled_from(["low_confidence", "random"]),
+    "entropy_bound": st.sampled_from([None, None, 0.5, 3.0]),  # with masked noise too: rows of one group differ
 })
 
 

@@ -169,6 +169,26 @@ def test_impossible_commits_return_none():
     assert best_path(a, everything_banned, [x, EMPTY, EMPTY, EMPTY], EMPTY) == [x, EMPTY, EMPTY, EMPTY]
 
 
+@settings(max_examples=20, deadline=None)
+@given(pattern=st.sampled_from(REGEXES), seed=seeds, extra=st.integers(0, 4), shift=st.floats(-50, 50), data=st.data())
+def test_logits_do_as_well_as_log_probabilities(pattern, seed, extra, shift, data):
+    """Each position adds one term to a path's score, so per-position constants (the log-softmax normaliser, any
+    shift) leave the best path's score unchanged: the processor hands the DP raw logits."""
+    a = regex(pattern)
+    n = min_length_tokens(a) + extra
+    logits = 3 * torch.randn(n, V, generator=torch.Generator().manual_seed(seed))
+    logits += shift * torch.rand(n, 1, generator=torch.Generator().manual_seed(seed + 1))  # a constant per position
+    committed = [None] * n
+    if n:
+        first = best_path(a, logits.log_softmax(-1), committed, EMPTY)
+        keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+        committed = [t if k else None for t, k in zip(first, keep)]
+    logp = logits.log_softmax(-1)
+    from_logits, from_logp = best_path(a, logits, committed, EMPTY), best_path(a, logp, committed, EMPTY)
+    check(a, from_logits, n, committed)
+    assert free_score(from_logits, logp, committed) == pytest.approx(free_score(from_logp, logp, committed), abs=1e-4)
+
+
 def test_a_thousand_letters_in_256_positions():
     """2.5M edges, 11 token classes: the DP reads the classes, and the path spells exactly 1000 letters."""
     a = regex("[a-z]{1000}")

@@ -30,3 +30,13 @@ class EntropyBound:
         ordered, order = torch.sort(entropy, dim=-1, descending=False)  # (n,), (n,)
         taken = (torch.cumsum(ordered, dim=-1) - ordered) <= self.bound  # (n,) a prefix: ordered is ascending
         return order, int(taken.sum())
+
+    @staticmethod
+    def choose_rows(policies: list[EntropyBound], conf: torch.Tensor, entropy: torch.Tensor | None, cand: torch.Tensor,
+                    steps_left: torch.Tensor, generators: list[torch.Generator], counts: list[int]):
+        """For rows at once: ``entropy`` (m, L) (inf off the candidates) -> (key: lowest entropy first, k (m,))."""
+        bound = torch.tensor([p.bound for p in policies], device=entropy.device).unsqueeze(1)  # (m, 1)
+        ordered = torch.where(cand, entropy, float("inf")).sort(dim=-1).values  # (m, L) ascending
+        taken = ((torch.cumsum(ordered, dim=-1) - ordered) <= bound) & torch.isfinite(ordered)  # (m, L) a prefix
+        return -entropy, taken.sum(1)
+

@@ -13,6 +13,10 @@ import torch
 
 from redraft.errors import ConstraintError
 
+# On a CPU the V-wide work of a step runs over this many bytes of logits at a time, so each chunk stays in cache
+# through its passes (copy, normaliser, maximum, CDF, search); a GPU takes a step's candidates at once.
+CPU_CHUNK_BYTES = 2 * 1024 * 1024
+
 
 def plan(free: list[int], steps: int, block_size: int | None) -> list[tuple[int, int, int]]:
     """A row's schedule: for each block, left to right, (block start, block end, steps for it).
@@ -73,59 +77,193 @@ class MaskNoise:
     def schedule_position(self) -> tuple[int, int]:
         return self.row.step, self.row.cfg.steps
 
-    def draw(self, scaled: torch.Tensor | None, processed: torch.Tensor) -> torch.Tensor:
-        """A proposal per candidate from its processed logits (n, V): argmax, or a categorical sample at
-        the temperature by inverting the CDF with one uniform per position from the row's own generator
-        (``right=True`` never lands on a zero-probability token). ``scaled`` is processed / temperature."""
-        if scaled is None:
-            return processed.argmax(-1)  # (n,)
-        probs = scaled.softmax(-1)  # (n, V)
-        blocked = ~torch.isfinite(processed.max(-1).values)  # (n,) nothing allowed at all: never sampled
-        probs[blocked] = 1.0
-        cdf = probs.cumsum(-1)  # (n, V)
-        u = torch.rand(cdf.shape[0], 1, generator=self.row.generator).to(cdf.device) * cdf[:, -1:]  # (n, 1)
-        return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[-1] - 1)  # (n,)
 
-    # ------------------------------------------------------------------ choose, commit, correct
+def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
+    """One denoising step for rows of equal length under mask noise, from their logits ``raw`` (b, L, V), which
+    the rows' processors edit in place. Proposal, confidence, acceptance, commit and self-correction run as
+    batched tensor ops over the group's candidates, with each row's temperature, acceptance parameters, block
+    and schedule position as tensors; each row's random numbers come from its own generator in the same order
+    as for the row alone, so its text does not depend on the group. The host reads the step's outcome once,
+    to write the step records. Returns each row's error (None: it stepped); a row with an error did not.
 
-    def take(self, cand: torch.Tensor, proposal: torch.Tensor, allowed: torch.Tensor, conf: torch.Tensor,
-             entropy: torch.Tensor | None, processed: torch.Tensor):
-        row = self.row
-        block_steps = self.blocks[self.block][2]
-        order, k = row.accept.choose(conf, entropy, block_steps - self.step_in_block, row.generator)
-        last_planned = row.accept.planned and self.step_in_block >= block_steps - 1
-        in_block = self._in_block()
-        pos_out, tok_out, conf_out = row.commit(order, k, cand, proposal, allowed, conf)
-        if not pos_out and (last_planned or not row.accept.planned):
-            raise ConstraintError(
-                f"no admissible token for positions {cand.tolist()[:8]} under the job's targets; "
-                f"loosen the targets or give the slot more room"
-            )
-        remasked: list[tuple[int, int]] = []
-        if not last_planned and bool(self._block_masks().any()):
-            remasked = self.self_correct(in_block, pos_out)
-        self.step_in_block += 1
-        return pos_out, tok_out, conf_out, remasked
+    Rows whose processors have an ``admissible`` check commit one proposal after another (a checker sees the
+    commits made before it in the same step); every other row commits in one scatter.
+    """
+    b, L, _ = raw.shape
+    device = raw.device
+    neg_inf = float("-inf")
+    errors: list[BaseException | None] = [None] * b
+    mask_id = rows[0].mask_id
+    x = torch.stack([r.x for r in rows])  # (b, L)
+    free = torch.stack([r.free for r in rows])  # (b, L)
+    confidence = torch.stack([r.confidence for r in rows])  # (b, L)
+    blocks = [r.noise.blocks[r.noise.block] for r in rows]  # (lo, hi, planned steps) of each row's block
+    lo = torch.tensor([blk[0] for blk in blocks], device=device)  # (b,)
+    hi = torch.tensor([blk[1] for blk in blocks], device=device)  # (b,)
+    positions = torch.arange(L, device=device)  # (L,)
+    in_block = (positions >= lo.unsqueeze(1)) & (positions < hi.unsqueeze(1))  # (b, L)
+    still = (x == mask_id) & free  # (b, L) every undecided position
+    cand = still & in_block  # (b, L) this step proposes for these
+    ri, pi = cand.nonzero(as_tuple=True)  # (N,) row and position of each candidate, row after row
+    counts = torch.bincount(ri, minlength=b).tolist()  # candidates per row
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
 
-    def self_correct(self, in_block: torch.Tensor, just_committed: list[int]) -> list[tuple[int, int]]:
-        """ReMDM-style remasking: send the least confident earlier commits of this block back to [MASK].
+    # The model's own distribution ranks the proposals; processors then decide what may be written. The V-wide
+    # work runs over the candidates in chunks that stay in cache on a CPU (all at once on a GPU).
+    flat_raw = raw.view(b * L, raw.shape[-1])
+    flat = ri * L + pi  # (N,) candidates as rows of ``flat_raw``
+    N = int(flat.shape[0])
+    chunk = N if device.type == "cuda" else max(1, CPU_CHUNK_BYTES // (raw.shape[-1] * raw.element_size()))
+    temps = [float(r.cfg.schedule.at(r.step, r.cfg.steps)) for r in rows]  # 0: greedy
+    temp_c = torch.tensor([temps[j] for j in range(b) for _ in range(counts[j])], device=device)  # (N,)
+    needs_entropy = any(getattr(r.accept, "needs_entropy", False) for r in rows)
+    own_lse = torch.empty(N, device=device)  # (N,) normaliser of the model's own distribution
+    entropy = torch.empty(N, device=device) if needs_entropy else None  # (N,) of own / temperature
+    for c0 in range(0, N, chunk):
+        own = flat_raw.index_select(0, flat[c0:c0 + chunk])  # (c, V)
+        own_lse[c0:c0 + chunk] = own.logsumexp(-1)
+        if entropy is not None:
+            t = temp_c[c0:c0 + chunk]
+            scaled = own / torch.where(t > 0, t, 1.0).unsqueeze(1)
+            entropy[c0:c0 + chunk] = torch.distributions.Categorical(logits=scaled, validate_args=False).entropy()
+    # A processor that only forbids tokens leaves an allowed token's logit as the model gave it; rows with one that
+    # changes values (a structure target's forced path, a soft guide) keep their own logits for the confidence.
+    keeps = [j for j, r in enumerate(rows) if any(not getattr(p, "masks_only", False) for p in r.processors)]
+    kept_at = torch.cat([torch.arange(starts[j], starts[j + 1]) for j in keeps]).to(device) if keeps else None
+    kept = flat_raw.index_select(0, flat[kept_at]) if keeps else None  # (n_k, V)
+    for j, r in enumerate(rows):
+        if not r.processors:
+            continue
+        view = raw[j:j + 1]
+        logits = view
+        try:
+            for proc in r.processors:
+                logits = proc(logits, x[j:j + 1], still[j:j + 1], [r.proc_index], offset=0)
+        except Exception as exc:  # this row's failure is this row's alone: it takes no part in the rest of the step
+            errors[j] = exc
+            continue
+        if logits.data_ptr() != view.data_ptr():
+            view.copy_(logits)
 
-        At most half as many as this step committed (so the canvas keeps moving) and never more than the
-        run's remaining budget; never a fixed position, never a token committed in this very step, never
-        on a block's last planned step (so the block still finishes on schedule).
-        """
-        row = self.row
-        n = min(self.remask_left, (len(just_committed) + 1) // 2)
-        if n <= 0:
-            return []
-        eligible = row.free & in_block & (row.x != row.mask_id) & (row.confidence < row.cfg.remask_below)  # (L,)
-        eligible[just_committed] = False
-        where = eligible.nonzero().squeeze(1)
-        if where.numel() == 0:
-            return []
-        lowest = where[row.confidence[where].argsort(stable=True)[:n]]
-        out = [(int(p), int(row.x[p])) for p in lowest]
-        row.x[lowest] = row.mask_id
-        row.confidence[lowest] = 0.0
-        self.remask_left -= len(out)
+    # Proposals: argmax, or a sample at the row's temperature by inverting the CDF of exp((z - max z) / t) with one
+    # uniform per candidate from the row's own generator (``right=True`` never lands on a zero-probability token).
+    u = [torch.rand(counts[j], generator=r.generator) for j, r in enumerate(rows)
+         if temps[j] > 0 and counts[j] and errors[j] is None]
+    sampled = torch.tensor([temps[j] > 0 and errors[j] is None for j in range(b) for _ in range(counts[j])],
+                           dtype=torch.bool)  # (N,) on the host: which candidates sample
+    u_c = torch.zeros(N)
+    u_c[sampled] = torch.cat(u) if u else torch.zeros(0)
+    u_c, sampled_d = u_c.to(device), sampled.to(device)
+    proposal = torch.empty(N, dtype=torch.long, device=device)  # (N,)
+    processed_at = torch.empty(N, device=device)  # (N,) the processed logit of each proposal
+    for c0 in range(0, N, chunk):
+        block = flat_raw.index_select(0, flat[c0:c0 + chunk])  # (c, V) processed
+        best, prop = block.max(-1)  # (c,), (c,)
+        draw = sampled_d[c0:c0 + chunk]
+        if bool(sampled[c0:c0 + chunk].any()):
+            blocked = ~torch.isfinite(best)  # (c,) nothing allowed at all: a placeholder draw, never taken
+            t = torch.where(draw, temp_c[c0:c0 + chunk], 1.0)
+            cdf = block.sub(torch.where(blocked, 0.0, best).unsqueeze(1)).div_(t.unsqueeze(1)).exp_()  # (c, V)
+            cdf[blocked] = 1.0
+            cdf = cdf.cumsum_(-1)  # unnormalised
+            drawn = torch.searchsorted(cdf, (u_c[c0:c0 + chunk] * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+            prop = torch.where(draw, drawn.clamp_max(cdf.shape[-1] - 1), prop)
+        proposal[c0:c0 + chunk] = prop
+        processed_at[c0:c0 + chunk] = block.gather(-1, prop.unsqueeze(1)).squeeze(1)
+    allowed = processed_at > neg_inf  # (N,)
+    own_at = processed_at.clone()  # (N,) the model's own logit of each proposal (where a processor let it be)
+    if keeps:
+        own_at[kept_at] = kept.gather(-1, proposal[kept_at].unsqueeze(1)).squeeze(1)
+    conf = torch.where(allowed, (own_at - own_lse).exp(), 0.0)  # (N,)
+
+    # Acceptance, per row: an ordering key (higher first) and how many to take, as (b, L) and (b,) tensors.
+    def padded(values: torch.Tensor, fill: float) -> torch.Tensor:
+        out = torch.full((b, L), fill, dtype=values.dtype, device=device)  # (b, L)
+        out[ri, pi] = values
         return out
+
+    conf_bl, allowed_bl = padded(conf, -1.0), padded(allowed, False)  # (b, L)
+    entropy_bl = None if entropy is None else padded(entropy, float("inf"))
+    steps_left = torch.tensor([blk[2] - r.noise.step_in_block for blk, r in zip(blocks, rows)], device=device)  # (b,)
+    key = torch.empty((b, L), device=device)
+    k = torch.zeros(b, dtype=torch.long, device=device)
+    kinds: dict[type, list[int]] = {}
+    for j, r in enumerate(rows):
+        kinds.setdefault(type(r.accept), []).append(j)
+    for kind, members in kinds.items():
+        idx = torch.tensor(members, device=device)
+        key_m, k_m = kind.choose_rows([rows[j].accept for j in members], conf_bl[idx],
+                                      None if entropy_bl is None else entropy_bl[idx], cand[idx], steps_left[idx],
+                                      [rows[j].generator for j in members], [counts[j] for j in members])
+        key[idx], k[idx] = key_m, k_m
+    ranked = torch.where(cand & allowed_bl, key, neg_inf)  # (b, L) refused proposals are never taken
+    order = ranked.argsort(dim=1, descending=True, stable=True)  # (b, L)
+    rank = torch.empty_like(order).scatter_(1, order, positions.expand(b, L))  # (b, L) place in the row's order
+    take = cand & allowed_bl & (rank < k.unsqueeze(1))  # (b, L)
+    proposal_bl = padded(proposal, 0)  # (b, L)
+
+    failed = [j for j in range(b) if errors[j] is not None]
+    if failed:
+        take[failed] = False
+    checked = [j for j, r in enumerate(rows) if r.checkers and errors[j] is None]
+    if checked:  # one commit after another, each judged with the step's earlier commits in place
+        take[checked] = False
+    x = torch.where(take, proposal_bl, x)
+    confidence = torch.where(take, conf_bl, confidence)
+    for j in checked:
+        r = rows[j]
+        r.x, r.confidence = x[j].clone(), confidence[j].clone()
+        mine = slice(starts[j], starts[j + 1])
+        row_order = rank[j, pi[mine]].argsort()  # the row's candidates in its acceptance order
+        pos_out, _, _ = r.commit(row_order, int(k[j]), pi[mine], proposal[mine], allowed[mine], conf[mine])
+        x[j], confidence[j] = r.x, r.confidence
+        if pos_out:
+            take[j, torch.tensor(pos_out, device=device)] = True
+
+    # Self-correction (ReMDM): up to half as many earlier commits of the block as this step made, the least
+    # confident below ``remask_below``, within the run's budget; never on a block's last planned step.
+    n_taken = take.sum(1)  # (b,)
+    last_planned = [r.accept.planned and r.noise.step_in_block >= blk[2] - 1 for r, blk in zip(rows, blocks)]
+    budget = torch.tensor([0 if last_planned[j] else r.noise.remask_left for j, r in enumerate(rows)], device=device)
+    remask = torch.zeros_like(take)
+    if bool((budget > 0).any()):
+        n_remask = torch.minimum(budget, (n_taken + 1) // 2) * (still & in_block & ~take).any(1)  # (b,)
+        below = torch.tensor([r.cfg.remask_below for r in rows], device=device).unsqueeze(1)  # (b, 1)
+        eligible = free & in_block & (x != mask_id) & (confidence < below) & ~take  # (b, L)
+        low = torch.where(eligible, confidence, float("inf")).argsort(dim=1, stable=True)  # (b, L)
+        low_rank = torch.empty_like(low).scatter_(1, low, positions.expand(b, L))
+        remask = eligible & (low_rank < n_remask.unsqueeze(1))  # (b, L)
+    held, held_conf = x, confidence  # what the re-masked positions held
+    x = torch.where(remask, mask_id, x)
+    confidence = torch.where(remask, 0.0, confidence)
+
+    # The host reads the step once: what each row committed (in its acceptance order) and re-masked.
+    t_rows, t_pos = take.nonzero(as_tuple=True)
+    r_rows, r_pos = remask.nonzero(as_tuple=True)
+    got = torch.stack([t_rows, t_pos, held[t_rows, t_pos], rank[t_rows, t_pos]]).tolist()
+    got_conf = conf_bl[t_rows, t_pos].tolist()
+    back = torch.stack([r_rows, r_pos, held[r_rows, r_pos]]).tolist()
+    back_conf = held_conf[r_rows, r_pos].tolist()
+    commits: list[list[tuple[int, int, int, float]]] = [[] for _ in range(b)]  # (rank, position, token, conf)
+    for j, p, t, place, c in zip(*got, got_conf):
+        commits[j].append((place, p, t, c))
+    remasked: list[list[tuple[float, int, int]]] = [[] for _ in range(b)]  # (conf, position, token it held)
+    for j, p, t, c in zip(*back, back_conf):
+        remasked[j].append((c, p, t))
+    for j, r in enumerate(rows):
+        if errors[j] is not None:
+            continue
+        if not commits[j] and (last_planned[j] or not r.accept.planned):
+            errors[j] = ConstraintError(
+                f"no admissible token for positions {pi[starts[j]:starts[j + 1]].tolist()[:8]} under the job's "
+                f"targets; loosen the targets or give the slot more room")
+            continue
+        r.x, r.confidence = x[j], confidence[j]
+        mine = sorted(commits[j])  # most confident (first accepted) first
+        sent_back = [(p, t) for _, p, t in sorted(remasked[j])]  # least confident first
+        r.noise.remask_left -= len(sent_back)
+        r.noise.step_in_block += 1
+        r.record([p for _, p, _, _ in mine], [t for _, _, t, _ in mine], [c for *_, c in mine], sent_back)
+    return errors
