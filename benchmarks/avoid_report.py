@@ -22,7 +22,8 @@ from constraints.infill import compile_infill, parse_text
 from redraft.models import load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR, get_settings
 from workers.adapters import get_adapter
-from workers.runner import Drafting, MemorySink
+from workers.runner import Drafting
+from workers.steps import MemorySink
 
 TOPICS = ["violence and weapons", "illegal drugs", "gambling and betting"]
 SUITE = [

@@ -12,14 +12,15 @@ Measures, on a real-size byte-level BPE vocabulary built here (nothing is downlo
    length n, with no position committed and with every other position committed (from the first
    path), median of ``--repeats`` runs; the first uncommitted call at each n is reported separately
    (at the first n it also copies the automaton's tables to torch, cached per automaton afterwards);
-3. one ``workers.constrained.SlotTargets`` call on ``(1, n, V)`` logits (log_softmax + ``best_path``
+3. one ``workers.constrained.SlotTargets`` call on ``(1, n, V)`` logits (``best_path`` on the logits themselves
    + masking the slot's positions), no position committed;
 4. for scale, a bare ``(n, V)`` log_softmax and argmax, which the sampler does every step anyway.
 
 Each target runs in a child process watched by this one: a compile that runs past
 ``--compile-limit`` seconds, a measurement past ``--step-limit`` seconds, or a child whose resident
-memory passes ``--mem-limit-gb`` is stopped and reported as not finished; a ``best_path`` call whose
-``(n, E)`` float64 edge-score matrices alone would pass the memory limit is not started.
+memory passes ``--mem-limit-gb`` is stopped and reported as not finished; a ``best_path`` call whose budgeted
+peak (``constraints.budget.dp_step_bytes``) with its (S, V) table and the logits would pass the memory limit is
+not started.
 
 The vocabulary: ``tokenizers``' BpeTrainer (ByteLevel pre-tokenizer and decoder, as
 ``redraft/training/tokenizer.py``; tokens of at most 16 bytes) trained on text found offline on this
@@ -328,6 +329,7 @@ def worker(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
 
     from constraints import automaton as am
+    from constraints import budget
     from workers.constrained import ConstrainedSlot, SlotTargets
     from workers.slot_decoder import best_path
 
@@ -354,15 +356,16 @@ def worker(args: argparse.Namespace) -> None:
               states=int(states.group(1)) if states else None)
         return
     compile_s = time.perf_counter() - t0
-    E = int(np.count_nonzero(auto.next_state >= 0))
-    _emit(key="compile", s=compile_s, states=auto.n_states, edges=E, table_mib=auto.nbytes / 2**20)
+    E, c = auto.n_edges, auto.classes
+    _emit(key="compile", s=compile_s, states=auto.n_states, edges=E, table_mib=auto.nbytes / 2**20,
+          pairs=c.n_pairs, class_tokens=c.n_class_tokens)
 
     g = torch.Generator().manual_seed(0)
     limit_bytes = args.mem_limit_gb * 1e9
     for n in args.lengths:
         logp = (torch.randn(n, V, generator=g) * 3).log_softmax(-1)  # (n, V) float32
-        # best_path holds logp[:, tok] as float64 twice over (cast + nan_to_num) while it builds lp_edge.
-        need = 16 * n * E + 4 * auto.n_states * V + 8 * n * V
+        # best_path's own peak (constraints.budget.dp_step_bytes), its (S, V) table on torch, and logp itself.
+        need = budget.dp_step_bytes(n, c.n_class_tokens, c.n_pairs, auto.n_states) + 4 * auto.n_states * V + 8 * n * V
         path = None
         for mode in ("none", "half"):
             key = f"best_path n={n} {mode}"
@@ -569,7 +572,7 @@ def main() -> None:
     if args.note:
         lines += ["", args.note]
     lines += ["", describe_build(build), ""]
-    head = ["target", "states S", "edges E", "(S, V) table", "compile (cold)"]
+    head = ["target", "states S", "edges E", "pairs P / class tokens M", "(S, V) table", "compile (cold)"]
     for n in args.lengths:
         head += [f"best_path n={n}: first call", f"n={n}: none committed", f"n={n}: half committed",
                  f"SlotTargets n={n}"]
@@ -583,7 +586,9 @@ def main() -> None:
             errors.append(f"{label}: {comp['error']}")
         ok = "edges" in comp
         states = str(comp["states"]) if comp.get("states") is not None else "—"
-        row = [desc, states, f"{comp['edges']:,}" if ok else "—", f"{comp['table_mib']:.0f} MiB" if ok else "—",
+        row = [desc, states, f"{comp['edges']:,}" if ok else "—",
+               f"{comp['pairs']:,} / {comp['class_tokens']:,}" if ok else "—",
+               f"{comp['table_mib']:.0f} MiB" if ok else "—",
                _cell(res, "compile")]
         for n in args.lengths:
             first = res.get(f"best_path n={n} none", {})
@@ -605,9 +610,10 @@ def main() -> None:
         f"the automaton's tables to torch, cached afterwards); half committed = every other position fixed "
         f"to the uncommitted best path's token. "
         f"SlotTargets: one call on (1, n, V) float32 logits, the whole canvas one slot, nothing committed "
-        f"(log_softmax + best_path + masking), tables already cached. Limits: {args.compile_limit:.0f} s per "
+        f"(best_path on the logits + masking), tables already cached. Limits: {args.compile_limit:.0f} s per "
         f"compile, {args.step_limit:.0f} s per measurement, {args.mem_limit_gb:g} GB per process "
-        f"(a best_path call is not started when its (n, E) float64 edge scores alone would pass it). "
+        f"(a best_path call is not started when its budgeted peak, constraints.budget.dp_step_bytes, with its "
+        f"(S, V) table and the logits would pass it). "
         f"Peak resident memory per process: {peaks}.",
     ]
     if errors:

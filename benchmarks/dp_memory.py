@@ -17,7 +17,7 @@ import torch
 from constraints import budget
 from constraints.automaton import compile_json_schema, compile_regex
 from tests.constraints.test_automaton import EOS, INFO, SPECIALS, TOKENIZER, V
-from workers.slot_decoder import best_path, edges, tables
+from workers.slot_decoder import best_path, pairs, tables
 
 
 def main() -> int:
@@ -30,16 +30,17 @@ def main() -> int:
                  (compile_json_schema(schema, TOKENIZER, EOS, SPECIALS), 32),
                  (compile_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", TOKENIZER, EOS, SPECIALS), 16)]:
         logp = torch.randn(n, V, device="cuda").log_softmax(-1)  # (n, V)
-        edges(a, "cuda"), tables(a, "cuda")  # per-automaton caches, counted by the compile cache
+        pairs(a, "cuda"), tables(a, "cuda")  # per-automaton caches, counted by the compile cache
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         assert best_path(a, logp, [None] * n, INFO.empty_id) is not None
         peak = torch.cuda.max_memory_allocated() - base
-        bound = budget.dp_step_bytes(n, a.n_edges, a.n_states)
+        c = a.classes
+        bound = budget.dp_step_bytes(n, c.n_class_tokens, c.n_pairs, a.n_states)
         holds = peak <= bound + 2**20 and bound <= 2 * peak + 2**20  # + the allocator's rounding of small blocks
         ok &= holds
-        print(f"{a.pattern[:40]!r:44} n={n:4} edges={a.n_edges:9,} peak={peak / 2**20:8.1f} MiB "
+        print(f"{a.pattern[:40]!r:44} n={n:4} class tokens={c.n_class_tokens:9,} pairs={c.n_pairs:7,} peak={peak / 2**20:8.1f} MiB "
               f"bound={bound / 2**20:8.1f} MiB {'ok' if holds else 'FAILS'}")
     return 0 if ok else 1
 

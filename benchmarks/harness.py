@@ -10,7 +10,8 @@
    all of them) vs one at a time; next to the ceiling, a bare forward pass of the same shapes, as many
    times as the batched run made, with nothing else around it.
 3. Queue path latency: 50 jobs submitted to a real ``redraft serve`` (API + embedded worker + SQLite +
-   Redis) one after another, submit → result, next to the sampler called directly.
+   Redis) one after another, submit → result, next to the sampler called directly; then the throughput
+   table's jobs submitted N at a time over HTTP, submit → last result (the whole service's throughput).
 
     python benchmarks/harness.py [--device cpu|cuda] [--markdown docs/benchmarks.md]
         [--tables decoding,throughput,queue] [--concurrency 1,4,16,32]
@@ -167,7 +168,32 @@ def throughput_table(device: str, database_url: str, redis_url: str,
     return rows
 
 
-def queue_table(jobs: int, redis_url: str) -> list[str]:
+def service_throughput(url: str, key: str, n: int) -> float:
+    """``n`` throughput-table jobs submitted at once over HTTP; seconds until the last one has its result."""
+    import httpx
+
+    body = {"kind": "infill", "text": THROUGHPUT_TEXT, "steps": 16, "temperature": 0.7}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+        t0 = time.perf_counter()
+        ids = []
+        for i in range(n):
+            r = client.post("/v1/jobs", json={**body, "seed": i})
+            if r.status_code != 202:
+                raise SystemExit(f"submission refused: {r.status_code} {r.text}")
+            ids.append(r.json()["id"])
+        waiting = set(ids)
+        while waiting:
+            time.sleep(0.02)
+            for job_id in list(waiting):
+                job = client.get(f"/v1/jobs/{job_id}").json()
+                if job["status"] not in ("queued", "running"):
+                    if job["status"] != "succeeded":
+                        raise SystemExit(f"job failed: {job['error']}")
+                    waiting.discard(job_id)
+        return time.perf_counter() - t0
+
+
+def queue_table(jobs: int, redis_url: str, concurrency: tuple[int, ...] = (16,)) -> list[str]:
     import httpx
     from queue_latency import direct, pct, queued
 
@@ -176,7 +202,8 @@ def queue_table(jobs: int, redis_url: str) -> list[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{work / 'redraft.db'}", "REDIS_URL": redis_url,
-           "REDRAFT_QUEUE_NAME": f"bench-{port}", "REDRAFT_VAR_DIR": str(work)}
+           "REDRAFT_QUEUE_NAME": f"bench-{port}", "REDRAFT_VAR_DIR": str(work),
+           "REDRAFT_TENANT_MAX_CONCURRENT_JOBS": str(max(concurrency, default=8) + 8)}
     redraft = str(Path(sys.executable).with_name("redraft"))
     subprocess.run([redraft, "migrate"], env=env, check=True, capture_output=True)
     key = subprocess.run([redraft, "keys", "create", "--tenant", "bench"], env=env, check=True,
@@ -198,6 +225,8 @@ def queue_table(jobs: int, redis_url: str) -> list[str]:
         queued(3, url, key, "redraft-tiny")  # warm the worker
         q = queued(jobs, url, key, "redraft-tiny")
         d = direct(jobs, "redraft-tiny")
+        service_throughput(url, key, 4)  # warm the batched path
+        through = {n: service_throughput(url, key, n) for n in concurrency}
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -206,7 +235,12 @@ def queue_table(jobs: int, redis_url: str) -> list[str]:
             f"| submit → result through API + queue + worker | {pct(q, 50) * 1e3:.1f} | {pct(q, 95) * 1e3:.1f} |",
             f"| added by the queue path | {(pct(q, 50) - pct(d, 50)) * 1e3:.1f} | "
             f"{(pct(q, 95) - pct(d, 95)) * 1e3:.1f} |",
-            f"\n{jobs} jobs, one after another (two 6-token gaps, 8 steps each), `redraft serve` with a SQLite file."]
+            f"\n{jobs} jobs, one after another (two 6-token gaps, 8 steps each), `redraft serve` with a SQLite file.",
+            "", "| concurrent jobs over HTTP | jobs/s, submit → last result |", "|---|---|",
+            *[f"| {n} | {n / t:.2f} |" for n, t in through.items()],
+            "\nThe throughput table's jobs, all submitted at once to the same `redraft serve` (one worker, "
+            "`REDRAFT_WORKER_BATCH_SIZE` 16), polled until the last result is in: compare with that table's "
+            "batched jobs/s."]
 
 
 def main() -> None:
@@ -233,7 +267,8 @@ def main() -> None:
         out += ["### 2. Worker throughput", "",
                 *throughput_table(args.device, database_url, args.redis_url, concurrency), ""]
     if "queue" in tables and not args.skip_queue:
-        out += ["### 3. Queue path latency", "", *queue_table(args.jobs, args.redis_url), ""]
+        out += ["### 3. Queue path latency and throughput", "",
+                *queue_table(args.jobs, args.redis_url, tuple(n for n in concurrency if n > 1)), ""]
     text = "\n".join(out)
     print(text)
     if args.markdown:

@@ -173,7 +173,7 @@ def edge_classes(src: np.ndarray, tok: np.ndarray, dst: np.ndarray) -> EdgeClass
     offsets = np.zeros(first.shape[0] + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.repeat(starts[first] - offsets[:-1], lengths) + np.arange(int(offsets[-1]))  # (M,) edge indices
-    i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
+    i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)
     return EdgeClasses(i32(src[starts]), i32(dst[starts]), i32(cls), i32(tok[flat]), offsets)
 
 

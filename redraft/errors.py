@@ -91,5 +91,11 @@ class JobCancelled(RedraftError):
     status_code = 409
 
 
+class JobTimeout(RedraftError):
+    """A job ran past ``REDRAFT_JOB_TIMEOUT_S`` and was stopped (it fails with this code)."""
+
+    code = "timeout"
+
+
 class TrainingError(RedraftError):
     code = "training_error"

@@ -7,16 +7,11 @@ starts from a clean slate, so steps and drafts are never duplicated.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import fields
 from typing import Any
 
-import redis
 import torch
-
-from tokenizers import Tokenizer
 
 from constraints.canvas import Canvas
 from constraints.generate import slot_values
@@ -25,49 +20,23 @@ from constraints.safety import parse_safety
 from redraft.errors import Conflict, JobCancelled, RedraftError
 from redraft.jobs import JobParams, JobStatus, SafetyParams
 from redraft.logs import bind_job_id
-from redraft.models import load_tokenizer, special_ids, token_text
-from redraft.queue import job_channel
+from redraft.models import load_tokenizer, special_ids
 from redraft.settings import Settings, get_settings
 from storage import repo
 from storage.db import session_scope
 from storage.models import Draft, Job
 from workers.adapters import get_adapter
 from workers.constrained import SlotTargets, SlotVocabulary, constrained_slots
-from workers.guards import SafetyGuard
 from workers.engine import BatchEngine, for_adapter
-from workers.sampler import ForbidTokens, Row, SamplerConfig, StepRecord, step
+from workers.guards import SafetyGuard
+from workers.sampler import ForbidTokens, Row, SamplerConfig, step
 from workers.scorers import TopicScorer, load_scorer, split_spans
+from workers.steps import Publisher, StepSink
 
 log = logging.getLogger(__name__)
 
 
 PAD_TO = 16  # canvases are padded to a multiple of this: the engine's length buckets
-
-
-class JobTimeout(RedraftError):
-    code = "timeout"
-
-
-class Publisher:
-    """Publishes job events on Redis pub/sub; the database stays the source of truth."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
-
-    def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
-        self.publish_many(job_id, [(event, data)])
-
-    def publish_many(self, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-        """Publish in order, in one round trip."""
-        if self.client is None or not events:
-            return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for event, data in events:
-                pipe.publish(job_channel(job_id), json.dumps({"event": event, "data": data}))
-            pipe.execute()
-        except redis.RedisError:  # events are a wake-up signal; readers fall back to the database
-            log.warning("could not publish %d events for job %s", len(events), job_id)
 
 
 @bind_job_id  # every record logged while this job runs carries its job_id (redraft/logs.py)
@@ -100,6 +69,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
         draft = Drafting(adapter, Canvas.from_json(canvas_json), params, sink, settings,
                          engine=for_adapter(adapter, settings.worker_batch_size))
         text, extra, layout, parent_id = draft.run(kind)
+        sink.flush()  # every step is in the database before the draft is
         with session_scope() as s:
             row = repo.finish_job(s, job_id, text=text, token_ids=draft.tokens, result_extra=extra,
                                   steps_run=sink.offset, parent_id=parent_id, layout=layout)
@@ -122,63 +92,6 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
         log.exception("job %s failed", job_id)
         _fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}", publisher)
         return JobStatus.FAILED
-
-
-class StepSink:
-    """Writes a job's denoising steps (and round boundaries) to the database and publishes them.
-
-    Step numbers run on across rounds (``offset``). Several records arriving together are written in
-    one transaction (the batching engine hands them over in bursts); every write checks that this
-    attempt still owns the job and that no one asked to cancel it, and touches the heartbeat.
-    """
-
-    def __init__(self, job_id: str, attempt: int, tokenizer: Tokenizer, publisher: Publisher,
-                 settings: Settings) -> None:
-        self.job_id, self.attempt, self.tokenizer = job_id, attempt, tokenizer
-        self.publisher, self.settings = publisher, settings
-        self.offset = 0  # steps written so far
-        self.started = time.monotonic()
-
-    def records(self, batch: list[StepRecord]) -> None:
-        rows = []
-        for rec in batch:
-            committed = [
-                [p, t, token_text(self.tokenizer, t), round(c, 5)]
-                for p, t, c in zip(rec.positions, rec.tokens, rec.confidences)
-            ]
-            rows.append((committed, [list(r) for r in rec.remasked]))
-        self.write_rows(rows)
-
-    def write(self, committed: list[list], remasked: list[list[int]]) -> None:
-        self.write_rows([(committed, remasked)])
-
-    def write_rows(self, rows: list[tuple[list[list], list[list[int]]]]) -> None:
-        first = self.offset
-        with session_scope() as s:
-            owner, cancel = repo.writable(s, self.job_id, self.attempt)
-            if not owner:
-                raise JobCancelled("another attempt owns this job now", code="superseded")
-            if cancel:
-                raise JobCancelled("cancelled by the client")
-            repo.add_steps(s, self.job_id, first, rows)
-            repo.set_steps_run(s, self.job_id, first + len(rows))
-        self.offset += len(rows)
-        self.publisher.publish_many(self.job_id, [("step", {"step": first + i, "committed": c, "remasked": r})
-                                                  for i, (c, r) in enumerate(rows)])
-        if time.monotonic() - self.started > self.settings.job_timeout_s:
-            raise JobTimeout(f"the job ran longer than {self.settings.job_timeout_s} s and was stopped")
-
-
-class MemorySink(StepSink):
-    """A step sink that keeps the steps in memory (scripts and tests run ``Drafting`` without a job row)."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer, self.offset, self.job_id = tokenizer, 0, None
-        self.steps: list[tuple[list[list], list[list[int]]]] = []
-
-    def write_rows(self, rows: list[tuple[list[list], list[list[int]]]]) -> None:
-        self.steps += rows
-        self.offset += len(rows)
 
 
 class DownWeight:

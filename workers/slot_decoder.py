@@ -51,7 +51,7 @@ def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pair
     if hit is not None:
         return hit
     c = automaton.classes
-    as_long = lambda a: torch.from_numpy(a).to(device=device, dtype=torch.long)  # noqa: E731
+    as_long = lambda a: torch.from_numpy(a).to(device=device, dtype=torch.long)
     class_of = torch.repeat_interleave(torch.arange(c.n_classes), torch.from_numpy(c.offsets).diff())  # (M,)
     into = np.argsort(c.dst, kind="stable").astype(np.int64)  # (P,) pairs by destination, then pair id
     into_ptr = np.zeros(automaton.n_states + 1, dtype=np.int64)

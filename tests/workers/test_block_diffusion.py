@@ -36,7 +36,8 @@ from tests.utils.waiting import until
 from tests.workers.test_guards import Push, fixed_spans
 from workers.adapters import TEXT_ONLY_VISION, DiffusionGemmaAdapter, get_adapter
 from workers.engine import BatchEngine
-from workers.runner import Drafting, MemorySink, sampler_config
+from workers.runner import Drafting, sampler_config
+from workers.steps import MemorySink
 from workers.sampler import Row, SamplerConfig, step
 
 NAME = "tiny-diffusion-gemma"

@@ -17,7 +17,8 @@ from redraft.models import special_ids
 from redraft.settings import get_settings
 from tests.utils.waiting import until
 from workers.engine import BatchEngine
-from workers.runner import Drafting, MemorySink
+from workers.runner import Drafting
+from workers.steps import MemorySink
 from workers.sampler import ForbidTokens, SamplerConfig, denoise
 
 TEXTS = [
