@@ -7,9 +7,10 @@ decoder does not walk left to right: it finds the best *whole-slot* assignment c
 positions committed so far (``workers.slot_decoder.best_path``, the torch side).
 
 Compilation (slow, cached per (kind, spec, tokenizer)) uses outlines-core: the regex becomes a DFA
-over bytes, walked by every token's exact bytes. The result is a dense numpy table
-``next_state: (S, V) int32`` with -1 for "not allowed"; it costs ``S * V * 4`` bytes (a date regex
-with Unicode ``\\d`` has ~200 states: 6.6 MB at V = 8192), capped at ``MAX_TABLE_ENTRIES``.
+over bytes, walked by every token's exact bytes. The result is kept as :class:`EdgeClasses`: the
+(source, destination) state pairs and the distinct token sets they read, a few MB even at V = 262,144
+where a dense ``(S, V)`` table would take hundreds (it is built only when asked for, ``next_state``);
+capped at ``MAX_STATES`` states and ``MAX_TABLE_ENTRIES`` entries.
 Special tokens (and EOS, and the tokenizer's added special tokens, EMPTY among them) are never
 real tokens: their columns are -1. outlines-core 0.2.14's index drops some valid transitions; the
 compiler works around it with an end marker (see ``_END_BYTES``), and the tests check acceptance
@@ -18,7 +19,7 @@ against Python's ``re.fullmatch``.
 Budgets (``constraints.budget``): cheap checks refuse a target before construction (regex length, schema
 depth, alternatives, an automaton size estimated from the parse); the construction itself (outlines-core's
 index, the schema's regex, the pruning) runs in a forked child under a wall-clock and a memory budget and
-hands back the sparse transitions, from which this process builds the table. ``compile_clock`` (there)
+hands back the grouped transitions (its token classes). ``compile_clock`` (there)
 reports the time compiles take; ``TokenAutomaton.compile_seconds`` is one automaton's.
 
 Torch-free (numpy only): imported by the API at submission (``compile_target``, ``require_fits``)
@@ -54,51 +55,109 @@ from constraints.budget import (
 from redraft.errors import ConstraintError
 from redraft.models import token_bytes
 
-MAX_TABLE_ENTRIES = 64 * 1024 * 1024  # S * V cap: 256 MiB of int32
+MAX_STATES = 8192  # automaton states (after pruning); its byte automaton is checked against twice this first
+MAX_TABLE_ENTRIES = 64 * 1024 * 1024  # entries the automaton keeps: its classes' tokens plus 3 per pair (int32)
 _CACHE_SIZE = 256  # compiled automata kept per tokenizer ...
 _CACHE_BYTES = 1024 * 1024 * 1024  # ... and at most this many bytes of tables in all (least recently used go first)
 
 
-@dataclass(eq=False)
 class TokenAutomaton:
     """A DFA over token ids. Every state can still reach a final state (dead states are pruned).
 
-    Compared by identity (``eq=False``) and weak-referenceable: the workers cache per-device torch
-    copies of the tables keyed by the automaton (``workers.slot_decoder``).
+    Held as :class:`EdgeClasses` (what the slot decoder reads: compact at any vocabulary size); the dense
+    ``next_state`` table ``(S, V)`` is built only when asked for (tests, small vocabularies; never by the
+    decoder or the API). Compared by identity and weak-referenceable: the workers cache per-device torch
+    copies keyed by the automaton (``workers.slot_decoder``).
     """
 
-    pattern: str  # the regex it was compiled from
-    n_states: int  # S
-    initial: int  # always 0
-    final: np.ndarray = field(repr=False)  # (S,) bool
-    next_state: np.ndarray = field(repr=False)  # (S, V) int32, -1: token not allowed from that state
-    _min_length: int | None = field(default=None, repr=False)
-    _n_edges: int | None = field(default=None, repr=False)  # E: allowed (state, token) pairs
-    compile_seconds: float = field(default=0.0, repr=False)  # wall-clock time its compile took
-    _classes: EdgeClasses | None = field(default=None, repr=False)
+    def __init__(self, pattern: str, n_states: int, initial: int, final: np.ndarray,
+                 next_state: np.ndarray | None = None, classes: EdgeClasses | None = None,
+                 vocab_size: int | None = None, compile_seconds: float = 0.0) -> None:
+        if next_state is None and (classes is None or vocab_size is None):
+            raise ValueError("a token automaton needs its table, or its classes and vocabulary size")
+        self.pattern = pattern  # the regex it was compiled from
+        self.n_states = n_states  # S
+        self.initial = initial  # always 0
+        self.final = final  # (S,) bool
+        self._next_state = next_state  # (S, V) int32, -1: not allowed; None until asked for
+        self._classes = classes
+        self._vocab_size = int(next_state.shape[1]) if next_state is not None else int(vocab_size)
+        self.compile_seconds = compile_seconds  # wall-clock time its compile took
+        self._min_length: int | None = None
+        self._lookup: tuple[np.ndarray, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"TokenAutomaton(pattern={self.pattern!r}, n_states={self.n_states}, initial={self.initial})"
 
     @property
     def vocab_size(self) -> int:
-        return int(self.next_state.shape[1])
-
-    @property
-    def n_edges(self) -> int:
-        """E, the allowed (state, token) pairs: the slot decoder's cost per position grows with it."""
-        if self._n_edges is None:
-            self._n_edges = int(np.count_nonzero(self.next_state >= 0))
-        return self._n_edges
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.next_state.nbytes + (self._classes.nbytes if self._classes is not None else 0))
+        return self._vocab_size
 
     @property
     def classes(self) -> EdgeClasses:
         """The transitions grouped as the slot decoder reads them (built by the compile, or here on first use)."""
         if self._classes is None:
-            src, tok = np.nonzero(self.next_state >= 0)  # (E,) each
-            self._classes = edge_classes(src, tok, self.next_state[src, tok])
+            src, tok = np.nonzero(self._next_state >= 0)  # (E,) each
+            self._classes = edge_classes(src, tok, self._next_state[src, tok])
         return self._classes
+
+    @property
+    def next_state(self) -> np.ndarray:
+        """The dense table (S, V) int32, -1 where a token is not allowed: built from the classes on first use."""
+        if self._next_state is None:
+            c = self.classes
+            table = np.full((self.n_states, self.vocab_size), -1, dtype=np.int32)
+            lengths = np.diff(c.offsets)[c.cls]  # (P,) tokens each pair reads
+            table[np.repeat(c.src, lengths), c.tokens[_pair_token_index(c)]] = np.repeat(c.dst, lengths)
+            self._next_state = table
+        return self._next_state
+
+    @property
+    def n_edges(self) -> int:
+        """E, the allowed (state, token) pairs (what the decoder would read without token classes)."""
+        c = self.classes
+        return int(np.diff(c.offsets)[c.cls].sum())
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.classes.nbytes + (self._next_state.nbytes if self._next_state is not None else 0))
+
+    def pairs_reading(self, token: int) -> np.ndarray:
+        """The pairs (indices into ``classes``) whose class holds ``token``, ascending."""
+        class_ptr, class_pairs, token_ptr, token_classes = self._tables()
+        if not 0 <= token < self.vocab_size:
+            return np.zeros(0, dtype=np.int64)
+        ks = token_classes[token_ptr[token]:token_ptr[token + 1]]
+        if ks.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.concatenate([class_pairs[class_ptr[k]:class_ptr[k + 1]] for k in ks]))
+
+    def step(self, state: int, token: int) -> int:
+        """The state ``token`` leads to from ``state``, or -1."""
+        p = self.pairs_reading(token)
+        hit = p[self.classes.src[p] == state]
+        return int(self.classes.dst[hit[0]]) if hit.size else -1
+
+    def _tables(self) -> tuple[np.ndarray, ...]:
+        """(class -> pairs) and (token -> classes) as CSR arrays, built once."""
+        if self._lookup is None:
+            c = self.classes
+            by_class = np.argsort(c.cls, kind="stable")
+            class_ptr = np.zeros(c.n_classes + 1, dtype=np.int64)
+            np.cumsum(np.bincount(c.cls, minlength=c.n_classes), out=class_ptr[1:])
+            class_of = np.repeat(np.arange(c.n_classes), np.diff(c.offsets))  # (M,)
+            by_token = np.argsort(c.tokens, kind="stable")
+            token_ptr = np.zeros(self.vocab_size + 1, dtype=np.int64)
+            np.cumsum(np.bincount(c.tokens, minlength=self.vocab_size), out=token_ptr[1:])
+            self._lookup = (class_ptr, by_class, token_ptr, class_of[by_token])
+        return self._lookup
+
+
+def _pair_token_index(c: EdgeClasses) -> np.ndarray:
+    """For every edge, pair after pair, its index into ``c.tokens``."""
+    lengths = np.diff(c.offsets)[c.cls]  # (P,)
+    starts = c.offsets[c.cls]  # (P,)
+    return np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(int(lengths.sum()))
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,7 +298,10 @@ def compile_target(
 def min_length_tokens(automaton: TokenAutomaton) -> int:
     """The fewest real tokens of any accepted sequence (BFS from the initial state)."""
     if automaton._min_length is None:
-        succ = _successors(automaton.next_state)
+        c = automaton.classes
+        succ: list[list[int]] = [[] for _ in range(automaton.n_states)]
+        for src, dst in zip(c.src.tolist(), c.dst.tolist()):
+            succ[src].append(dst)
         final = automaton.final.tolist()
         dist = {automaton.initial: 0}
         queue = deque([automaton.initial])
@@ -274,12 +336,9 @@ def require_fits(automaton: TokenAutomaton, n_positions: int) -> None:
 
 def accepts(automaton: TokenAutomaton, token_ids: list[int]) -> bool:
     """True iff the real tokens ``token_ids`` drive the automaton from its initial to a final state."""
-    table = automaton.next_state
     state = automaton.initial
     for t in token_ids:
-        if not 0 <= t < automaton.vocab_size:
-            return False
-        state = int(table[state, t])
+        state = automaton.step(state, t)
         if state < 0:
             return False
     return bool(automaton.final[state])
@@ -386,8 +445,8 @@ class _Built:
 
 
 def _compile(source: tuple[str, str], tokenizer: Tokenizer, eos_id: int, special_ids: frozenset[int]) -> TokenAutomaton:
-    """Check the source cheaply here, build it in a bounded child (``constraints.budget.run_bounded``), and
-    make the dense table from the sparse result here."""
+    """Check the source cheaply here, build it in a bounded child (``constraints.budget.run_bounded``), which hands
+    back the automaton's token classes."""
     kind, spec = source
     if kind == "regex":
         check_pattern(spec)
@@ -395,26 +454,19 @@ def _compile(source: tuple[str, str], tokenizer: Tokenizer, eos_id: int, special
     V = tokenizer.get_vocab_size(with_added_tokens=True)
     excluded = frozenset(_excluded_ids(tokenizer, eos_id, special_ids))
     what = f"regex {shown(spec)}" if kind == "regex" else "the JSON schema"
-    built = run_bounded(_build, source, vocabulary, V, excluded, _end_id(tokenizer), MAX_TABLE_ENTRIES, what=what)
-    classes = built.classes
-    lengths = np.diff(classes.offsets)[classes.cls]  # (P,) tokens each pair reads
-    starts = classes.offsets[classes.cls]  # (P,)
-    flat = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(int(lengths.sum()))
-    next_state = np.full((built.n_states, V), -1, dtype=np.int32)  # (S, V)
-    next_state[np.repeat(classes.src, lengths), classes.tokens[flat]] = np.repeat(classes.dst, lengths)
+    built = run_bounded(_build, source, vocabulary, V, excluded, _end_id(tokenizer), MAX_STATES, MAX_TABLE_ENTRIES,
+                        what=what)
     return TokenAutomaton(pattern=built.pattern, n_states=built.n_states, initial=0, final=built.final,
-                          next_state=next_state, _n_edges=int(lengths.sum()), _classes=classes)
+                          classes=built.classes, vocab_size=V)
 
 
-def _table_too_big(pattern: str, S: int, V: int, cap: int, about: str = "") -> ConstraintError:
-    return ConstraintError(
-        f"regex {shown(pattern)} compiles to {about}{S} states; its transition table ({S} x {V} tokens, "
-        f"{S * V * 4 / 2**20:.0f} MiB) exceeds the cap of {cap} entries; simplify the pattern",
-        code="constraint_too_large")
+def _too_big(pattern: str, what: str) -> ConstraintError:
+    return ConstraintError(f"regex {shown(pattern)} compiles to {what}; simplify the pattern",
+                           code="constraint_too_large")
 
 
 def _build(source: tuple[str, str], vocabulary: outlines_core.Vocabulary, V: int, excluded: frozenset[int],
-           end: int, cap: int) -> _Built:
+           end: int, max_states: int, cap: int) -> _Built:
     """The construction, in the bounded child: the schema's regex, outlines-core's index, pruning, sparse edges."""
     kind, pattern = source
     if kind == "json_schema":
@@ -426,11 +478,11 @@ def _build(source: tuple[str, str], vocabulary: outlines_core.Vocabulary, V: int
     inner = _strip_anchors(pattern)
     try:
         # The pattern alone parses ("a)(b" would not), and its byte automaton is cheap next to the token one:
-        # its size refuses a table too big before the expensive build. (The byte automaton of a search has up
-        # to twice the token automaton's states, a match being reported one byte late: hence the 2.)
+        # its size refuses an automaton with too many states before the expensive build. (The byte automaton of a
+        # search has up to twice the token automaton's states, a match being reported one byte late: hence the 2.)
         byte_states = len(outlines_core.Index(inner, _byte_vocabulary()).get_transitions())
-        if byte_states * V > 2 * cap:
-            raise _table_too_big(pattern, byte_states // 2, V, cap, about="at least ")
+        if byte_states > 2 * max_states:
+            raise _too_big(pattern, f"at least {-(-byte_states // 2)} states, which exceeds the cap of {max_states}")
         index = outlines_core.Index(f"(?:{inner})\\x{{10FFFF}}", vocabulary)
     except ValueError as exc:
         try:
@@ -477,8 +529,8 @@ def _build(source: tuple[str, str], vocabulary: outlines_core.Vocabulary, V: int
     order = [initial, *sorted(live - {initial})]
     number = {s: k for k, s in enumerate(order)}
     S = len(order)
-    if S * V > cap:
-        raise _table_too_big(pattern, S, V, cap)
+    if S > max_states:
+        raise _too_big(pattern, f"{S} states, which exceeds the cap of {max_states}")
     src, tok, dst = array("i"), array("i"), array("i")  # (E,) each; 4 bytes an entry, not a Python int
     for s in order:
         for t, d in raw.get(s, {}).items():
@@ -488,7 +540,11 @@ def _build(source: tuple[str, str], vocabulary: outlines_core.Vocabulary, V: int
                 dst.append(number[d])
     final = np.zeros(S, dtype=np.bool_)  # (S,)
     final[[number[s] for s in order if s in finals]] = True
-    return _Built(pattern, S, final, edge_classes(*(np.frombuffer(a, dtype=np.int32) for a in (src, tok, dst))))
+    classes = edge_classes(*(np.frombuffer(a, dtype=np.int32) for a in (src, tok, dst)))
+    if classes.n_class_tokens + 3 * classes.n_pairs > cap:
+        raise _too_big(pattern, f"{classes.n_pairs:,} state pairs over {classes.n_class_tokens:,} token-class entries, "
+                                f"which exceeds the cap of {cap:,} entries")
+    return _Built(pattern, S, final, classes)
 
 
 # outlines-core 0.2.14 builds the index from a regex-automata *search* DFA and keeps a token only if
@@ -526,11 +582,6 @@ def _strip_anchors(pattern: str) -> str:
             if (len(head) - len(head.rstrip("\\"))) % 2 == 0:
                 return head
     return pattern
-
-
-def _successors(next_state: np.ndarray) -> list[list[int]]:
-    """For each state, the distinct states one token away."""
-    return [np.unique(row[row >= 0]).tolist() for row in next_state]
 
 
 def _escape(text: str) -> str:

@@ -22,10 +22,6 @@ from constraints.automaton import TokenAutomaton
 _lock = threading.Lock()
 # automaton -> {str(device): Pairs}; dies with the automaton.
 _pairs: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, Pairs]] = weakref.WeakKeyDictionary()
-# automaton -> {str(device): (next_state, final)}
-_tables: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, tuple[torch.Tensor, torch.Tensor]]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class Pairs(NamedTuple):
@@ -41,6 +37,7 @@ class Pairs(NamedTuple):
     # For the way back, on the host: the pairs into each state, ``into[into_ptr[d]:into_ptr[d + 1]]`` (ascending).
     into: np.ndarray  # (P,) int64
     into_ptr: np.ndarray  # (S + 1,) int64
+    by_token: dict[int, torch.Tensor]  # token -> the pairs reading it (filled as committed tokens come up)
 
 
 def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pairs:
@@ -57,24 +54,17 @@ def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pair
     into_ptr = np.zeros(automaton.n_states + 1, dtype=np.int64)
     np.cumsum(np.bincount(c.dst, minlength=automaton.n_states), out=into_ptr[1:])
     value = Pairs(as_long(c.src), as_long(c.dst), as_long(c.cls), as_long(c.tokens), class_of.to(device), c.n_classes,
-                  torch.from_numpy(np.flatnonzero(automaton.final)).to(device), into, into_ptr)
+                  torch.from_numpy(np.flatnonzero(automaton.final)).to(device), into, into_ptr, {})
     with _lock:
         return _pairs.setdefault(automaton, {}).setdefault(key, value)
 
 
-def tables(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """``next_state`` (S, V) int32 and ``final`` (S,) bool on ``device`` (copies: the numpy arrays are never shared)."""
-    key = str(device)
-    with _lock:
-        hit = _tables.get(automaton, {}).get(key)
-    if hit is not None:
-        return hit
-    value = (
-        torch.tensor(automaton.next_state, dtype=torch.int32, device=device),
-        torch.tensor(automaton.final, dtype=torch.bool, device=device),
-    )
-    with _lock:
-        return _tables.setdefault(automaton, {}).setdefault(key, value)
+def pairs_reading(g: Pairs, automaton: TokenAutomaton, token: int) -> torch.Tensor:
+    """The pairs whose class holds ``token`` (a committed position's only moves), cached per token."""
+    hit = g.by_token.get(token)
+    if hit is None:
+        hit = g.by_token[token] = torch.from_numpy(automaton.pairs_reading(token)).to(g.src.device)
+    return hit
 
 
 def best_path(
@@ -123,7 +113,7 @@ def best_path(
         raise ValueError(f"logp must be (n={n}, V>={V}); got {tuple(logp.shape)}")
     if not 0 <= empty_id < logp.shape[1]:
         raise ValueError(f"empty_id {empty_id} is outside the vocabulary of logp")
-    if empty_id < V and bool((automaton.next_state[:, empty_id] >= 0).any()):
+    if automaton.pairs_reading(empty_id).size:
         raise ValueError(f"empty_id {empty_id} is a real token of this automaton; compile with it as special")
     for i, c in enumerate(committed):
         if c is not None and not 0 <= c < logp.shape[1]:
@@ -133,7 +123,6 @@ def best_path(
     device = logp.device
     neg_inf = float("-inf")
     g = pairs(automaton, device)
-    table, _ = tables(automaton, device)  # (S, V)
     END = S  # index of the "ended" state in score vectors
 
     # The best token of each class at each free position: one gather and one scatter-max for the whole slot.
@@ -157,9 +146,10 @@ def best_path(
         prev, nxt = scores[i], scores[i + 1]
         if c is None:  # any pair, scored by its class's best token here
             nxt[:S].scatter_reduce_(0, g.dst, prev.index_select(0, g.src) + lp_pair[row_of[i]], reduce="amax")
-        elif c != empty_id and c < V:  # a committed real token: one edge per source state, cost 0
-            col = table[:, c].long()  # (S,)
-            nxt[:S].scatter_reduce_(0, col.clamp_min(0), torch.where(col >= 0, prev[:S], neg_inf), reduce="amax")
+        elif c != empty_id:  # a committed real token: the pairs that read it, cost 0
+            pp = pairs_reading(g, automaton, c)
+            if pp.numel():
+                nxt[:S].scatter_reduce_(0, g.dst[pp], prev.index_select(0, g.src[pp]), reduce="amax")
         if c is None or c == empty_id:  # EMPTY here: stay ended, or end now from a final state
             end = prev[END]
             if i >= min_tokens and g.final_states.numel():
@@ -197,8 +187,9 @@ def best_path(
             p = int(into[np.flatnonzero(prev[src[into]] + bic[row_of[i], cls[into]] == target)[0]])
             taken[i], state = p, int(src[p])
         else:  # the committed token, from the lowest state it takes here
-            col = automaton.next_state[:, c]
-            state = int(np.flatnonzero((col == state) & (prev[:S] == target))[0])
+            pp = automaton.pairs_reading(c)
+            pp = pp[automaton.classes.dst[pp] == state]
+            state = int(np.min(src[pp][prev[src[pp]] == target]))
             out[i] = c
     if taken:  # each free real position: the best token of its pair's class there (the lowest id on ties)
         at = list(taken)

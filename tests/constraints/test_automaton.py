@@ -106,7 +106,8 @@ def test_compile_is_cached_and_specials_are_never_allowed():
     assert isinstance(a.next_state, np.ndarray) and isinstance(a.final, np.ndarray)
     assert a.next_state.shape == (a.n_states, V) and a.next_state.dtype == np.int32
     assert a.final.shape == (a.n_states,) and a.final.dtype == np.bool_
-    assert a.vocab_size == V and a.nbytes == a.n_states * V * 4 + a.classes.nbytes  # the table and its classes
+    assert a.vocab_size == V and a.nbytes == a.n_states * V * 4 + a.classes.nbytes  # its classes, and the table
+    assert a.n_edges == int(np.count_nonzero(a.next_state >= 0))  # asked for above: built from the classes
     assert (a.next_state[:, sorted(NEVER_REAL)] == -1).all()
     xy = compile_choices(["x", "y"], TOKENIZER, EOS, SPECIALS)
     assert compile_choices(["x", "y"], TOKENIZER, EOS, SPECIALS) is xy
@@ -148,10 +149,14 @@ def test_invalid_schema_and_choices_raise_constraint_error():
         compile_choices([], TOKENIZER, EOS, SPECIALS)
 
 
-def test_table_cap(monkeypatch):
-    monkeypatch.setattr(automaton_module, "MAX_TABLE_ENTRIES", 10 * V)
-    with pytest.raises(ConstraintError, match="exceeds the cap"):
+def test_state_and_entry_caps(monkeypatch):
+    monkeypatch.setattr(automaton_module, "MAX_STATES", 15)  # its byte automaton (21 states) passes the first check
+    with pytest.raises(ConstraintError, match="compiles to 21 states, which exceeds the cap of 15"):
         regex(r"[a-z]{20}")  # 21 states
+    monkeypatch.setattr(automaton_module, "MAX_STATES", 8192)
+    monkeypatch.setattr(automaton_module, "MAX_TABLE_ENTRIES", 1000)
+    with pytest.raises(ConstraintError, match="exceeds the cap of 1,000 entries"):
+        regex(r"[a-z]{21}")  # ~2,500 class entries (not cached: the 20 above was refused, this is another)
 
 
 @pytest.mark.parametrize("pattern", REGEXES)

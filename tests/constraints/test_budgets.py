@@ -73,7 +73,7 @@ def test_hostile_targets_are_refused_before_construction(make, setting):
     assert clock.compiles <= 1
 
 
-def test_a_table_too_big_is_refused_from_the_cheap_byte_automaton_before_the_token_index():
+def test_too_many_states_are_refused_from_the_cheap_byte_automaton_before_the_token_index():
     """`[ab]*a[ab]{14}` (2^15 states) was refused only after the whole 16.8 s build; its byte automaton (256
     tokens) already shows the state count, so the build stops there ("at least")."""
     exc = refusal(lambda: compile_regex(r"[ab]*a[ab]{14}", TOKENIZER, EOS, SPECIALS))

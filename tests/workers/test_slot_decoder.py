@@ -60,33 +60,33 @@ def test_device_tensors_are_cached_per_automaton():
     a = compile_regex(r"(q|r){1,3}zz", TOKENIZER, EOS, SPECIALS)
     g = slot_decoder.pairs(a)
     assert slot_decoder.pairs(a) is slot_decoder.pairs(a, torch.device("cpu"))
-    table, final = slot_decoder.tables(a)
-    assert slot_decoder.tables(a, "cpu") is slot_decoder.tables(a)
-    assert table.dtype == torch.int32 and final.dtype == torch.bool
-    assert torch.equal(table, torch.from_numpy(a.next_state)) and torch.equal(final, torch.from_numpy(a.final))
     assert g.src.dtype == g.dst.dtype == g.cls.dtype == g.tokens.dtype == torch.int64
     # The pairs and their classes spell exactly the table's edges, each once.
     edges = sorted((s, t, d) for s, d, k in zip(g.src.tolist(), g.dst.tolist(), g.cls.tolist())
                    for t in g.tokens[g.class_of == k].tolist())
     src, tok = np.nonzero(a.next_state >= 0)
     assert edges == sorted(zip(src.tolist(), tok.tolist(), a.next_state[src, tok].tolist()))
-    assert table.data_ptr() != a.next_state.ctypes.data  # a copy: the numpy table is never shared
+    # What a committed position reads: exactly the table's column of that token.
+    for t in {tok_ for _, tok_, _ in edges}:
+        reading = a.pairs_reading(t)
+        assert sorted(zip(g.src[reading].tolist(), g.dst[reading].tolist())) == \
+            [(s, int(a.next_state[s, t])) for s in range(a.n_states) if a.next_state[s, t] >= 0]
     path = best_path(a, random_logp(0, 4), [None] * 4, EMPTY)
     check(a, path, 4, [None] * 4)
-    assert a in slot_decoder._pairs and a in slot_decoder._tables
+    assert a in slot_decoder._pairs
 
     # An automaton built by hand (outside the compile cache): its cached tensors go when it does.
     table = np.full((1, V), -1, dtype=np.int32)
     table[0, TOKENIZER.token_to_id("q")] = 0
     loop = TokenAutomaton(pattern="q*", n_states=1, initial=0, final=np.ones(1, dtype=np.bool_), next_state=table)
-    before = (len(slot_decoder._pairs), len(slot_decoder._tables))
+    before = len(slot_decoder._pairs)
     assert best_path(loop, random_logp(1, 3), [None] * 3, EMPTY) is not None
-    assert (len(slot_decoder._pairs), len(slot_decoder._tables)) == (before[0] + 1, before[1] + 1)
+    assert len(slot_decoder._pairs) == before + 1
     gone = weakref.ref(loop)
     del loop
     gc.collect()
     assert gone() is None
-    assert (len(slot_decoder._pairs), len(slot_decoder._tables)) == before
+    assert len(slot_decoder._pairs) == before
 
 
 # ------------------------------------------------------------------------------------------ best_path
