@@ -9,6 +9,7 @@ may send a few low-confidence earlier commits of the block back to ``[MASK]``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from redraft.errors import ConstraintError
@@ -47,14 +48,18 @@ class MaskNoise:
         self.row = row
         self.blocks = plan(row.free.nonzero().squeeze(1).tolist(), row.cfg.steps, row.cfg.block_size)
         self.block, self.step_in_block, self.remask_left = 0, 0, row.cfg.remask_budget
+        self.left: int | None = None  # masks left in the current block, as the last step counted them
 
     # ------------------------------------------------------------------ what the model reads
 
     @property
     def active(self) -> bool:
         """Whether the row still has masks to write (moves past finished blocks)."""
-        while self.block < len(self.blocks) and not self._block_masks().any():
-            self.block, self.step_in_block = self.block + 1, 0
+        while self.block < len(self.blocks):
+            left = self.left if self.left is not None else int(self._block_masks().sum())
+            if left:
+                break
+            self.block, self.step_in_block, self.left = self.block + 1, 0, None
         return self.block < len(self.blocks)
 
     def window(self) -> tuple[int, int]:
@@ -104,8 +109,10 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     in_block = (positions >= lo.unsqueeze(1)) & (positions < hi.unsqueeze(1))  # (b, L)
     still = (x == mask_id) & free  # (b, L) every undecided position
     cand = still & in_block  # (b, L) this step proposes for these
-    ri, pi = cand.nonzero(as_tuple=True)  # (N,) row and position of each candidate, row after row
-    counts = torch.bincount(ri, minlength=b).tolist()  # candidates per row
+    # The host reads the step twice: which positions are candidates (here) and what the step did (at the end).
+    ri_h, pi_h = cand.cpu().nonzero(as_tuple=True)  # (N,) row and position of each candidate, row after row
+    counts = torch.bincount(ri_h, minlength=b).tolist()  # candidates per row
+    ri, pi = ri_h.to(device), pi_h.to(device)
     starts = [0]
     for c in counts:
         starts.append(starts[-1] + c)
@@ -226,9 +233,10 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     # confident below ``remask_below``, within the run's budget; never on a block's last planned step.
     n_taken = take.sum(1)  # (b,)
     last_planned = [r.accept.planned and r.noise.step_in_block >= blk[2] - 1 for r, blk in zip(rows, blocks)]
-    budget = torch.tensor([0 if last_planned[j] else r.noise.remask_left for j, r in enumerate(rows)], device=device)
+    budget_h = [0 if last_planned[j] else r.noise.remask_left for j, r in enumerate(rows)]
     remask = torch.zeros_like(take)
-    if bool((budget > 0).any()):
+    if any(budget_h):
+        budget = torch.tensor(budget_h, device=device)  # (b,)
         n_remask = torch.minimum(budget, (n_taken + 1) // 2) * (still & in_block & ~take).any(1)  # (b,)
         below = torch.tensor([r.cfg.remask_below for r in rows], device=device).unsqueeze(1)  # (b, 1)
         eligible = free & in_block & (x != mask_id) & (confidence < below) & ~take  # (b, L)
@@ -239,19 +247,22 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     x = torch.where(remask, mask_id, x)
     confidence = torch.where(remask, 0.0, confidence)
 
-    # The host reads the step once: what each row committed (in its acceptance order) and re-masked.
-    t_rows, t_pos = take.nonzero(as_tuple=True)
-    r_rows, r_pos = remask.nonzero(as_tuple=True)
-    got = torch.stack([t_rows, t_pos, held[t_rows, t_pos], rank[t_rows, t_pos]]).tolist()
-    got_conf = conf_bl[t_rows, t_pos].tolist()
-    back = torch.stack([r_rows, r_pos, held[r_rows, r_pos]]).tolist()
-    back_conf = held_conf[r_rows, r_pos].tolist()
+    # The host's second read: the step's outcome as one (7, b, L) block (commits with their tokens, order and
+    # confidence; re-masks with what they held; the masks left in each row's block), unpacked on the host.
+    left = (x == mask_id) & free & in_block  # (b, L)
+    outcome = torch.stack([take, held, rank, conf_bl, remask, held_conf, left]).double().cpu().numpy()  # (7, b, L)
+    t_rows, t_pos = np.nonzero(outcome[0])
+    r_rows, r_pos = np.nonzero(outcome[4])
     commits: list[list[tuple[int, int, int, float]]] = [[] for _ in range(b)]  # (rank, position, token, conf)
-    for j, p, t, place, c in zip(*got, got_conf):
+    for j, p, t, place, c in zip(t_rows.tolist(), t_pos.tolist(), outcome[1][t_rows, t_pos].astype(np.int64).tolist(),
+                                 outcome[2][t_rows, t_pos].astype(np.int64).tolist(),
+                                 outcome[3][t_rows, t_pos].astype(np.float32).tolist()):
         commits[j].append((place, p, t, c))
     remasked: list[list[tuple[float, int, int]]] = [[] for _ in range(b)]  # (conf, position, token it held)
-    for j, p, t, c in zip(*back, back_conf):
+    for j, p, t, c in zip(r_rows.tolist(), r_pos.tolist(), outcome[1][r_rows, r_pos].astype(np.int64).tolist(),
+                          outcome[5][r_rows, r_pos].astype(np.float32).tolist()):
         remasked[j].append((c, p, t))
+    masks_left = outcome[6].sum(1).astype(np.int64).tolist()  # (b,)
     for j, r in enumerate(rows):
         if errors[j] is not None:
             continue
@@ -265,5 +276,6 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
         sent_back = [(p, t) for _, p, t in sorted(remasked[j])]  # least confident first
         r.noise.remask_left -= len(sent_back)
         r.noise.step_in_block += 1
+        r.noise.left = masks_left[j]  # what ``active`` would read back from the device
         r.record([p for _, p, _, _ in mine], [t for _, _, t, _ in mine], [c for *_, c in mine], sent_back)
     return errors
