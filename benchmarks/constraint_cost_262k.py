@@ -572,7 +572,7 @@ def main() -> None:
     if args.note:
         lines += ["", args.note]
     lines += ["", describe_build(build), ""]
-    head = ["target", "states S", "edges E", "pairs P / class tokens M", "(S, V) table", "compile (cold)"]
+    head = ["target", "states S", "edges E", "pairs P / class tokens M", "kept (classes)", "compile (cold)"]
     for n in args.lengths:
         head += [f"best_path n={n}: first call", f"n={n}: none committed", f"n={n}: half committed",
                  f"SlotTargets n={n}"]

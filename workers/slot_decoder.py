@@ -129,8 +129,9 @@ def best_path(
     free_at = [i for i, c in enumerate(committed) if c is None]
     row_of = {i: r for r, i in enumerate(free_at)}  # position -> row of the free-position tensors
     free_idx = torch.tensor(free_at, dtype=torch.long, device=device)  # (f,)
-    lp_class = logp.index_select(1, g.tokens).index_select(0, free_idx).float()  # (f, M)
-    lp_class.masked_fill_(lp_class.isnan(), neg_inf)  # NaN is forbidden, like -inf
+    lp_class = logp.index_select(1, g.tokens)  # (n, M): the class tokens' columns, never an (f, V) copy
+    lp_class = (lp_class.index_select(0, free_idx) if len(free_at) < n else lp_class).float()  # (f, M)
+    lp_class.nan_to_num_(nan=neg_inf, posinf=float("inf"), neginf=neg_inf)  # NaN is forbidden, like -inf
     best_in_class = torch.full((len(free_at), g.n_classes), neg_inf, dtype=torch.float32, device=device)  # (f, K)
     best_in_class.scatter_reduce_(1, g.class_of.expand_as(lp_class), lp_class, reduce="amax", include_self=True)
     lp_pair = best_in_class[:, g.cls].double()  # (f, P) what each pair scores at each free position
@@ -192,10 +193,9 @@ def best_path(
             state = int(np.min(src[pp][prev[src[pp]] == target]))
             out[i] = c
     if taken:  # each free real position: the best token of its pair's class there (the lowest id on ties)
-        at = list(taken)
-        rows = torch.tensor([row_of[i] for i in at], device=device)  # (t,)
-        classes = g.cls[torch.tensor(list(taken.values()), device=device)]  # (t,)
-        chosen = torch.where(g.class_of.unsqueeze(0) == classes.unsqueeze(1), lp_class[rows], neg_inf)  # (t, M)
-        for i, t in zip(at, g.tokens[chosen.argmax(1)].tolist()):
-            out[i] = t
+        offsets = automaton.classes.offsets
+        for i, p in taken.items():  # a class's tokens are one run of lp_class's columns: read that run alone
+            k = int(automaton.classes.cls[p])
+            run = lp_class[row_of[i], offsets[k]:offsets[k + 1]]
+            out[i] = int(g.tokens[offsets[k] + int(run.argmax())])
     return out
