@@ -44,9 +44,9 @@ class Timed:
     def __init__(self, fn, sink: list[float]) -> None:
         self.fn, self.sink = fn, sink
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         t0 = time.perf_counter()
-        out = self.fn(*args)
+        out = self.fn(*args, **kwargs)
         self.sink.append((time.perf_counter() - t0) * 1e6)
         return out
 
