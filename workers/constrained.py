@@ -19,7 +19,7 @@ from constraints.canvas import Canvas
 from constraints.vocab import allowed_ids
 from redraft.errors import ConstraintError
 from redraft.models import ModelInfo
-from workers.slot_decoder import best_path
+from workers.slot_decoder import best_paths
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class SlotTargets:
                  offset: int = 0) -> torch.Tensor:
         width = logits.shape[1]
         for j, row in enumerate(rows):
+            work = []  # (slot, positions, free here, in the window, query): a row's slots are decoded together
             for slot in self.slots_per_row.get(row, ()):
                 pos = torch.tensor(slot.positions, device=logits.device)  # (n,)
                 slot_free = free[j, pos]  # (n,)
@@ -69,7 +70,10 @@ class SlotTargets:
                     logp = torch.zeros(pos.numel(), logits.shape[-1], device=logits.device)  # (n, V)
                     logp[seen] = logits[j, pos[seen] - offset].float()  # the rest of the slot: later windows
                 committed = [None if f else int(t) for f, t in zip(slot_free.tolist(), x[j, pos].tolist())]
-                path = best_path(slot.automaton, logp, committed, self.empty_id, slot.min_tokens)
+                work.append((slot, pos, slot_free, seen,
+                             (slot.automaton, logp, committed, self.empty_id, slot.min_tokens)))
+            paths = best_paths([w[-1] for w in work])
+            for (slot, pos, slot_free, seen, _), path in zip(work, paths):
                 if path is None:  # cannot happen from a canvas the API accepted; fail loudly if it does
                     raise ConstraintError(f"slot {slot.name!r} can no longer satisfy {slot.automaton.pattern!r}")
                 here = slot_free & seen  # (n,)

@@ -107,6 +107,38 @@ def best_path(
                         best, best_score = list(seq), score
         return best                                                  # None when best_score == -inf
     """
+    return best_paths([(automaton, logp, committed, empty_id, min_tokens)])[0]
+
+
+Query = tuple  # (automaton, logp (n, V'), committed (n,), empty_id, min_tokens): one slot, as ``best_path`` takes it
+
+
+def best_paths(queries: list[Query]) -> list[list[int] | None]:
+    """``best_path`` for several slots at once (a row's constrained slots): the slots' automata side by side as one
+    state space, so each position index is one relaxation for every slot (slots of similar lengths run together:
+    a slot is padded to at most twice its positions). The same paths as one call per slot."""
+    out: list[list[int] | None] = [None] * len(queries)
+    prepared = []
+    for q, query in enumerate(queries):
+        slot = _prepare(*query)
+        if slot is not None:
+            prepared.append((q, slot))
+    prepared.sort(key=lambda e: -e[1].n)
+    while prepared:
+        n_max = prepared[0][1].n
+        group = [e for e in prepared if 2 * e[1].n >= n_max]
+        prepared = [e for e in prepared if 2 * e[1].n < n_max]
+        for (q, _), path in zip(group, _solve([slot for _, slot in group])):
+            out[q] = path
+    return out
+
+
+class _Slot:
+    """One query, checked, with its per-position scores (built by ``_prepare``)."""
+
+
+def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int | None], empty_id: int,
+             min_tokens: int = 0) -> _Slot | None:
     n = len(committed)
     S, V = automaton.n_states, automaton.vocab_size
     if logp.dim() != 2 or logp.shape[0] != n or logp.shape[1] < V:
@@ -123,55 +155,105 @@ def best_path(
     device = logp.device
     neg_inf = float("-inf")
     g = pairs(automaton, device)
-    END = S  # index of the "ended" state in score vectors
+    slot = _Slot()
+    slot.automaton, slot.g, slot.n, slot.S, slot.committed = automaton, g, n, S, committed
+    slot.empty_id, slot.min_tokens, slot.device = empty_id, min_tokens, device
 
     # The best token of each class at each free position: one gather and one scatter-max for the whole slot.
     free_at = [i for i, c in enumerate(committed) if c is None]
-    row_of = {i: r for r, i in enumerate(free_at)}  # position -> row of the free-position tensors
+    slot.row_of = row_of = {i: r for r, i in enumerate(free_at)}  # position -> row of the free-position tensors
     free_idx = torch.tensor(free_at, dtype=torch.long, device=device)  # (f,)
     lp_class = logp.index_select(1, g.tokens)  # (n, M): the class tokens' columns, never an (f, V) copy
     lp_class = (lp_class.index_select(0, free_idx) if len(free_at) < n else lp_class).float()  # (f, M)
     lp_class.nan_to_num_(nan=neg_inf, posinf=float("inf"), neginf=neg_inf)  # NaN is forbidden, like -inf
     best_in_class = torch.full((len(free_at), g.n_classes), neg_inf, dtype=torch.float32, device=device)  # (f, K)
     best_in_class.scatter_reduce_(1, g.class_of.expand_as(lp_class), lp_class, reduce="amax", include_self=True)
-    lp_pair = best_in_class[:, g.cls].double()  # (f, P) what each pair scores at each free position
     lp_empty = logp[free_idx, empty_id].double()  # (f,)
     lp_empty.masked_fill_(lp_empty.isnan(), neg_inf)
+    slot.lp_class, slot.best_in_class, slot.lp_empty = lp_class, best_in_class, lp_empty
+
+    # What each pair adds at each position (n, P): its class's best token where the position is free, 0 for the
+    # pairs that read a committed token, -inf for every other; and what ending there adds (n,).
+    moves = torch.full((n, int(g.src.shape[0])), neg_inf, dtype=torch.float64, device=device)  # (n, P)
+    if free_at:
+        moves[free_idx] = best_in_class[:, g.cls].double()
+    ending = torch.full((n,), neg_inf, dtype=torch.float64, device=device)  # (n,)
+    if free_at:
+        ending[free_idx] = lp_empty
+    for i, c in enumerate(committed):
+        if c is None:
+            continue
+        if c == empty_id:
+            ending[i] = 0.0
+        else:
+            pp = pairs_reading(g, automaton, c)
+            if pp.numel():
+                moves[i, pp] = 0.0
+    slot.moves, slot.ending = moves, ending
+    return slot
+
+
+def _solve(slots: list[_Slot]) -> list[list[int] | None]:
+    """The forward pass for slots side by side (each its S + 1 states, END last), then each slot's way back."""
+    device = slots[0].device
+    neg_inf = float("-inf")
+    n_max = max(s.n for s in slots)
+    bases, total = [], 0
+    for s in slots:
+        bases.append(total)
+        total += s.S + 1
+    src = torch.cat([s.g.src + b for s, b in zip(slots, bases)])  # (P_all,)
+    dst = torch.cat([s.g.dst + b for s, b in zip(slots, bases)])  # (P_all,)
+    moves = torch.full((n_max, int(src.shape[0])), neg_inf, dtype=torch.float64, device=device)  # (n_max, P_all)
+    ending = torch.full((n_max, len(slots)), neg_inf, dtype=torch.float64, device=device)  # (n_max, slots)
+    finals, final_slot, may_end = [], [], torch.zeros((n_max, len(slots)), dtype=torch.bool)
+    at = 0
+    for k, (s, b) in enumerate(zip(slots, bases)):
+        p = s.moves.shape[1]
+        moves[:s.n, at:at + p] = s.moves
+        ending[:s.n, k] = s.ending
+        at += p
+        finals.append(s.g.final_states + b)
+        final_slot.append(torch.full_like(s.g.final_states, k))
+        may_end[s.min_tokens:, k] = True  # a final state may end the slot only after min_tokens real tokens
+    finals_all, final_slot_all = torch.cat(finals), torch.cat(final_slot)  # (F_all,)
+    may_end_f = may_end.to(device)[:, final_slot_all]  # (n_max, F_all)
+    ends = torch.tensor([b + s.S for s, b in zip(slots, bases)], device=device)  # (slots,) the END states
 
     # Forward: scores[i, s] is the best score of a prefix of i positions ending in state s (END: ended).
     # Only scores are kept; the way back recomputes which move reached each score (the same float additions).
-    scores = torch.full((n + 1, S + 1), neg_inf, dtype=torch.float64, device=device)  # (n+1, S+1)
-    scores[0, automaton.initial] = 0.0
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    for i, c in enumerate(committed):
+    scores = torch.full((n_max + 1, total), neg_inf, dtype=torch.float64, device=device)  # (n_max+1, states)
+    for s, b in zip(slots, bases):
+        scores[0, b + s.automaton.initial] = 0.0
+    for i in range(n_max):
         prev, nxt = scores[i], scores[i + 1]
-        if c is None:  # any pair, scored by its class's best token here
-            nxt[:S].scatter_reduce_(0, g.dst, prev.index_select(0, g.src) + lp_pair[row_of[i]], reduce="amax")
-        elif c != empty_id:  # a committed real token: the pairs that read it, cost 0
-            pp = pairs_reading(g, automaton, c)
-            if pp.numel():
-                nxt[:S].scatter_reduce_(0, g.dst[pp], prev.index_select(0, g.src[pp]), reduce="amax")
-        if c is None or c == empty_id:  # EMPTY here: stay ended, or end now from a final state
-            end = prev[END]
-            if i >= min_tokens and g.final_states.numel():
-                end = torch.maximum(end, prev.index_select(0, g.final_states).max())
-            nxt[END] = end + (lp_empty[row_of[i]] if c is None else zero)
+        nxt.scatter_reduce_(0, dst, prev.index_select(0, src) + moves[i], reduce="amax")
+        end = prev.index_select(0, ends)  # (slots,) stay ended, or end now from a final state
+        if finals_all.numel():
+            from_final = torch.where(may_end_f[i], prev.index_select(0, finals_all), neg_inf)  # (F_all,)
+            end = end.scatter_reduce(0, final_slot_all, from_final, reduce="amax")
+        nxt[ends] = end + ending[i]
+    sc_all = scores.cpu().numpy()  # (n_max+1, states) for the ways back, on the host
+    return [_way_back(s, sc_all[:s.n + 1, b:b + s.S + 1]) for s, b in zip(slots, bases)]
 
+
+def _way_back(slot: _Slot, sc: np.ndarray) -> list[int] | None:
+    """At each position, from the last, the lowest move whose score gives the one reached."""
+    automaton, g, n, S, committed = slot.automaton, slot.g, slot.n, slot.S, slot.committed
+    empty_id, min_tokens, row_of = slot.empty_id, slot.min_tokens, slot.row_of
+    neg_inf = float("-inf")
+    END = S
+    src, cls, final = automaton.classes.src, automaton.classes.cls, automaton.final
+    finals = np.flatnonzero(final)
     # Accept: a final state after n real tokens (n >= min_tokens holds here), or the ended state.
-    last = scores[n]
-    ends = torch.cat([last.index_select(0, g.final_states), last[END:]])  # (F+1,)
-    if not bool(ends.max() > neg_inf):
+    best_final = sc[n, finals].max(initial=neg_inf)
+    if not max(best_final, sc[n, END]) > neg_inf:
         return None
     if n == 0:
         return []
-
-    # The way back, on the host: at each position, the lowest move whose score gives the one reached.
-    sc = scores.cpu().numpy()  # (n+1, S+1)
-    bic = best_in_class.cpu().numpy().astype(np.float64)  # (f, K): the same float64 values as lp_pair
-    lpe = lp_empty.cpu().numpy()  # (f,)
-    src, cls, final = automaton.classes.src, automaton.classes.cls, automaton.final
-    finals = np.flatnonzero(final)
-    state = END if sc[n, END] >= sc[n, finals].max(initial=neg_inf) else int(finals[np.argmax(sc[n, finals])])
+    bic = slot.best_in_class.cpu().numpy().astype(np.float64)  # (f, K): the same float64 values as the moves
+    lpe = slot.lp_empty.cpu().numpy()  # (f,)
+    state = END if sc[n, END] >= best_final else int(finals[np.argmax(sc[n, finals])])
     out = [0] * n
     taken: dict[int, int] = {}  # free position -> the pair its token is read from
     for i in range(n - 1, -1, -1):
@@ -195,7 +277,7 @@ def best_path(
     if taken:  # each free real position: the best token of its pair's class there (the lowest id on ties)
         offsets = automaton.classes.offsets
         for i, p in taken.items():  # a class's tokens are one run of lp_class's columns: read that run alone
-            k = int(automaton.classes.cls[p])
-            run = lp_class[row_of[i], offsets[k]:offsets[k + 1]]
+            k = int(cls[p])
+            run = slot.lp_class[row_of[i], offsets[k]:offsets[k + 1]]
             out[i] = int(g.tokens[offsets[k] + int(run.argmax())])
     return out

@@ -189,6 +189,27 @@ def test_logits_do_as_well_as_log_probabilities(pattern, seed, extra, shift, dat
     assert free_score(from_logits, logp, committed) == pytest.approx(free_score(from_logp, logp, committed), abs=1e-4)
 
 
+@settings(max_examples=20, deadline=None)
+@given(picks=st.lists(st.tuples(st.sampled_from(REGEXES), st.integers(0, 5), st.integers(0, 3)), min_size=1,
+                      max_size=5), seed=seeds, data=st.data())
+def test_slots_decoded_side_by_side_get_the_paths_they_get_alone(picks, seed, data):
+    """A row's slots run as one DP over their automata side by side (best_paths): each gets exactly the path it
+    gets alone, whatever the other slots' lengths, commits and minimum lengths."""
+    queries = []
+    for k, (pattern, extra, min_tokens) in enumerate(picks):
+        a = regex(pattern)
+        n = min_length_tokens(a) + extra
+        logp = random_logp(seed + k, n)
+        committed = [None] * n
+        first = best_path(a, logp, committed, EMPTY)
+        if first is not None and n:
+            keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+            committed = [t if kept else None for t, kept in zip(first, keep)]
+        queries.append((a, random_logp(seed + 100 + k, n), committed, EMPTY, min(min_tokens, n + 1)))
+    together = slot_decoder.best_paths(queries)
+    assert together == [best_path(*q) for q in queries]
+
+
 def test_a_thousand_letters_in_256_positions():
     """2.5M edges, 11 token classes: the DP reads the classes, and the path spells exactly 1000 letters."""
     a = regex("[a-z]{1000}")
