@@ -23,8 +23,9 @@ from constraints.generate import compile_generate, prompt_slot
 from redraft.models import load_model_info, load_tokenizer, special_ids
 from redraft.settings import DEFAULT_MODEL_DIR
 from workers.adapters import get_adapter
-from workers.constrained import SlotTargets, constrained_slots
-from workers.sampler import ForbidTokens, SamplerConfig, denoise
+from workers.processors.forbid_tokens import ForbidTokens
+from workers.processors.slot_targets import SlotTargets, constrained_slots
+from workers.sampler import SamplerConfig, denoise
 
 TARGETS = {
     "date regex": ({"regex": r"[0-9]{4}-[0-9]{2}-[0-9]{2}"}, 12),

@@ -12,7 +12,7 @@ Measures, on a real-size byte-level BPE vocabulary built here (nothing is downlo
    length n, with no position committed and with every other position committed (from the first
    path), median of ``--repeats`` runs; the first uncommitted call at each n is reported separately
    (at the first n it also copies the automaton's tables to torch, cached per automaton afterwards);
-3. one ``workers.constrained.SlotTargets`` call on ``(1, n, V)`` logits (``best_path`` on the logits themselves
+3. one ``workers.processors.slot_targets.SlotTargets`` call on ``(1, n, V)`` logits (``best_path`` on the logits themselves
    + masking the slot's positions), no position committed;
 4. for scale, a bare ``(n, V)`` log_softmax and argmax, which the sampler does every step anyway.
 
@@ -324,13 +324,12 @@ def _emit(**event) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     """One target, in a fresh process: emits JSON lines ({"begin": key} before each measurement)."""
-    import numpy as np
     import torch
     from tokenizers import Tokenizer
 
     from constraints import automaton as am
     from constraints import budget
-    from workers.constrained import ConstrainedSlot, SlotTargets
+    from workers.processors.slot_targets import ConstrainedSlot, SlotTargets
     from workers.slot_decoder import best_path
 
     torch.set_num_threads(args.threads)
@@ -338,7 +337,7 @@ def worker(args: argparse.Namespace) -> None:
     V = tokenizer.get_vocab_size(with_added_tokens=True)
     ids = {s: tokenizer.token_to_id(s) for s in SPECIALS}
     eos, empty = ids["<eos>"], ids["<pad>"]
-    special = {ids["<bos>"], ids["<mask>"]}  # as workers.constrained: the specials less EMPTY
+    special = {ids["<bos>"], ids["<mask>"]}  # as the workers: the specials less EMPTY
     target = TARGETS[args.worker][2]
 
     _emit(begin="vocabulary")

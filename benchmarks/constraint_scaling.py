@@ -44,8 +44,9 @@ from redraft.errors import RedraftError
 from redraft.models import load_model_info, load_tokenizer, special_ids
 from redraft.settings import DEFAULT_MODEL_DIR
 from workers.adapters import get_adapter
-from workers.constrained import SlotTargets, constrained_slots
-from workers.sampler import ForbidTokens, SamplerConfig, denoise
+from workers.processors.forbid_tokens import ForbidTokens
+from workers.processors.slot_targets import SlotTargets, constrained_slots
+from workers.sampler import SamplerConfig, denoise
 
 SCHEMAS = REPO / "benchmarks" / "data" / "schemas.json"
 WORDS = "The committee met on Tuesday to review the proposal and recorded its decision as follows. "

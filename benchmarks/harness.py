@@ -50,7 +50,8 @@ def decoding_table(device: str) -> list[str]:
     from redraft.models import load_tokenizer, special_ids
     from redraft.settings import DEFAULT_MODEL_DIR
     from workers.adapters import get_adapter
-    from workers.sampler import ForbidTokens, SamplerConfig, denoise
+    from workers.processors.forbid_tokens import ForbidTokens
+    from workers.sampler import SamplerConfig, denoise
 
     adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, device)
     info, tokenizer = adapter.info, load_tokenizer(DEFAULT_MODEL_DIR)

@@ -23,7 +23,8 @@ from constraints.infill import compile_infill, parse_text
 from redraft.models import load_tokenizer, special_ids
 from redraft.settings import get_settings
 from workers.adapters import get_adapter
-from workers.sampler import ForbidTokens, SamplerConfig, denoise
+from workers.processors.forbid_tokens import ForbidTokens
+from workers.sampler import SamplerConfig, denoise
 
 TEXT = "The weather today is [[gap:6]], so we will [[gap:6]]."
 STEPS = 8

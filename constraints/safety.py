@@ -2,7 +2,7 @@
 
 ``banned`` is a list of phrases; ``pii`` is ``true`` (all kinds) or a list of kinds among ``email``,
 ``phone`` and ``card``, each a conservative regex (a near miss is blocked rather than let through).
-Both are enforced as token masks while the canvas is denoised (``workers.guards.SafetyGuard``), and
+Both are enforced as token masks while the canvas is denoised (``workers.processors.safety_guard.SafetyGuard``), and
 ``find_violations`` finds them in finished text (the revise job re-masks what it reports).
 
 Definitions (the tests check them literally):
@@ -375,7 +375,7 @@ class TextGuard:
     token. ``left`` / ``right`` are rendered text (any length; only the part that can matter is used).
     ``left_bytes`` / ``right_bytes`` carry the bytes of the same slot that the token's bytes join
     before decoding: an incomplete UTF-8 sequence ending the left context, continuation bytes
-    starting the right one (``workers.guards.CanvasText.context`` computes all four).
+    starting the right one (``workers.processors.safety_guard.CanvasText.context`` computes all four).
     """
 
     def __init__(self, targets: SafetyTargets, tokenizer: Tokenizer) -> None:

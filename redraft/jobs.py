@@ -48,7 +48,7 @@ Remasking = Literal["low_confidence", "random"]
 
 class SafetyParams(BaseModel):
     """A job's safety targets, as stored; the request's ``api.schemas.SafetySpec`` is this shape, refusing
-    unknown fields. The workers apply them (``workers.guards``, ``Drafting.avoid_rounds``)."""
+    unknown fields. The workers apply them (``workers.processors.safety_guard``, ``Drafting.avoid_rounds``)."""
 
     banned: list[str] = Field(default_factory=list, description="phrases never written (case-insensitive)")
     pii: bool | list[PiiKind] = Field(

@@ -26,10 +26,13 @@ from storage import repo
 from storage.db import session_scope
 from storage.models import Draft, Job
 from workers.adapters import get_adapter
-from workers.constrained import SlotTargets, SlotVocabulary, constrained_slots
 from workers.engine import BatchEngine, for_adapter
-from workers.guards import SafetyGuard
-from workers.sampler import ForbidTokens, Row, SamplerConfig, step
+from workers.processors.down_weight import DownWeight
+from workers.processors.forbid_tokens import ForbidTokens
+from workers.processors.safety_guard import SafetyGuard
+from workers.processors.slot_targets import SlotTargets, constrained_slots
+from workers.processors.slot_vocabulary import SlotVocabulary
+from workers.sampler import Row, SamplerConfig, step
 from workers.scorers import TopicScorer, load_scorer, split_spans
 from workers.steps import Publisher, StepSink
 
@@ -92,25 +95,6 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
         log.exception("job %s failed", job_id)
         _fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}", publisher)
         return JobStatus.FAILED
-
-
-class DownWeight:
-    """Soft guide: subtract ``penalty`` from chosen tokens at chosen positions (``avoid`` rounds)."""
-
-    def __init__(self, penalty: float) -> None:
-        self.penalty = penalty
-        self.tokens: dict[int, set[int]] = {}  # position -> token ids to down-weight there
-
-    @property
-    def masks_only(self) -> bool:
-        return not self.tokens  # nothing to down-weight: it changes no logit
-
-    def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
-                 offset: int = 0) -> torch.Tensor:
-        for position, ids in self.tokens.items():
-            if 0 <= position - offset < logits.shape[1]:
-                logits[:, position - offset, sorted(ids)] -= self.penalty
-        return logits
 
 
 # The job parameters the sampler reads: every JobParams field SamplerConfig also has (not seed, safety, revise).

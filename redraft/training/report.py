@@ -20,7 +20,8 @@ from redraft.training.corpus import documents
 from redraft.training.data import SpecialIds
 from redraft.training.train import heldout_windows, masked_accuracy, unigram_baseline
 from workers.adapters import get_adapter
-from workers.sampler import ForbidTokens, SamplerConfig, denoise
+from workers.processors.forbid_tokens import ForbidTokens
+from workers.sampler import SamplerConfig, denoise
 
 RATIOS = (0.15, 0.5, 0.9)
 

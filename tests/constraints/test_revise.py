@@ -8,11 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from constraints.revise import (
-    Region, auto_regions, carry_layout, compile_revision, merge, revision_edits, span_regions, target_regions,
+    Region,
+    auto_regions,
+    carry_layout,
+    compile_revision,
+    merge,
+    revision_edits,
+    span_regions,
+    target_regions,
 )
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.models import special_ids
-from workers.sampler import ForbidTokens, SamplerConfig, denoise
+from workers.processors.forbid_tokens import ForbidTokens
+from workers.sampler import SamplerConfig, denoise
 
 SOURCE = "Is Paris the capital of France? No. Paris is the capital and largest city of France."
 
@@ -148,7 +156,7 @@ def test_overlapping_regions_merge_and_conflicting_targets_are_refused():
 
 def test_a_structure_target_holds_after_the_rewrite(tiny_adapter, tiny_model):
     from constraints.automaton import accepts, compile_target
-    from workers.constrained import SlotTargets, constrained_slots
+    from workers.processors.slot_targets import SlotTargets, constrained_slots
 
     info, tokenizer = tiny_model
     text = "Delivery date: soon, we hope."

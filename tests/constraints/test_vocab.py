@@ -1,6 +1,6 @@
 """Vocabulary masks (constraints/vocab.py) on Redraft's real tokenizer: each named mask admits exactly the tokens
 its name says, never a special token, and an unknown name is refused with the list of known ones. That a slot's
-output keeps to its vocabulary while sampling is tested in tests/workers/test_constrained.py."""
+output keeps to its vocabulary while sampling is tested in tests/workers/processors/test_slot_targets.py."""
 
 from __future__ import annotations
 

@@ -33,12 +33,12 @@ from redraft.models import load_model_info, load_tokenizer
 from redraft.settings import Settings
 from tests.utils.models import make_tiny_diffusion_gemma
 from tests.utils.waiting import until
-from tests.workers.test_guards import Push, fixed_spans
+from tests.workers.processors.test_safety_guard import Push, fixed_spans
 from workers.adapters import TEXT_ONLY_VISION, DiffusionGemmaAdapter, get_adapter
 from workers.engine import BatchEngine
 from workers.runner import Drafting, sampler_config
-from workers.steps import MemorySink
 from workers.sampler import Row, SamplerConfig, step
+from workers.steps import MemorySink
 
 NAME = "tiny-diffusion-gemma"
 PROMPT_IDS = [100, 200, 300, 400]  # after BOS

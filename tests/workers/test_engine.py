@@ -17,9 +17,10 @@ from redraft.models import special_ids
 from redraft.settings import get_settings
 from tests.utils.waiting import until
 from workers.engine import BatchEngine
+from workers.processors.forbid_tokens import ForbidTokens
 from workers.runner import Drafting
+from workers.sampler import SamplerConfig, denoise
 from workers.steps import MemorySink
-from workers.sampler import ForbidTokens, SamplerConfig, denoise
 
 TEXTS = [
     "Dear team, the [[gap:4]] is ready. Please [[gap]] by Friday.",
@@ -188,7 +189,7 @@ def test_a_low_threshold_commits_several_tokens_per_step_on_the_shipped_model():
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), threshold=st.sampled_from([0.05, 0.5, 0.9]))
 def test_threshold_decoding_respects_structure_targets(tiny_adapter, tiny_model, seed, threshold):
-    from workers.constrained import SlotTargets, constrained_slots
+    from workers.processors.slot_targets import SlotTargets, constrained_slots
 
     info, tokenizer = tiny_model
     pieces = ["Invoice date: ", prompt_slot({"regex": r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]"}, 12, 0, 64),

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.models import special_ids
-from workers.sampler import ForbidTokens, SamplerConfig, denoise, plan
+from workers.processors.forbid_tokens import ForbidTokens
+from workers.sampler import SamplerConfig, denoise, plan
 
 MASK = 1
 

@@ -16,8 +16,10 @@ from constraints.generate import compile_generate, prompt_slot, slot_values
 from constraints.templates import render_template
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.models import special_ids
-from workers.constrained import SlotTargets, SlotVocabulary, constrained_slots
-from workers.sampler import ForbidTokens, SamplerConfig, denoise
+from workers.processors.forbid_tokens import ForbidTokens
+from workers.processors.slot_targets import SlotTargets, constrained_slots
+from workers.processors.slot_vocabulary import SlotVocabulary
+from workers.sampler import SamplerConfig, denoise
 
 REGEXES = [
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}",  # date

@@ -15,8 +15,9 @@ from constraints.canvas import Canvas, CanvasBuilder
 from constraints.infill import compile_infill, parse_text
 from constraints.safety import SafetyTargets, find_violations, parse_safety, split_pending, text_guard, token_table
 from redraft.models import special_ids, token_bytes
-from workers.guards import CanvasText, SafetyGuard
-from workers.sampler import ForbidTokens, SamplerConfig, denoise
+from workers.processors.forbid_tokens import ForbidTokens
+from workers.processors.safety_guard import CanvasText, SafetyGuard
+from workers.sampler import SamplerConfig, denoise
 
 # ---------------------------------------------------------------------------------------------- helpers
 
