@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from datetime import date
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from workers.adapters import get_adapter
 from workers.processors.forbid_tokens import ForbidTokens
 from workers.processors.slot_targets import SlotTargets, constrained_slots
 from workers.sampler import SamplerConfig, denoise
+from timing import Timed, pct  # benchmarks/timing.py
 
 TARGETS = {
     "date regex": ({"regex": r"[0-9]{4}-[0-9]{2}-[0-9]{2}"}, 12),
@@ -35,21 +34,6 @@ TARGETS = {
     "choices": ({"choices": ["approved", "rejected", "needs more information"]}, 8),
 }
 WORDS = "The committee met on Tuesday to review the proposal and recorded its decision as follows. "
-
-
-def pct(xs: list[float], q: int) -> float:
-    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1]
-
-
-class Timed:
-    def __init__(self, fn, sink: list[float]) -> None:
-        self.fn, self.sink = fn, sink
-
-    def __call__(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = self.fn(*args, **kwargs)
-        self.sink.append((time.perf_counter() - t0) * 1e6)
-        return out
 
 
 def main() -> None:
@@ -80,8 +64,9 @@ def main() -> None:
                 denoise(Timed(adapter.logits, fwd), torch.tensor([canvas.token_ids], device=adapter.device),
                         torch.tensor([canvas.fixed], device=adapter.device), info.mask_id,
                         SamplerConfig(steps=slot_tokens, temperature=1.0), [torch.Generator().manual_seed(r)], procs)
-            print(f"{canvas.length:>6}  {name:<12}{pct(fwd, 50):>12.0f}{pct(fwd, 99):>9.0f}{pct(cons, 50):>16.0f}"
-                  f"{pct(cons, 99):>9.0f}{pct(cons, 50) / pct(fwd, 50):>7.2f}")
+            us = lambda xs, q: pct(xs, q) * 1e6  # noqa: E731  (microseconds)
+            print(f"{canvas.length:>6}  {name:<12}{us(fwd, 50):>12.0f}{us(fwd, 99):>9.0f}{us(cons, 50):>16.0f}"
+                  f"{us(cons, 99):>9.0f}{pct(cons, 50) / pct(fwd, 50):>7.2f}")
     print("(microseconds; forward = one model pass over the canvas; constraint = SlotTargets for the step)")
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from datetime import date
@@ -47,28 +46,12 @@ from workers.adapters import get_adapter
 from workers.processors.forbid_tokens import ForbidTokens
 from workers.processors.slot_targets import SlotTargets, constrained_slots
 from workers.sampler import SamplerConfig, denoise
+from timing import Timed, pct  # benchmarks/timing.py
 
 SCHEMAS = REPO / "benchmarks" / "data" / "schemas.json"
 WORDS = "The committee met on Tuesday to review the proposal and recorded its decision as follows. "
 SLOT_SCHEMA = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 20},
                                                 "year": {"type": "integer"}}, "required": ["title", "year"]}
-
-
-def pct(xs: list[float], q: int) -> float:
-    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else xs[0]
-
-
-class Timed:
-    """Wraps a callable and records how long each call took, in seconds."""
-
-    def __init__(self, fn, sink: list[float]) -> None:
-        self.fn, self.sink = fn, sink
-
-    def __call__(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = self.fn(*args, **kwargs)
-        self.sink.append(time.perf_counter() - t0)
-        return out
 
 
 class Bench:

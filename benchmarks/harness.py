@@ -195,7 +195,8 @@ def service_throughput(url: str, key: str, n: int) -> float:
 
 def queue_table(jobs: int, redis_url: str, concurrency: tuple[int, ...] = (16,)) -> list[str]:
     import httpx
-    from queue_latency import direct, pct, queued
+    from queue_latency import direct, queued
+    from timing import pct
 
     work = Path(tempfile.mkdtemp(prefix="redraft-bench-"))
     with socket.socket() as sock:

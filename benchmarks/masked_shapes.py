@@ -73,6 +73,7 @@ def make_rows(n: int, adapter, info, tokenizer, canvas_tokens: int, answer: int,
     from redraft.models import special_ids
     from workers.processors.forbid_tokens import ForbidTokens
     from workers.processors.slot_targets import SlotTargets, constrained_slots
+    from timing import Timed  # benchmarks/timing.py
     from workers.sampler import Row, SamplerConfig
 
     special = special_ids(info)
@@ -89,18 +90,6 @@ def make_rows(n: int, adapter, info, tokenizer, canvas_tokens: int, answer: int,
                         torch.tensor(canvas.fixed, device=adapter.device), SamplerConfig(steps=steps, temperature=0.7),
                         torch.Generator().manual_seed(i), info.mask_id, procs))
     return rows, canvas.length
-
-
-class Timed:
-    def __init__(self, fn, sink: list[float]) -> None:
-        self.fn, self.sink = fn, sink
-        self.masks_only = False
-
-    def __call__(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = self.fn(*args, **kwargs)
-        self.sink.append(time.perf_counter() - t0)
-        return out
 
 
 def sync(device: torch.device) -> None:

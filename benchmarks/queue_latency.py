@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from datetime import date
 
@@ -25,13 +24,10 @@ from redraft.settings import get_settings
 from workers.adapters import get_adapter
 from workers.processors.forbid_tokens import ForbidTokens
 from workers.sampler import SamplerConfig, denoise
+from timing import pct  # benchmarks/timing.py
 
 TEXT = "The weather today is [[gap:6]], so we will [[gap:6]]."
 STEPS = 8
-
-
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
 def direct(n: int, model: str) -> list[float]:

@@ -124,7 +124,8 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     N = int(flat.shape[0])
     chunk = N if device.type == "cuda" else max(1, CPU_CHUNK_BYTES // (raw.shape[-1] * raw.element_size()))
     temps = [float(r.cfg.schedule.at(r.step, r.cfg.steps)) for r in rows]  # 0: greedy
-    temp_c = torch.tensor([temps[j] for j in range(b) for _ in range(counts[j])], device=device)  # (N,)
+    per_row = torch.tensor(counts)  # (b,) on the host: spreads a per-row value over the row's candidates
+    temp_c = torch.tensor(temps).repeat_interleave(per_row).to(device)  # (N,)
     needs_entropy = any(getattr(r.accept, "needs_entropy", False) for r in rows)
     own_lse = torch.empty(N, device=device)  # (N,) normaliser of the model's own distribution
     entropy = torch.empty(N, device=device) if needs_entropy else None  # (N,) of own / temperature
@@ -158,8 +159,7 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     # uniform per candidate from the row's own generator (``right=True`` never lands on a zero-probability token).
     u = [torch.rand(counts[j], generator=r.generator) for j, r in enumerate(rows)
          if temps[j] > 0 and counts[j] and errors[j] is None]
-    sampled = torch.tensor([temps[j] > 0 and errors[j] is None for j in range(b) for _ in range(counts[j])],
-                           dtype=torch.bool)  # (N,) on the host: which candidates sample
+    sampled = torch.tensor([temps[j] > 0 and errors[j] is None for j in range(b)]).repeat_interleave(per_row)  # (N,)
     u_c = torch.zeros(N)
     u_c[sampled] = torch.cat(u) if u else torch.zeros(0)
     u_c, sampled_d = u_c.to(device), sampled.to(device)
