@@ -11,6 +11,7 @@ automaton), so the per-step calls of a denoising run do not rebuild them.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 import weakref
 from typing import NamedTuple
 
@@ -133,14 +134,39 @@ def best_paths(queries: list[Query]) -> list[list[int] | None]:
     return out
 
 
+@dataclass(eq=False)
 class _Slot:
     """One query, checked, with its per-position scores (built by ``_prepare``)."""
+
+    automaton: TokenAutomaton
+    g: Pairs
+    committed: list[int | None]
+    empty_id: int
+    min_tokens: int
+    row_of: dict[int, int]  # free position -> its row in the per-free-position tensors
+    lp_class: torch.Tensor  # (f, M) the class tokens' logits at the free positions
+    best_in_class: torch.Tensor  # (f, K)
+    lp_empty: torch.Tensor  # (f,)
+    moves: torch.Tensor  # (n, P) what each pair adds at each position
+    ending: torch.Tensor  # (n,) what ending the slot there adds
+
+    @property
+    def n(self) -> int:
+        return len(self.committed)
+
+    @property
+    def S(self) -> int:  # noqa: N802 - the automaton's S, as everywhere in this module
+        return self.automaton.n_states
+
+    @property
+    def device(self) -> torch.device:
+        return self.moves.device
 
 
 def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int | None], empty_id: int,
              min_tokens: int = 0) -> _Slot | None:
     n = len(committed)
-    S, V = automaton.n_states, automaton.vocab_size
+    V = automaton.vocab_size
     if logp.dim() != 2 or logp.shape[0] != n or logp.shape[1] < V:
         raise ValueError(f"logp must be (n={n}, V>={V}); got {tuple(logp.shape)}")
     if not 0 <= empty_id < logp.shape[1]:
@@ -155,13 +181,10 @@ def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int 
     device = logp.device
     neg_inf = float("-inf")
     g = pairs(automaton, device)
-    slot = _Slot()
-    slot.automaton, slot.g, slot.n, slot.S, slot.committed = automaton, g, n, S, committed
-    slot.empty_id, slot.min_tokens, slot.device = empty_id, min_tokens, device
 
     # The best token of each class at each free position: one gather and one scatter-max for the whole slot.
     free_at = [i for i, c in enumerate(committed) if c is None]
-    slot.row_of = row_of = {i: r for r, i in enumerate(free_at)}  # position -> row of the free-position tensors
+    row_of = {i: r for r, i in enumerate(free_at)}  # position -> row of the free-position tensors
     free_idx = torch.tensor(free_at, dtype=torch.long, device=device)  # (f,)
     lp_class = logp.index_select(1, g.tokens)  # (n, M): the class tokens' columns, never an (f, V) copy
     lp_class = (lp_class.index_select(0, free_idx) if len(free_at) < n else lp_class).float()  # (f, M)
@@ -170,7 +193,6 @@ def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int 
     best_in_class.scatter_reduce_(1, g.class_of.expand_as(lp_class), lp_class, reduce="amax", include_self=True)
     lp_empty = logp[free_idx, empty_id].double()  # (f,)
     lp_empty.masked_fill_(lp_empty.isnan(), neg_inf)
-    slot.lp_class, slot.best_in_class, slot.lp_empty = lp_class, best_in_class, lp_empty
 
     # What each pair adds at each position (n, P): its class's best token where the position is free, 0 for the
     # pairs that read a committed token, -inf for every other; and what ending there adds (n,).
@@ -189,8 +211,8 @@ def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int 
             pp = pairs_reading(g, automaton, c)
             if pp.numel():
                 moves[i, pp] = 0.0
-    slot.moves, slot.ending = moves, ending
-    return slot
+    return _Slot(automaton, g, committed, empty_id, min_tokens, row_of, lp_class, best_in_class, lp_empty, moves,
+                 ending)
 
 
 def _solve(slots: list[_Slot]) -> list[list[int] | None]:
