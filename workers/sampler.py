@@ -28,6 +28,7 @@ from workers.policies import acceptance
 from workers.policies.mask_noise import MaskNoise, plan, step_group  # noqa: F401  (plan: part of the sampler's API)
 from workers.policies.temperature import Temperature
 from workers.policies.uniform_noise import UniformNoise
+from workers.policies.uniform_noise import step_group as uniform_step_group
 
 
 class LogitsProcessor(Protocol):
@@ -172,7 +173,7 @@ class Row:
         self.checkers = [p for p in self.processors if hasattr(p, "admissible")]
         self.accept = acceptance(self.cfg)
         self.noise = UniformNoise(self) if self.cfg.noise == "uniform" else MaskNoise(self)
-        self.step_conf: dict[int, float] = {}
+        self._device_generator: torch.Generator | None = None
 
     @property
     def active(self) -> bool:
@@ -189,40 +190,21 @@ class Row:
 
     def advance(self, raw: torch.Tensor) -> StepRecord:
         """One step from this row's model logits ``raw`` (W, V) over its window, which it may edit in place:
-        propose, choose, commit, correct. (Rows of a length group step together: :func:`advance_group`.)"""
-        if isinstance(self.noise, MaskNoise):
-            error = step_group([self], raw.unsqueeze(0))[0]
-            if error is not None:
-                raise error
-            return self.last
-        noise, cfg = self.noise, self.cfg
-        lo, _ = noise.window()
-        cand = noise.candidates()  # (n,) window-relative indices this step proposes for
-        i, n_steps = noise.schedule_position()
-        t = cfg.schedule.at(i, n_steps)
-        greedy = not isinstance(t, torch.Tensor) and t <= 0
-        whole = cand.numel() == raw.shape[0]  # every position of the window is a candidate
-        # The model's own distribution ranks the proposals; processors then decide what may be written.
-        own = raw if whole and not self.processors else raw[cand]  # (n, V) a copy when processors edit raw
-        self._own, self._own_lse = own, own.logsumexp(-1)  # (n, V), (n,)
-        entropy = None
-        if getattr(self.accept, "needs_entropy", False) or cfg.noise == "uniform":
-            scaled_own = own if greedy else own / t
-            entropy = torch.distributions.Categorical(logits=scaled_own, validate_args=False).entropy()  # (n,)
-        still = ((self.x == self.mask_id) & self.free).unsqueeze(0)  # (1, L) every undecided position
-        logits = raw.unsqueeze(0)  # (1, W, V) the processors edit the row's logits in place
-        for proc in self.processors:
-            logits = proc(logits, self.x.unsqueeze(0), still, [self.proc_index], offset=lo)
-        processed = logits[0] if whole else logits[0, cand]  # (n, V) decides *what* may be written
-        scaled = None if greedy else processed / t  # (n, V)
-        if noise.feedback:
-            noise.logits = self._feedback(logits[0], None if greedy else t)
-        proposal = noise.draw(scaled, processed)  # (n,)
-        allowed = processed.gather(-1, proposal.unsqueeze(-1)).squeeze(-1) > float("-inf")  # (n,)
-        conf = self.last_own_probability(proposal)  # (n,)
-        if cfg.noise == "uniform":
-            self.step_conf = dict(zip(cand.tolist(), conf.tolist()))
-        return self.record(*noise.take(cand, proposal, allowed, conf, entropy, processed))
+        propose, choose, commit, correct. (Rows of a forward pass step together: :func:`advance_group`.)"""
+        error = advance_group([self], raw.unsqueeze(0))[0]
+        if error is not None:
+            raise error
+        return self.last
+
+    def generator_on(self, device: torch.device) -> torch.Generator:
+        """The generator for draws made on ``device``: the row's own on the CPU; on an accelerator (where a CPU
+        generator cannot draw) one of that device, seeded once from the row's seed, so the same seed still gives
+        the same text there, alone or batched."""
+        if device.type == "cpu":
+            return self.generator
+        if self._device_generator is None:
+            self._device_generator = torch.Generator(device=device).manual_seed(self.generator.initial_seed())
+        return self._device_generator
 
     def record(self, positions: list[int], tokens: list[int], confidences: list[float],
                remasked: list[tuple[int, int]]) -> StepRecord:
@@ -234,25 +216,6 @@ class Row:
         if self.on_step is not None:
             self.on_step(rec)
         return rec
-
-    def last_own_probability(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The model's own probability of ``tokens`` (n,) at this step's candidates: exp(z_t - logsumexp(z))."""
-        return (self._own.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - self._own_lse).exp()  # (n,)
-
-    def _feedback(self, logits: torch.Tensor, t) -> torch.Tensor:
-        """The logits the decoder takes back next step (self-conditioning): this step's processed logits at
-        the step's temperature, as the reference feeds them, with clamped positions certain of their token."""
-        out = logits if t is None else logits / t  # (W, V)
-        lo, hi = self.noise.window()
-        fixed = self.fixed[lo:hi] | ((self.x[lo:hi] != self.mask_id) & self.free[lo:hi])  # (w,) decided
-        if bool(fixed.any()):
-            at = fixed.nonzero().squeeze(1)
-            out[at] = float("-inf")
-            out[at, self.x[lo:hi][at]] = 0.0
-        dead = ~torch.isfinite(out.max(-1).values)  # (W,) nothing allowed: no signal rather than NaN
-        if bool(dead.any()):
-            out[dead] = 0.0
-        return out
 
     def commit(self, order: torch.Tensor, k: int, cand: torch.Tensor, proposal: torch.Tensor,
                allowed: torch.Tensor, conf: torch.Tensor) -> tuple[list[int], list[int], list[float]]:
@@ -317,18 +280,13 @@ def rows_forward(model) -> Forward:
 
 
 def advance_group(rows: Sequence[Row], raw: torch.Tensor) -> list[BaseException | None]:
-    """One step for ``rows`` from the logits (b, W, V) of their shared forward pass: masked rows step together
-    (``mask_noise.step_group``), others one by one. Returns each row's error (None: it stepped)."""
-    if all(isinstance(r.noise, MaskNoise) for r in rows):
-        return step_group(list(rows), raw)
-    errors: list[BaseException | None] = []
-    for row, logits in zip(rows, raw):
-        try:
-            row.advance(logits)
-            errors.append(None)
-        except Exception as exc:  # this row's failure is this row's alone
-            errors.append(exc)
-    return errors
+    """One step for ``rows`` from the logits (b, W, V) of their shared forward pass, all rows of the group at once
+    under their noise policy's ``step_group`` (a forward pass serves one model, so one kind of noise). Returns
+    each row's error (None: it stepped); one row's failure is that row's alone."""
+    kinds = {type(r.noise) for r in rows}
+    if len(kinds) != 1:
+        raise ValueError(f"one forward pass, one kind of noise: got {sorted(k.__name__ for k in kinds)}")
+    return (step_group if kinds == {MaskNoise} else uniform_step_group)(list(rows), raw)
 
 
 @torch.no_grad()

@@ -13,10 +13,15 @@ import numpy as np
 import torch
 
 from redraft.errors import ConstraintError
-
-# On a CPU the V-wide work of a step runs over this many bytes of logits at a time, so each chunk stays in cache
-# through its passes (copy, normaliser, maximum, CDF, search); a GPU takes a step's candidates at once.
-CPU_CHUNK_BYTES = 2 * 1024 * 1024
+from workers.policies.group import (
+    Candidates,
+    acceptance_keys,
+    apply_processors,
+    keep_own,
+    own_distribution,
+    own_logit,
+    ranks,
+)
 
 
 def plan(free: list[int], steps: int, block_size: int | None) -> list[tuple[int, int, int]]:
@@ -76,12 +81,6 @@ class MaskNoise:
         row = self.row
         return (row.x == row.mask_id) & row.free & self._in_block()  # (L,)
 
-    def candidates(self) -> torch.Tensor:
-        return self._block_masks().nonzero().squeeze(1)  # (n,) canvas positions (the window starts at 0)
-
-    def schedule_position(self) -> tuple[int, int]:
-        return self.row.step, self.row.cfg.steps
-
 
 def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     """One denoising step for rows of equal length under mask noise, from their logits ``raw`` (b, L, V), which
@@ -110,50 +109,18 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     still = (x == mask_id) & free  # (b, L) every undecided position
     cand = still & in_block  # (b, L) this step proposes for these
     # The host reads the step twice: which positions are candidates (here) and what the step did (at the end).
-    ri_h, pi_h = cand.cpu().nonzero(as_tuple=True)  # (N,) row and position of each candidate, row after row
-    counts = torch.bincount(ri_h, minlength=b).tolist()  # candidates per row
-    ri, pi = ri_h.to(device), pi_h.to(device)
-    starts = [0]
-    for c in counts:
-        starts.append(starts[-1] + c)
+    c = Candidates.of(cand, raw)
+    counts, starts, pi, N = c.counts, c.starts, c.pos, c.n
 
-    # The model's own distribution ranks the proposals; processors then decide what may be written. The V-wide
-    # work runs over the candidates in chunks that stay in cache on a CPU (all at once on a GPU).
+    # The model's own distribution ranks the proposals; processors then decide what may be written.
     flat_raw = raw.view(b * L, raw.shape[-1])
-    flat = ri * L + pi  # (N,) candidates as rows of ``flat_raw``
-    N = int(flat.shape[0])
-    chunk = N if device.type == "cuda" else max(1, CPU_CHUNK_BYTES // (raw.shape[-1] * raw.element_size()))
     temps = [float(r.cfg.schedule.at(r.step, r.cfg.steps)) for r in rows]  # 0: greedy
     per_row = torch.tensor(counts)  # (b,) on the host: spreads a per-row value over the row's candidates
-    temp_c = torch.tensor(temps).repeat_interleave(per_row).to(device)  # (N,)
-    needs_entropy = any(getattr(r.accept, "needs_entropy", False) for r in rows)
-    own_lse = torch.empty(N, device=device)  # (N,) normaliser of the model's own distribution
-    entropy = torch.empty(N, device=device) if needs_entropy else None  # (N,) of own / temperature
-    for c0 in range(0, N, chunk):
-        own = flat_raw.index_select(0, flat[c0:c0 + chunk])  # (c, V)
-        own_lse[c0:c0 + chunk] = own.logsumexp(-1)
-        if entropy is not None:
-            t = temp_c[c0:c0 + chunk]
-            scaled = own / torch.where(t > 0, t, 1.0).unsqueeze(1)
-            entropy[c0:c0 + chunk] = torch.distributions.Categorical(logits=scaled, validate_args=False).entropy()
-    # A processor that only forbids tokens leaves an allowed token's logit as the model gave it; rows with one that
-    # changes values (a structure target's forced path, a soft guide) keep their own logits for the confidence.
-    keeps = [j for j, r in enumerate(rows) if any(not getattr(p, "masks_only", False) for p in r.processors)]
-    kept_at = torch.cat([torch.arange(starts[j], starts[j + 1]) for j in keeps]).to(device) if keeps else None
-    kept = flat_raw.index_select(0, flat[kept_at]) if keeps else None  # (n_k, V)
-    for j, r in enumerate(rows):
-        if not r.processors:
-            continue
-        view = raw[j:j + 1]
-        logits = view
-        try:
-            for proc in r.processors:
-                logits = proc(logits, x[j:j + 1], still[j:j + 1], [r.proc_index], offset=0)
-        except Exception as exc:  # this row's failure is this row's alone: it takes no part in the rest of the step
-            errors[j] = exc
-            continue
-        if logits.data_ptr() != view.data_ptr():
-            view.copy_(logits)
+    temp_c = c.spread(temps)  # (N,)
+    own_lse, entropy = own_distribution(flat_raw, c, temp_c,
+                                        any(getattr(r.accept, "needs_entropy", False) for r in rows))
+    kept_at, kept = keep_own(rows, flat_raw, c)
+    apply_processors(rows, raw, [x[j:j + 1] for j in range(b)], [still[j:j + 1] for j in range(b)], [0] * b, errors)
 
     # Proposals: argmax, or a sample at the row's temperature by inverting the CDF of exp((z - max z) / t) with one
     # uniform per candidate from the row's own generator (``right=True`` never lands on a zero-probability token).
@@ -165,51 +132,32 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     u_c, sampled_d = u_c.to(device), sampled.to(device)
     proposal = torch.empty(N, dtype=torch.long, device=device)  # (N,)
     processed_at = torch.empty(N, device=device)  # (N,) the processed logit of each proposal
-    for c0 in range(0, N, chunk):
-        block = flat_raw.index_select(0, flat[c0:c0 + chunk])  # (c, V) processed
+    for c0, c1 in c.chunks():
+        block = flat_raw.index_select(0, c.flat[c0:c1])  # (c, V) processed
         best, prop = block.max(-1)  # (c,), (c,)
-        draw = sampled_d[c0:c0 + chunk]
-        if bool(sampled[c0:c0 + chunk].any()):
+        draw = sampled_d[c0:c1]
+        if bool(sampled[c0:c1].any()):
             blocked = ~torch.isfinite(best)  # (c,) nothing allowed at all: a placeholder draw, never taken
-            t = torch.where(draw, temp_c[c0:c0 + chunk], 1.0)
+            t = torch.where(draw, temp_c[c0:c1], 1.0)
             cdf = block.sub(torch.where(blocked, 0.0, best).unsqueeze(1)).div_(t.unsqueeze(1)).exp_()  # (c, V)
             cdf[blocked] = 1.0
             cdf = cdf.cumsum_(-1)  # unnormalised
-            drawn = torch.searchsorted(cdf, (u_c[c0:c0 + chunk] * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+            drawn = torch.searchsorted(cdf, (u_c[c0:c1] * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
             prop = torch.where(draw, drawn.clamp_max(cdf.shape[-1] - 1), prop)
-        proposal[c0:c0 + chunk] = prop
-        processed_at[c0:c0 + chunk] = block.gather(-1, prop.unsqueeze(1)).squeeze(1)
+        proposal[c0:c1] = prop
+        processed_at[c0:c1] = block.gather(-1, prop.unsqueeze(1)).squeeze(1)
     allowed = processed_at > neg_inf  # (N,)
-    own_at = processed_at.clone()  # (N,) the model's own logit of each proposal (where a processor let it be)
-    if keeps:
-        own_at[kept_at] = kept.gather(-1, proposal[kept_at].unsqueeze(1)).squeeze(1)
+    own_at = own_logit(processed_at, proposal, kept_at, kept)  # (N,) the model's own logit of each proposal
     conf = torch.where(allowed, (own_at - own_lse).exp(), 0.0)  # (N,)
 
     # Acceptance, per row: an ordering key (higher first) and how many to take, as (b, L) and (b,) tensors.
-    def padded(values: torch.Tensor, fill: float) -> torch.Tensor:
-        out = torch.full((b, L), fill, dtype=values.dtype, device=device)  # (b, L)
-        out[ri, pi] = values
-        return out
-
-    conf_bl, allowed_bl = padded(conf, -1.0), padded(allowed, False)  # (b, L)
-    entropy_bl = None if entropy is None else padded(entropy, float("inf"))
+    conf_bl, allowed_bl = c.padded(conf, -1.0, b), c.padded(allowed, False, b)  # (b, L)
+    entropy_bl = None if entropy is None else c.padded(entropy, float("inf"), b)
     steps_left = torch.tensor([blk[2] - r.noise.step_in_block for blk, r in zip(blocks, rows)], device=device)  # (b,)
-    key = torch.empty((b, L), device=device)
-    k = torch.zeros(b, dtype=torch.long, device=device)
-    kinds: dict[type, list[int]] = {}
-    for j, r in enumerate(rows):
-        kinds.setdefault(type(r.accept), []).append(j)
-    for kind, members in kinds.items():
-        idx = torch.tensor(members, device=device)
-        key_m, k_m = kind.choose_rows([rows[j].accept for j in members], conf_bl[idx],
-                                      None if entropy_bl is None else entropy_bl[idx], cand[idx], steps_left[idx],
-                                      [rows[j].generator for j in members], [counts[j] for j in members])
-        key[idx], k[idx] = key_m, k_m
-    ranked = torch.where(cand & allowed_bl, key, neg_inf)  # (b, L) refused proposals are never taken
-    order = ranked.argsort(dim=1, descending=True, stable=True)  # (b, L)
-    rank = torch.empty_like(order).scatter_(1, order, positions.expand(b, L))  # (b, L) place in the row's order
+    key, k = acceptance_keys(rows, list(range(b)), conf_bl, entropy_bl, cand, steps_left, counts)
+    rank = ranks(torch.where(cand & allowed_bl, key, neg_inf))  # (b, L) refused proposals are never taken
     take = cand & allowed_bl & (rank < k.unsqueeze(1))  # (b, L)
-    proposal_bl = padded(proposal, 0)  # (b, L)
+    proposal_bl = c.padded(proposal, 0, b)  # (b, L)
 
     failed = [j for j in range(b) if errors[j] is not None]
     if failed:

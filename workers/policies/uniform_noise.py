@@ -18,6 +18,10 @@ processors' ``admissible`` checks (a refused position stays undecided and later 
 An EOS the model writes in a slot ends that slot: the rest of the slot becomes the empty token, written with
 the EOS as one commit that the ``admissible`` checks judge with the slot ended there.
 
+The rows of one decoder pass step together (``step_group``): batched tensor ops over their candidates, each
+row's random draws from its own generator in the reference's order, two host reads per step; a window's
+final commit runs per row, once per window.
+
 The canonical canvas ``row.x`` keeps the mask sentinel at every undecided position until the window commits,
 so processors, guards and the step history never mistake noise for text; the random tokens live only in the
 window's model input. Step records show accepted tokens as committed and renoised ones as re-masked, and the
@@ -29,9 +33,19 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
 import torch
 
 from redraft.errors import ConstraintError
+from workers.policies.group import (
+    Candidates,
+    acceptance_keys,
+    apply_processors,
+    keep_own,
+    own_distribution,
+    own_logit,
+    ranks,
+)
 
 
 class UniformNoise:
@@ -108,104 +122,58 @@ class UniformNoise:
     def model_input(self) -> torch.Tensor:
         return self.canvas  # (W,)
 
-    def candidates(self) -> torch.Tensor:
-        free = ~self.fixed
-        if self.finishing:
-            free = free & self.in_canvas  # overflow needs no final token
-        return free.nonzero().squeeze(1)  # (n,) window-relative
+    # ------------------------------------------------------------------ commit and record (host lists)
 
-    def schedule_position(self) -> tuple[int, int]:
-        return self.steps_here, self.row.cfg.steps
-
-    def draw(self, scaled: torch.Tensor | None, processed: torch.Tensor) -> torch.Tensor:
-        """The denoiser sample: one multinomial draw per candidate from softmax(processed / temperature), as
-        the reference draws it (float32 probabilities, the row's generator); argmax when greedy or finishing."""
-        if scaled is None or self.finishing:
-            at = [i for i, j in enumerate(self.candidates().tolist()) if self.lo + j in self.no_eos]
-            if at:  # ending the slot there was refused: the model's best other token
-                processed = processed.clone()
-                rows = torch.tensor(at, device=processed.device).unsqueeze(1)  # (a, 1)
-                eos = torch.tensor(self.row.cfg.eos_ids, device=processed.device).unsqueeze(0)  # (1, e)
-                processed[rows, eos] = float("-inf")
-            return processed.argmax(-1)  # (n,)
-        probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)  # (n, V)
-        blocked = ~torch.isfinite(probs).all(-1)  # (n,) everything forbidden: a placeholder draw, never taken
-        probs[blocked] = 1.0
-        return torch.multinomial(probs, num_samples=1, generator=self.row.generator).squeeze(-1)  # (n,)
-
-    # ------------------------------------------------------------------ accept, renoise, stop, commit
-
-    def take(self, cand: torch.Tensor, proposal: torch.Tensor, allowed: torch.Tensor, conf: torch.Tensor,
-             entropy: torch.Tensor | None, processed: torch.Tensor):
-        row, cfg = self.row, self.row.cfg
-        shown_before = self.shown.clone()
-        if self.finishing:
-            return self._commit(cand, proposal, allowed, conf, shown_before)
-        order, k = row.accept.choose(conf, entropy, cfg.steps - self.steps_here, row.generator)
-        chosen = order[:k]
-        chosen = chosen[allowed[chosen]]  # (a,) a proposal every token of which is forbidden is never accepted
-        accepted = torch.zeros(cand.numel(), dtype=torch.bool, device=cand.device)  # (n,)
-        accepted[chosen] = True
-        # Renoise: every candidate not accepted gets a fresh random token (drawn for the whole window, as the
-        # reference draws it, before the stop check so the next window's draws line up).
-        noise = torch.randint(0, cfg.vocab_size, (self.canvas.numel(),), generator=row.generator).to(cand.device)
-        self.canvas[cand] = torch.where(accepted, proposal, noise[cand])
-        self.shown[cand] = torch.where(accepted, proposal, -1)
-        self.steps_here += 1
-        greedy = processed.argmax(-1)  # (n,) the argmax canvas
-        stable = len(self.argmaxes) == self.argmaxes.maxlen and all(torch.equal(a, greedy) for a in self.argmaxes)
-        if cfg.stability == 0:
-            stable = True
-        self.argmaxes.append(greedy)
-        confident = entropy is not None and float(entropy.mean()) < cfg.confidence_stop
-        if (stable and confident) or self.steps_here >= cfg.steps:
-            self.finishing = True
-            return self._commit(cand, greedy, allowed.new_ones(greedy.shape) & torch.isfinite(
-                processed.gather(-1, greedy.unsqueeze(-1)).squeeze(-1)), self._conf_of(greedy), shown_before)
-        return self._record(shown_before, {})
-
-    def _conf_of(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.row.last_own_probability(tokens)  # (n,) the model's probability of each token
-
-    def _commit(self, cand, tokens, allowed, conf, shown_before):
+    def _commit(self, cand: list[int], tokens: list[int], allowed: list[bool], conf: list[float],
+                before: list[int], after: list[int], step_conf: dict[int, float]):
         """Write the window's final tokens into ``x``: the EOS that end slots first (``_end_slots``), then the rest
-        through the ``admissible`` checks, most confident first."""
-        row = self.row
-        inside = self.in_canvas[cand]  # (n,)
+        through the ``admissible`` checks, most confident first. ``cand`` are window-relative candidates with
+        their ``tokens``, ``allowed`` flags and confidences; ``before``/``after`` what the window showed before and
+        after this step, ``step_conf`` the confidence of this step's proposals. Returns the step's record."""
+        row, width = self.row, self.hi - self.lo
+        inside = [j < width for j in cand]  # overflow needs no final token
         refused = len(self.no_eos)
-        final, done = self._end_slots(cand, tokens, allowed & inside, conf)
+        final, done = self._end_slots(cand, tokens, [a and i for a, i in zip(allowed, inside)], conf)
         refused = len(self.no_eos) > refused  # a refused EOS: the next step proposes another token there
-        rest = inside & ~done  # (n,)
-        order = torch.where(rest, conf, -1.0).argsort(descending=True, stable=True)
-        pos_out, tok_out, conf_out = row.commit(order, int(rest.sum()), cand + self.lo, tokens, allowed & rest, conf)
+        rest = [i and not d for i, d in zip(inside, done)]
+        order = sorted((i for i in range(len(cand)) if rest[i]), key=lambda i: -conf[i])  # most confident first
+        device = row.x.device
+        pos_out, tok_out, conf_out = row.commit(
+            torch.tensor(order, dtype=torch.long), len(order), torch.tensor([self.lo + j for j in cand], dtype=torch.long),
+            torch.tensor(tokens, dtype=torch.long), torch.tensor([a and r for a, r in zip(allowed, rest)]),
+            torch.tensor(conf))
         final.update({p: (t, c) for p, t, c in zip(pos_out, tok_out, conf_out)})
-        for p in final:
-            if self.lo <= p < self.hi:
-                j = p - self.lo
-                self.fixed[j] = True
-                self.canvas[j] = row.x[p]
-                self.shown[j] = -1  # committed: shown as written from now on
-        if bool(((~self.fixed) & self.in_canvas).any()):
+        written = [p - self.lo for p in final if self.lo <= p < self.hi]
+        if written:
+            at = torch.tensor(written, device=device)
+            self.fixed[at] = True
+            self.canvas[at] = row.x[at + self.lo]
+            self.shown[at] = -1  # committed: shown as written from now on
+            after = list(after)
+            for j in written:
+                after[j] = -1
+        left = [j for j, i in zip(cand, inside) if i and self.lo + j not in final]  # still undecided in the window
+        if left:
             if not final and not refused:
                 raise ConstraintError(
-                    f"no admissible token for positions {(cand + self.lo).tolist()[:8]} under the job's targets; "
+                    f"no admissible token for positions {[self.lo + j for j in cand][:8]} under the job's targets; "
                     f"loosen the targets or give the slot more room")
-            return self._record(shown_before, final)
+            return self._record(before, after, final, step_conf)
         self.open = False
-        return self._record(shown_before, final)
+        return self._record(before, after, final, step_conf)
 
-    def _end_slots(self, cand, tokens, allowed, conf) -> tuple[dict[int, tuple[int, float]], torch.Tensor]:
+    def _end_slots(self, cand: list[int], tokens: list[int], allowed: list[bool],
+                   conf: list[float]) -> tuple[dict[int, tuple[int, float]], list[bool]]:
         """An EOS written in a slot ends it: the EOS and the empty token at every later position of the slot (here
         and in later windows) are written as one, before the window's other tokens, and only if every
         ``admissible`` check takes the EOS with the slot ended there, so a safety guard judges the text the slot
         will have. A refused EOS is not proposed at its position again in this window. Returns the writes and
-        the candidates (n,) bool they settled (refused EOS included: they stay undecided)."""
+        which candidates they settled (refused EOS included: they stay undecided)."""
         row = self.row
         out: dict[int, tuple[int, float]] = {}
-        eos, positions = set(row.cfg.eos_ids), (cand + self.lo).tolist()
+        eos, positions = set(row.cfg.eos_ids), [self.lo + j for j in cand]
         done = [False] * len(positions)
-        toks, ok = tokens.tolist(), allowed.tolist()
-        for i in sorted((i for i in range(len(positions)) if ok[i] and toks[i] in eos), key=positions.__getitem__):
+        for i in sorted((i for i in range(len(positions)) if allowed[i] and tokens[i] in eos), key=positions.__getitem__):
             if done[i]:
                 continue  # an earlier EOS ended this slot
             done[i] = True
@@ -215,25 +183,25 @@ class UniformNoise:
             trial = row.x.clone()  # (L,) the slot ended at p
             trial[p + 1:b] = row.empty_id
             if any(t not in (row.mask_id, row.empty_id) for t in tail) or \
-                    not all(c.admissible(row.proc_index, trial, p, toks[i]) for c in row.checkers):
+                    not all(c.admissible(row.proc_index, trial, p, tokens[i]) for c in row.checkers):
                 self.no_eos.add(p)  # it would erase text already written, or a checker refuses the ending
                 continue
-            out[p] = (toks[i], float(conf[i]))
+            out[p] = (tokens[i], float(conf[i]))
             out.update({q: (row.empty_id, 1.0) for q, t in zip(range(p + 1, b), tail) if t != row.empty_id})
-            row.x[p], row.confidence[p] = toks[i], float(conf[i])
+            row.x[p], row.confidence[p] = tokens[i], float(conf[i])
             row.x[p + 1:b], row.confidence[p + 1:b] = row.empty_id, 1.0
             done = [d or p < q < b for d, q in zip(done, positions)]
-        return out, torch.tensor(done, dtype=torch.bool, device=cand.device)
+        return out, done
 
-    def _record(self, shown_before: torch.Tensor, final: dict[int, tuple[int, float]]):
-        """Display changes of this step in x positions: accepted tokens as commits, renoised ones as re-masks,
-        then the window's final tokens (where they differ from what was shown)."""
+    def _record(self, before: list[int], after: list[int], final: dict[int, tuple[int, float]],
+                conf: dict[int, float]):
+        """Display changes of this step in x positions: accepted tokens as commits (with ``conf`` of their
+        window-relative position), renoised ones as re-masks, then the window's final tokens (where they differ
+        from what was shown)."""
         width = self.hi - self.lo
-        before, after = shown_before[:width].tolist(), self.shown[:width].tolist()
         commits: dict[int, tuple[int, float]] = {}
         remasked: list[tuple[int, int]] = []
-        conf = self.row.step_conf  # window-relative -> confidence of this step's proposals
-        for j, (b, a) in enumerate(zip(before, after)):
+        for j, (b, a) in enumerate(zip(before[:width], after[:width])):
             p = self.lo + j
             if p in final:
                 if final[p][0] != b:
@@ -248,3 +216,144 @@ class UniformNoise:
                 commits[p] = tc
         pos = sorted(commits)
         return pos, [commits[p][0] for p in pos], [commits[p][1] for p in pos], remasked
+
+
+def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
+    """One step for rows under uniform noise whose windows shared one decoder pass, from its logits ``raw``
+    (b, W, V), which the rows' processors edit in place and which then become the rows' self-conditioning input.
+
+    The V-wide work runs as batched tensor ops over the group's candidates: the model's own normaliser and entropy
+    at each row's temperature, the argmax canvas, the processed logit of each proposal and the feedback logits;
+    the acceptance rules run once per kind over (b, W) tensors, and the stop rule (argmax canvas stable for
+    ``stability`` steps, mean entropy below ``confidence_stop``) for every row at once. What needs a row's own
+    generator is drawn per row in the reference's order (the denoiser sample, then the renoising tokens), so a
+    row's text does not depend on the group. The host reads the step twice: its candidates and its outcome.
+    A window's final commit (``_commit``) runs per row, once per window. Returns each row's error (None: it
+    stepped); a row with an error did not.
+    """
+    b, width, vocab = raw.shape
+    device = raw.device
+    neg_inf = float("-inf")
+    errors: list[BaseException | None] = [None] * b
+    noises = [r.noise for r in rows]
+    fixed = torch.stack([n.fixed for n in noises])  # (b, W) clamped or decided
+    finishing = [n.finishing for n in noises]
+    in_canvas = torch.stack([n.in_canvas for n in noises])  # (b, W)
+    cand = ~fixed & (in_canvas | ~torch.tensor(finishing, device=device).unsqueeze(1))  # (b, W) overflow: not when finishing
+    c = Candidates.of(cand, raw)
+    flat_raw = raw.view(b * width, vocab)
+
+    # The model's own distribution (before the processors) gives the confidences and the entropies.
+    temps = [r.cfg.schedule.at(n.steps_here, r.cfg.steps) for r, n in zip(rows, noises)]
+    greedy = [not isinstance(t, torch.Tensor) and t <= 0 for t in temps]
+    temp_c = c.spread([0.0 if g else float(t) for g, t in zip(greedy, temps)])  # (N,) float32, exactly the schedule's
+    own_lse, entropy = own_distribution(flat_raw, c, temp_c, needs_entropy=True)
+    kept_at, kept = keep_own(rows, flat_raw, c)
+    apply_processors(rows, raw, [r.x.unsqueeze(0) for r in rows], [((r.x == r.mask_id) & r.free).unsqueeze(0) for r in rows],
+                     [n.lo for n in noises], errors)
+
+    # The argmax canvas of the processed logits, and the denoiser sample: argmax when greedy or finishing, else one
+    # multinomial draw per candidate from softmax(processed / t) with the row's generator, as the reference draws.
+    best = torch.empty(c.n, device=device)
+    arg = torch.empty(c.n, dtype=torch.long, device=device)
+    for c0, c1 in c.chunks():
+        best[c0:c1], arg[c0:c1] = flat_raw.index_select(0, c.flat[c0:c1]).max(-1)
+    proposal = arg.clone()  # (N,)
+    for j, (r, n) in enumerate(zip(rows, noises)):
+        if errors[j] is not None or not c.counts[j]:
+            continue
+        mine = c.mine(j)
+        if finishing[j] or greedy[j]:
+            at = [i for i, p in enumerate(c.pos_h[mine]) if n.lo + p in n.no_eos]
+            if at:  # ending the slot there was refused: the model's best other token
+                at_t = torch.tensor(at, device=device) + c.starts[j]
+                block = flat_raw.index_select(0, c.flat[at_t])  # (a, V)
+                block[:, list(r.cfg.eos_ids)] = neg_inf
+                proposal[at_t] = block.argmax(-1)
+            continue
+        probs = torch.softmax(flat_raw.index_select(0, c.flat[mine]) / temp_c[mine].unsqueeze(1), dim=-1,
+                              dtype=torch.float32)  # (n, V)
+        probs[~torch.isfinite(best[mine])] = 1.0  # everything forbidden there: a placeholder draw, never taken
+        proposal[mine] = torch.multinomial(probs, num_samples=1, generator=r.generator_on(device)).squeeze(-1)
+    processed_at = flat_raw[c.flat, proposal]  # (N,)
+    allowed = processed_at > neg_inf  # (N,)
+    conf = torch.where(allowed, (own_logit(processed_at, proposal, kept_at, kept) - own_lse).exp(), 0.0)  # (N,)
+    best_ok = torch.isfinite(best)  # (N,) the argmax canvas's token may be written
+    best_conf = torch.where(best_ok, (own_logit(best, arg, kept_at, kept) - own_lse).exp(), 0.0)  # (N,)
+
+    # Self-conditioning: the processed logits at the step's temperature, clamped and decided positions certain
+    # of their token, positions where nothing is allowed with no signal rather than NaN (in place: ``raw``).
+    if not all(greedy):
+        raw.div_(torch.tensor([1.0 if g else float(t) for g, t in zip(greedy, temps)], device=device).view(b, 1, 1))
+    canvas = torch.stack([n.canvas for n in noises])  # (b, W) the model's input this step
+    raw.masked_fill_(fixed.unsqueeze(-1), neg_inf)
+    held = raw.gather(-1, canvas.unsqueeze(-1)).squeeze(-1)  # (b, W)
+    raw.scatter_(-1, canvas.unsqueeze(-1), torch.where(fixed, 0.0, held).unsqueeze(-1))
+    raw.masked_fill_(~torch.isfinite(raw.amax(-1)).unsqueeze(-1), 0.0)
+
+    # Acceptance for the rows still denoising (not finishing): each kind's rule over (b, W), a proposal every token
+    # of which is forbidden is never accepted; the rest of the candidates are renoised with fresh random tokens.
+    stepping = [j for j in range(b) if not finishing[j] and errors[j] is None]
+    conf_bl, entropy_bl = c.padded(conf, -1.0, b), c.padded(entropy, float("inf"), b)  # (b, W)
+    steps_left = torch.tensor([r.cfg.steps - n.steps_here for r, n in zip(rows, noises)], device=device)  # (b,)
+    key, k = acceptance_keys(rows, stepping, conf_bl, entropy_bl, cand, steps_left, c.counts)
+    rank = ranks(torch.where(cand, key, neg_inf))  # (b, W)
+    proposal_bl, allowed_bl = c.padded(proposal, 0, b), c.padded(allowed, False, b)  # (b, W)
+    moving = cand & torch.tensor([j in stepping for j in range(b)], device=device).unsqueeze(1)  # (b, W)
+    accepted = moving & (rank < k.unsqueeze(1)) & allowed_bl  # (b, W)
+    fresh = torch.stack([torch.randint(0, r.cfg.vocab_size, (width,), generator=r.generator) if j in stepping
+                         else torch.zeros(width, dtype=torch.long) for j, r in enumerate(rows)]).to(device)  # (b, W)
+    shown = torch.stack([n.shown for n in noises])  # (b, W)
+    new_canvas = torch.where(moving, torch.where(accepted, proposal_bl, fresh), canvas)
+    new_shown = torch.where(moving, torch.where(accepted, proposal_bl, -1), shown)
+
+    # The stop rule, for every row at once: the argmax canvas held for ``stability`` steps and is confident.
+    greedy_bl = c.padded(arg, -1, b)  # (b, W) the argmax canvas at the candidates
+    stable = torch.zeros(b, dtype=torch.bool, device=device)
+    by_length: dict[int, list[int]] = {}
+    for j in stepping:
+        n = noises[j]
+        if rows[j].cfg.stability == 0:
+            stable[j] = True
+        elif len(n.argmaxes) == n.argmaxes.maxlen:
+            by_length.setdefault(n.argmaxes.maxlen, []).append(j)
+    for js in by_length.values():
+        held_for = torch.stack([torch.stack(list(noises[j].argmaxes)) for j in js])  # (m, s, W)
+        idx = torch.tensor(js, device=device)
+        stable[idx] = (held_for == greedy_bl[idx].unsqueeze(1)).flatten(1).all(1)
+    counts = torch.tensor(c.counts, device=device).clamp_min(1)
+    mean_entropy = torch.where(cand, entropy_bl, 0.0).sum(1) / counts  # (b,)
+    stop_below = torch.tensor([r.cfg.confidence_stop for r in rows], device=device)
+    confident = mean_entropy < stop_below  # (b,)
+
+    # The host's second read: the step's outcome, unpacked per row.
+    outcome = torch.stack([shown, new_shown, conf_bl, proposal_bl, allowed_bl, greedy_bl, c.padded(best_ok, False, b),
+                           c.padded(best_conf, 0.0, b), (stable & confident).unsqueeze(1).expand(b, width)]
+                          ).double().cpu().numpy()  # (9, b, W)
+    for j, (r, n) in enumerate(zip(rows, noises)):
+        if errors[j] is not None:
+            continue
+        cj = c.pos_h[c.mine(j)]  # window-relative candidates
+        before, after = outcome[0][j].astype(np.int64).tolist(), outcome[1][j].astype(np.int64).tolist()
+        step_conf = {p: float(outcome[2][j][p]) for p in cj}
+        try:
+            if finishing[j]:
+                rec = n._commit(cj, outcome[3][j][cj].astype(np.int64).tolist(), outcome[4][j][cj].astype(bool).tolist(),
+                                outcome[2][j][cj].tolist(), before, after, step_conf)
+            else:
+                n.canvas, n.shown = new_canvas[j], new_shown[j]
+                n.steps_here += 1
+                n.argmaxes.append(greedy_bl[j])
+                if bool(outcome[8][j][0]) or n.steps_here >= r.cfg.steps:
+                    n.finishing = True
+                    rec = n._commit(cj, outcome[5][j][cj].astype(np.int64).tolist(),
+                                    outcome[6][j][cj].astype(bool).tolist(), outcome[7][j][cj].tolist(), before, after,
+                                    step_conf)
+                else:
+                    rec = n._record(before, after, {}, step_conf)
+        except Exception as exc:  # noqa: BLE001 - this row's failure is this row's alone
+            errors[j] = exc
+            continue
+        n.logits = raw[j]
+        r.record(*rec)
+    return errors
