@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from redraft.jobs import JobStatus, Remasking, SafetyParams, WholeNumbers, job_default
+from redraft.jobs import Cache, JobStatus, Remasking, SafetyParams, WholeNumbers, job_default
 
 
 def exactly_one_of(*names: str) -> Callable[[dict[str, Any]], None]:
@@ -87,6 +87,12 @@ class SamplingParams(WholeNumbers):
         "denoising (ReMDM-style; 0 is off)"))
     remask_below: float = Field(job_default("remask_below"), gt=0.0, le=1.0,
                                 description="only tokens committed below this confidence")
+    cache: Cache | None = Field(job_default("cache"), description=(
+        "opt-in, approximate, for ModernBERT masked models: \"prefix\" computes the fixed context left of the "
+        "current block once per block and reuses it for the block's other steps (Fast-dLLM's prefix cache; with "
+        "`block_size`, per block; without, the text before the first gap, once). Faster on long contexts, at a "
+        "measured cost in quality (docs/benchmarks.md); off by default. DiffusionGemma always caches its context, "
+        "exactly: leave it out there"))
     safety: SafetySpec | None = None
 
     @model_validator(mode="after")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 from sqlalchemy.orm import Session
-
-from dataclasses import asdict
 
 from api.metrics import observe_compile
 from api.schemas import GapSegment, GenerateJobCreate, InfillJobCreate, ReviseJobCreate
@@ -15,7 +14,11 @@ from constraints.chat import render_chat
 from constraints.generate import compile_generate, prompt_slot
 from constraints.infill import Gap, compile_infill, gap, parse_text
 from constraints.revise import (
-    auto_regions, compile_revision, span_regions, target_regions, violation_regions,
+    auto_regions,
+    compile_revision,
+    span_regions,
+    target_regions,
+    violation_regions,
 )
 from constraints.safety import SafetyTargets, find_violations, parse_safety
 from constraints.templates import render_template
@@ -57,6 +60,13 @@ def sampling_params(req: JobRequest, settings: Settings, info: ModelInfo) -> Job
                 f"{', '.join(unused)} do not apply to model {info.name!r} ({info.family}: block diffusion from "
                 f"uniform noise, canvases of {info.canvas_length} tokens, acceptance re-decided every step); "
                 "leave them out, or tune `entropy_bound`, `threshold`, `t_max`/`t_min` or `steps`")
+    if req.cache is not None and (info.noise == "uniform" or info.model_type != "modernbert"):
+        raise InvalidRequest(
+            f"cache {req.cache!r} does not apply to model {info.name!r}: "
+            + ("it keeps its context in its encoder's KV cache, exactly, always; leave `cache` out"
+               if info.noise == "uniform" else
+               f"the prefix cache reads ModernBERT's layers, and this is {info.model_type!r}; leave `cache` out"),
+            code="cache_unsupported")
     temperature: dict[str, float | None] = {}  # left out: JobParams' default (greedy)
     if req.t_max is not None:  # the request's schedule
         temperature = {"temperature": None, "t_max": req.t_max, "t_min": req.t_min}
@@ -77,6 +87,7 @@ def sampling_params(req: JobRequest, settings: Settings, info: ModelInfo) -> Job
         confidence_stop=defaults.get("confidence_stop"),
         remask_budget=req.remask_budget,
         remask_below=req.remask_below,
+        cache=req.cache,
         safety=req.safety,
     )
 

@@ -44,6 +44,7 @@ TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)  # never
 
 PiiKind = Literal["email", "phone", "card"]
 Remasking = Literal["low_confidence", "random"]
+Cache = Literal["prefix"]  # what a job's ``cache`` may ask for (workers/prefix_cache.py)
 
 
 class SafetyParams(BaseModel):
@@ -92,6 +93,7 @@ class JobParams(BaseModel):
     confidence_stop: float | None = None  # ... and its entropy bound (None: the sampler's)
     remask_budget: int = 0  # self-correction: at most this many committed tokens re-masked (0 is off)
     remask_below: float = 0.5  # ... of those committed below this confidence
+    cache: Cache | None = None  # Fast-dLLM's block-wise prefix cache (ModernBERT; approximate, opt-in)
     safety: SafetyParams | None = None  # None: no safety targets
     revise: RevisePlan | None = None  # revise jobs only
 

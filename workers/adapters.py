@@ -16,6 +16,7 @@ import torch
 
 from redraft.errors import ModelError
 from redraft.models import ModelInfo, load_model_info
+from workers import prefix_cache
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,6 +32,7 @@ class Adapter:
         self.info = info
         self.model = model.eval()
         self.device = device
+        self.positions_read = 0  # canvas positions the model has read, over all forward passes (a prefix cache reads fewer)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -49,16 +51,38 @@ class Adapter:
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        raw = self._forward(input_ids, attention_mask).float()  # (B, L, V)
+        self.positions_read += input_ids.numel()
+        return self.finish(self._forward(input_ids, attention_mask))
+
+    def finish(self, raw: torch.Tensor) -> torch.Tensor:
+        """The model's raw logits (B, L, V') as the sampler takes them: float32, aligned, the vocabulary's columns."""
+        raw = raw.float()  # (B, L, V')
         if self.info.shift:
             # raw[:, i] predicts token i + shift; realign so that out[:, i] predicts token i.
             s = self.info.shift
-            raw = torch.cat([raw[:, :s], raw[:, :-s]], dim=1)  # (B, L, V)
+            raw = torch.cat([raw[:, :s], raw[:, :-s]], dim=1)  # (B, L, V')
         return raw[..., : self.info.vocab_size]
 
 
 class MaskedLMAdapter(Adapter):
-    """Hugging Face ``AutoModelForMaskedLM`` (BERT, RoBERTa, ModernBERT and Redraft's own models)."""
+    """Hugging Face ``AutoModelForMaskedLM`` (BERT, RoBERTa, ModernBERT and Redraft's own models). Rows of jobs
+    that ask for ``cache: "prefix"`` (ModernBERT only) read through ``workers.prefix_cache``."""
+
+    @torch.no_grad()
+    def forward_groups(self, rows) -> list[tuple[list[int], torch.Tensor]]:
+        from workers.prefix_cache import cached_groups
+        from workers.sampler import forward_groups
+
+        cached = [i for i, r in enumerate(rows) if r.cfg.cache == "prefix"]
+        if not cached:
+            return forward_groups(self.logits, rows)
+        if not prefix_cache.supports(self.model):
+            raise ModelError(f"model {self.info.name!r} ({self.info.model_type}) has no prefix cache: it is "
+                             "ModernBERT's; run the job without `cache`")
+        plain = [i for i in range(len(rows)) if i not in set(cached)]
+        out = [([plain[j] for j in members], raw) for members, raw in forward_groups(self.logits, [rows[i] for i in plain])]
+        out += [([cached[j] for j in members], raw) for members, raw in cached_groups(self, [rows[i] for i in cached])]
+        return out
 
     @classmethod
     def load(cls, info: ModelInfo, device: torch.device) -> MaskedLMAdapter:

@@ -23,7 +23,7 @@ from typing import Any, Protocol, get_args
 import torch
 
 from redraft.errors import InvalidRequest
-from redraft.jobs import Remasking, job_default
+from redraft.jobs import Cache, Remasking, job_default
 from workers.policies import acceptance
 from workers.policies.mask_noise import MaskNoise, plan, step_group  # noqa: F401  (plan: part of the sampler's API)
 from workers.policies.temperature import Temperature
@@ -51,6 +51,7 @@ class LogitsProcessor(Protocol):
 
 
 REMASKING = get_args(Remasking)  # the values, from the one definition
+CACHES = get_args(Cache)
 NOISE = ("mask", "uniform")
 
 
@@ -94,6 +95,9 @@ class SamplerConfig:
     stability: int = 1  # uniform: a window ends once its argmax canvas held for this many steps ...
     confidence_stop: float = 0.005  # ... and its mean entropy is below this (or after ``steps`` steps)
     eos_ids: tuple[int, ...] = ()  # uniform: an EOS written in a slot ends the slot
+    # "prefix": the model adapter keeps each row's block-wise prefix cache (Fast-dLLM; approximate, ModernBERT
+    # masked models only, workers/prefix_cache.py); None reads the whole canvas every step.
+    cache: str | None = job_default("cache")
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -116,6 +120,9 @@ class SamplerConfig:
             raise InvalidRequest(f"entropy_bound must be positive (or omitted); got {self.entropy_bound}")
         if self.noise not in NOISE:
             raise InvalidRequest(f"noise must be one of {', '.join(NOISE)}; got {self.noise!r}")
+        if self.cache is not None and (self.cache not in CACHES or self.noise != "mask"):
+            raise InvalidRequest(f"cache must be one of {', '.join(CACHES)} (or omitted), for mask noise only; got "
+                                 f"{self.cache!r} with {self.noise} noise")
 
     @property
     def schedule(self) -> Temperature:

@@ -26,7 +26,7 @@ from pydantic import (
 
 from api.openai.errors import unsupported
 from api.schemas import MAX_CHAT_MESSAGES, REQUEST, ChatTextPart, GenerateJobCreate, SafetySpec, SamplingParams
-from redraft.jobs import Remasking, WholeNumbers
+from redraft.jobs import Cache, Remasking, WholeNumbers
 
 # As /v1's request bodies (api.schemas.REQUEST): unknown fields and wrong JSON types are refused (no 0 for false,
 # no "5" for 5; an int is still a float), so the OpenAPI document says exactly which bodies pass.
@@ -64,7 +64,7 @@ IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "
            "prompt_cache_retention", "prompt_cache_options", "safety_identifier", "reasoning_effort", "verbosity")
 # Redraft's own fields, passed to the job as they are (validated there, with the same limits as POST /v1/jobs).
 EXTENSIONS = ("steps", "block_size", "remasking", "threshold", "entropy_bound", "t_max", "t_min", "remask_budget",
-              "remask_below", "safety", "min_tokens")
+              "remask_below", "cache", "safety", "min_tokens")
 
 
 def _neutral(value: Any, neutral: tuple[Any, ...]) -> bool:
@@ -200,6 +200,7 @@ class OpenAICreate(WholeNumbers):
     t_min: float | None = job_field("t_min")
     remask_budget: int | None = job_field("remask_budget")
     remask_below: float | None = job_field("remask_below")
+    cache: Cache | None = job_field("cache")
     safety: SafetySpec | None = job_field("safety")
     min_tokens: int | None = job_field("min_tokens", GenerateJobCreate)
     # Ignored (IGNORED) and rejected unless neutral (REJECTED).

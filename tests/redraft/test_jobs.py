@@ -23,13 +23,13 @@ from workers.sampler import SamplerConfig
 
 SETTINGS = Settings()
 SAMPLING = ("steps", "seed", "temperature", "t_max", "t_min", "block_size", "remasking", "threshold",
-            "entropy_bound", "stability", "confidence_stop", "remask_budget", "remask_below")  # the public shape
+            "entropy_bound", "stability", "confidence_stop", "remask_budget", "remask_below", "cache")  # the public shape
 
 
 def model(noise: str, defaults: dict) -> ModelInfo:
     """A model's description as sampling_params reads it (no files: it only reads the family's rules)."""
     return ModelInfo(name="m", path=Path("."), family="masked_lm" if noise == "mask" else "diffusion_gemma",
-                     model_type="m", context_length=512, vocab_size=100, mask_token="[MASK]", mask_id=1, empty_id=2,
+                     model_type="modernbert" if noise == "mask" else "diffusion_gemma", context_length=512, vocab_size=100, mask_token="[MASK]", mask_id=1, empty_id=2,
                      eos_id=None, bos_id=None, shift=0, trust_remote_code=False, weights_present=False,
                      description="", noise=noise, canvas_length=None if noise == "mask" else 32, defaults=defaults)
 
@@ -49,6 +49,7 @@ def stored_before(req: InfillJobCreate, info: ModelInfo) -> dict:
             defaults.get("entropy_bound") if req.threshold is None else None),
         "stability": defaults.get("stability"), "confidence_stop": defaults.get("confidence_stop"),
         "remask_budget": req.remask_budget, "remask_below": req.remask_below,
+        "cache": req.cache,  # added with the prefix cache (null: off)
     }
     if req.safety is not None:
         params["safety"] = req.safety.model_dump(mode="json")
@@ -67,6 +68,7 @@ requests = st.fixed_dictionaries({
     "entropy_bound": st.none() | st.floats(0.1, 5.0),
     "remask_budget": st.sampled_from([0, 4]),
     "remask_below": unit,
+    "cache": st.sampled_from([None, "prefix"]),
     "safety": st.none() | st.fixed_dictionaries({}, optional={
         "banned": st.just(["bomb"]), "pii": st.sampled_from([True, ["email"]]), "avoid": st.just(["war"]),
         "avoid_threshold": unit, "avoid_rounds": st.integers(1, 10)}),
@@ -88,7 +90,7 @@ def test_params_are_stored_as_before_and_read_back_the_same(fields, info):
         params = sampling_params(req, SETTINGS, info)
     except InvalidRequest:  # a field that does not apply to uniform noise, given: refused as before
         assert info.noise == "uniform" and (req.block_size is not None or req.remasking != "low_confidence"
-                                            or req.remask_budget > 0)
+                                            or req.remask_budget > 0 or req.cache is not None)
         return
     stored = params.to_json()
     assert stored == stored_before(req, info)
