@@ -121,7 +121,7 @@ def run_redraft(adapter, info, tokenizer, batch: int, budget: int, json_target: 
     from api.submit import compile_request, sampling_params
     from redraft.settings import Settings
     from workers.engine import BatchEngine
-    from workers.runner import Drafting
+    from workers.drafting import Drafting
     from workers.steps import MemorySink
 
     settings = Settings(models={info.name: info.path}, default_model=info.name, max_gap_tokens=max(budget, 256))

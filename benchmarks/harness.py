@@ -99,7 +99,8 @@ def throughput_table(device: str, database_url: str, redis_url: str,
     from storage.migrate import upgrade
     from workers import engine as engine_mod
     from workers.adapters import get_adapter
-    from workers.runner import PAD_TO, run_job
+    from workers.drafting import PAD_TO
+    from workers.runner import run_job
 
     get_settings.cache_clear()
     settings = get_settings()

@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(REPO / "models" / "redraft-tiny"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--docs", type=int, default=64)
-    ap.add_argument("--context", type=int, default=224)
+    ap.add_argument("--context", type=int, default=96)
     ap.add_argument("--span", type=int, default=32)
     ap.add_argument("--block", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)

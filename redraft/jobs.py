@@ -3,7 +3,7 @@
 Torch-free and database-free, so the API, the workers, the client and the CLI all import it. The API builds a
 ``JobParams`` once, at submission (``api.submit.sampling_params``), and stores ``to_json()`` in ``jobs.params``;
 the worker reads it back with ``from_json`` and derives the sampler's config from it
-(``workers.runner.sampler_config``). Every job parameter's default is written here, once: the request shapes
+(``workers.drafting.sampler_config``). Every job parameter's default is written here, once: the request shapes
 (``api.schemas``) and the sampler (``workers.sampler.SamplerConfig``) take theirs from ``job_default``.
 """
 

@@ -18,7 +18,7 @@ from redraft.jobs import ACTIVE, TERMINAL, JobParams, JobStatus
 from redraft.models import ModelInfo
 from redraft.settings import Settings
 from storage.models import Job
-from workers.runner import sampler_config
+from workers.drafting import sampler_config
 from workers.sampler import SamplerConfig
 
 SETTINGS = Settings()

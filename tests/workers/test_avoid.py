@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from constraints.infill import compile_infill, parse_text
 from redraft.settings import get_settings
-from workers.runner import Drafting
+from workers.drafting import Drafting
 from workers.steps import MemorySink
 
 PROMPT = "The weather today is [[gap:10]] and tomorrow it will be [[gap:10]]."

@@ -29,14 +29,16 @@ from api.schemas import GenerateJobCreate, InfillJobCreate, ReviseJobCreate
 from api.submit import compile_request, revision_canvas, sampling_params
 from constraints.canvas import Canvas
 from constraints.safety import find_violations, parse_safety
+from redraft.jobs import JobParams
 from redraft.models import load_model_info, load_tokenizer
 from redraft.settings import Settings
 from tests.utils.models import make_tiny_diffusion_gemma
 from tests.utils.waiting import until
 from tests.workers.processors.test_safety_guard import Push, fixed_spans
 from workers.adapters import TEXT_ONLY_VISION, DiffusionGemmaAdapter, get_adapter
+from workers.drafting import Drafting, sampler_config
 from workers.engine import BatchEngine
-from workers.runner import Drafting, sampler_config
+from workers.runner import parent_source
 from workers.sampler import Row, SamplerConfig, step
 from workers.steps import MemorySink
 
@@ -534,7 +536,8 @@ def worker_database(session, database_url):
 ])
 def test_a_revise_changes_nothing_outside_its_regions(adapter, tokenizer, job_settings, worker_database, spans, seed):
     """A revise job as the API submits it (its canvas and plan from ``revision_canvas``, the source imported as
-    the parent draft) and as a worker runs it (``Drafting`` reads the parent from the database)."""
+    the parent draft) and as a worker runs it (its lifecycle reads the parent from the database, ``parent_source``,
+    for ``Drafting``)."""
     from storage import repo
 
     session, info = worker_database, adapter.info
@@ -551,7 +554,7 @@ def test_a_revise_changes_nothing_outside_its_regions(adapter, tokenizer, job_se
 
     sink = MemorySink(tokenizer)
     drafting = Drafting(adapter, Canvas.from_json(job.canvas), dict(job.params), sink, job_settings)
-    text, result, _, parent_id = drafting.run("revise")
+    text, result, _, parent_id = drafting.run("revise", parent_source(JobParams.from_json(job.params)))
     check_job(canvas, drafting.tokens, sink.steps, text, tokenizer, info)
     assert parent_id == parent.id
     edits = result["edits"]

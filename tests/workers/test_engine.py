@@ -18,7 +18,7 @@ from redraft.settings import get_settings
 from tests.utils.waiting import until
 from workers.engine import BatchEngine
 from workers.processors.forbid_tokens import ForbidTokens
-from workers.runner import Drafting
+from workers.drafting import Drafting
 from workers.sampler import SamplerConfig, denoise
 from workers.steps import MemorySink
 

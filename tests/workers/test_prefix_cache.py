@@ -21,7 +21,7 @@ from tests.utils.models import make_tiny_random_model
 from workers import prefix_cache
 from workers.adapters import MaskedLMAdapter, get_adapter
 from workers.processors.forbid_tokens import ForbidTokens
-from workers.runner import Drafting
+from workers.drafting import Drafting
 from workers.sampler import SamplerConfig, denoise
 from workers.steps import MemorySink
 

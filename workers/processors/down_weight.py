@@ -1,5 +1,5 @@
 """The soft guide of ``safety.avoid`` rounds: the tokens a rewritten span held are down-weighted where they stood,
-so the next round writes something else there (the rounds themselves: ``workers/runner.py``; the topic scorers
+so the next round writes something else there (the rounds themselves: ``workers/drafting.py``; the topic scorers
 that choose the spans: ``workers/scorers.py``)."""
 
 from __future__ import annotations
