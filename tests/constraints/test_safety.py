@@ -1,4 +1,4 @@
-"""Safety targets (constraints/safety.py): request validation, normalisation, violations, and the
+"""Safety targets (constraints/safety/): request validation, normalisation, violations, and the
 guard's forbidden set, which must equal a brute-force check of every token in the vocabulary."""
 
 from __future__ import annotations

@@ -5,6 +5,6 @@ them is ``workers.sampler.LogitsProcessor``; each edits the ``(b, W, V)`` logits
 * ``slot_targets.SlotTargets`` — regex / JSON-schema / choices slots: only the best accepted path's tokens
   (compiled by ``constraints/automaton.py``, decoded by ``workers/slot_decoder.py``);
 * ``slot_vocabulary.SlotVocabulary`` — a slot's ``vocab`` (compiled by ``constraints/vocab.py``);
-* ``safety_guard.SafetyGuard`` — ``banned`` phrases and ``pii`` (compiled by ``constraints/safety.py``);
+* ``safety_guard.SafetyGuard`` — ``banned`` phrases and ``pii`` (compiled by ``constraints/safety/``);
 * ``down_weight.DownWeight`` — the soft guide of ``safety.avoid`` rounds.
 """

@@ -2,7 +2,7 @@
 
 ``SafetyGuard`` is a logits processor with the sampler's ``admissible`` hook. Before each step it
 sets to ``-inf``, at every still-masked slot position, the tokens ``TextGuard`` forbids between that
-position's known contexts (``constraints/safety.py`` has the definitions and the proof that checking
+position's known contexts (``constraints/safety/`` has the definitions and the proof that checking
 at commit time is complete); at each commit, ``admissible`` re-checks the one token against the
 canvas as it stands, commits made earlier in the same step included.
 """

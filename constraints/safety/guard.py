@@ -1,346 +1,38 @@
-"""Safety targets that hold *during* decoding: banned phrases and PII never appear in model-written text.
-
-``banned`` is a list of phrases; ``pii`` is ``true`` (all kinds) or a list of kinds among ``email``,
-``phone`` and ``card``, each a conservative regex (a near miss is blocked rather than let through).
-Both are enforced as token masks while the canvas is denoised (``workers.processors.safety_guard.SafetyGuard``), and
-``find_violations`` finds them in finished text (the revise job re-masks what it reports).
-
-Definitions (the tests check them literally):
-
-* **Normalised text**: every character lowercased on its own (kept as is when its ``.lower()`` is
-  not one character), every whitespace character (``str.isspace``) made ``" "``, runs of spaces
-  collapsed to one. Phrases are normalised the same way and stripped. Normalisation maps characters
-  one to one except for the collapse, so ``origin[i]`` (the raw index of normalised character ``i``)
-  is increasing.
-* **Rendered text**: the concatenation, in canvas order, of *units*: each fixed piece's original
-  string (``canvas.pieces``; BOS/EOS are not text) and each slot position's token text (EMPTY and
-  the other special tokens: ``""``; MASK: unknown). A slot's token bytes are joined before they are
-  decoded (``errors="replace"``), as ``Canvas.render`` does. ``render`` drops a slot value's leading
-  space after fixed text that ends in whitespace; the collapse makes that invisible once normalised.
-* **Occurrence**: a phrase found anywhere in the normalised text (overlaps included), or a match of
-  a kind's regex (``re.finditer``). A **violation** is one not wholly inside one fixed piece.
-* **Enforcement**: at a masked position ``p``, ``A`` is the rendered text of the maximal run of
-  *known* units just left of ``p`` (fixed pieces, committed tokens; it stops at a masked position or
-  the start) and ``B`` the same to the right. Token ``t`` is forbidden at ``p`` iff ``norm(A + t + B)``
-  holds an occurrence that touches ``t``'s span (its normalised characters; when a collapse or an
-  EMPTY token leaves it no character, an occurrence that strictly straddles that point). For the
-  kinds, "an occurrence" here is *any* substring that matches (a superset of the ``finditer``
-  matches, so a near miss is blocked rather than let through).
-
-Why checking at commit time is complete. Take a violation in the final text. The slot positions it
-involves (those whose characters lie in it, or that sit strictly inside it) are not empty, and the
-one committed last found every other one already committed, hence inside its known run; so at that
-commit the whole occurrence was in ``A + t + B`` and touched ``t``'s span (a token of collapsed
-whitespace, or an EMPTY one, sits strictly inside the occurrence, since none starts or ends with a
-space). That needs every commit checked against the commits made earlier *in the same step*: the
-sampler's ``admissible`` hook. ``A`` and ``B`` are bounded without loss: a phrase has at most
-``MAX_PHRASE_CHARS`` characters and ``CONTEXT_CHARS`` non-whitespace ones are kept; a phone or card
-match touching ``t`` holds a 7- or 13-digit sub-match within ``PATTERN_RADIUS`` characters of ``t``;
-an email match lies in one run of email characters, so the window always reaches that run's end.
-
-Speed: ``TextGuard`` (cached per targets and tokenizer) keeps the static mask (tokens holding an
-occurrence by themselves, forbidden everywhere) and, per context, exactly checks only a candidate
-set that is proven to contain every other forbidden token (``TextGuard._dynamic_uncached`` gives
-the argument; the tests compare the result with a brute-force check of every token).
-
-Torch-free: the API validates requests with it; the workers' guard wraps it.
-"""
+"""The text guard: which tokens may be written between two known contexts under a job's targets (``TextGuard``,
+built and cached by ``text_guard``); the workers' ``SafetyGuard`` applies it as token masks. The definitions and
+the proof that checking at commit time is complete are in the package's docstring."""
 
 from __future__ import annotations
 
-import codecs
 import re
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from tokenizers import Tokenizer
 
+from constraints.safety.targets import KINDS, SafetyTargets, normalize_phrase
+from constraints.safety.text import (
+    _ANY,
+    _C1,
+    _C2,
+    _C2_RUN,
+    _CARD_RUN,
+    _DIGIT,
+    _EMAIL_BREAK,
+    _EMAIL_RUN,
+    _FIND,
+    _PHONE_ENDS,
+    _PHONE_RUN,
+    _nonws,
+    _norm,
+    normalize,
+    utf8_chars,
+)
+from constraints.safety.tokens import token_table
 from redraft.errors import InvalidRequest
-from redraft.models import token_bytes
 
-KINDS = ("email", "phone", "card")
-MAX_PHRASES = 200
-MAX_PHRASE_CHARS = 200
 CONTEXT_CHARS = 256  # non-whitespace characters of context kept on each side (> MAX_PHRASE_CHARS)
 PATTERN_RADIUS = 32  # >= 26: the longest 7-digit phone sub-match ("+" and 3 separators between digits)
-
-# On normalised text (its only whitespace is " "). Conservative: no TLD needed, any 7+ digits for a phone.
-PATTERNS: dict[str, str] = {
-    "email": r"[\w.%+-]+@[\w-]+",
-    "phone": r"\+?\d(?:[ .()\-]{0,3}\d){6,}",
-    "card": r"\d(?:[ \-]?\d){12,18}",
-}
-_FIND = {kind: re.compile(p) for kind, p in PATTERNS.items()}
-# Every substring match, as the longest match from each start (greedy is longest for these three).
-# An email match from inside a run of local-part characters is covered by the one from the run's start.
-_ANY = {
-    "email": re.compile(r"(?<![\w.%+-])(?=(" + PATTERNS["email"] + "))"),
-    "phone": re.compile("(?=(" + PATTERNS["phone"] + "))"),
-    "card": re.compile("(?=(" + PATTERNS["card"] + "))"),
-}
-_C1 = re.compile(r"[\w.%+-]")  # email local part
-_C2 = re.compile(r"[\w-]")  # email domain
-_C2_RUN = re.compile(r"[\w-]*")
-_EMAIL_RUN = re.compile(r"[\w.%+@-]*")  # the characters an email match is made of
-_EMAIL_BREAK = re.compile(r"[^\w.%+@-]")
-_PHONE_RUN = re.compile(r"[\d .()+\-]*")
-_PHONE_BODY = re.compile(r"[\d .()+\-]+")
-_PHONE_ENDS = re.compile(r"[\d+]")  # a phone match starts with one and ends with a digit
-_CARD_RUN = re.compile(r"[\d \-]*")
-_CARD_BODY = re.compile(r"[\d \-]+")
-_DIGIT = re.compile(r"\d")
-_WS = re.compile(r"\s+")  # \s is str.isspace for str patterns
-
-
-# ---------------------------------------------------------------------------------------------- targets
-
-
-@dataclass(frozen=True)
-class SafetyTargets:
-    banned: tuple[str, ...] = ()  # normalised phrases
-    pii: tuple[str, ...] = ()  # kinds, in KINDS order
-
-
-SAFETY_KEYS = ("banned", "pii", "avoid")  # "avoid" is the topic scorer's (workers), not checked here
-
-
-def parse_safety(obj: dict | None) -> SafetyTargets | None:
-    """Validate a request's ``"safety"`` object; None when it asks for no banned phrase and no PII kind."""
-    if obj is None:
-        return None
-    if not isinstance(obj, dict):
-        raise InvalidRequest(f"safety must be an object with keys {', '.join(SAFETY_KEYS)}; got {type(obj).__name__}")
-    unknown = sorted(str(k) for k in obj if k not in SAFETY_KEYS)
-    if unknown:
-        raise InvalidRequest(f"unknown safety key(s) {', '.join(map(repr, unknown))}; known keys: "
-                             f"{', '.join(SAFETY_KEYS)}")
-    banned = _parse_banned(obj.get("banned"))
-    pii = _parse_pii(obj.get("pii"))
-    if not banned and not pii:
-        return None
-    return SafetyTargets(banned, pii)
-
-
-def _parse_banned(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple):
-        raise InvalidRequest(f"safety.banned must be a list of phrases; got {type(value).__name__}")
-    if len(value) > MAX_PHRASES:
-        raise InvalidRequest(f"safety.banned has {len(value)} phrases; at most {MAX_PHRASES}")
-    return tuple(dict.fromkeys(normalize_phrase(p, f"safety.banned[{i}]") for i, p in enumerate(value)))
-
-
-def normalize_phrase(phrase: Any, where: str = "a banned phrase") -> str:
-    if not isinstance(phrase, str):
-        raise InvalidRequest(f"{where} must be a string; got {type(phrase).__name__}")
-    norm = _norm(phrase).strip(" ")
-    if not norm:
-        raise InvalidRequest(f"{where} is empty or only whitespace; remove it or write the phrase")
-    if len(norm) > MAX_PHRASE_CHARS:
-        raise InvalidRequest(f"{where} has {len(norm)} characters (after collapsing whitespace); a banned phrase "
-                             f"has at most {MAX_PHRASE_CHARS}: shorten it")
-    return norm
-
-
-def _parse_pii(value: Any) -> tuple[str, ...]:
-    if value is None or value is False:
-        return ()
-    if value is True:
-        return KINDS
-    if not isinstance(value, list | tuple):
-        raise InvalidRequest(f"safety.pii must be true (all kinds) or a list of {', '.join(KINDS)}; "
-                             f"got {type(value).__name__}")
-    for i, kind in enumerate(value):
-        if kind not in KINDS:
-            raise InvalidRequest(f"safety.pii[{i}] = {kind!r} is not a PII kind; use {', '.join(KINDS)} "
-                                 f"(or true for all)")
-    return tuple(k for k in KINDS if k in value)
-
-
-# ---------------------------------------------------------------------------------------------- text
-
-
-def _lower(text: str) -> str:
-    """Per-character lowercase. ``str.lower`` differs only on final sigma and on characters whose
-    lowercase is longer (both change the length check or contain "Σ")."""
-    if text.isascii():
-        return text.lower()
-    low = text.lower()
-    if len(low) == len(text) and "Σ" not in text:
-        return low
-    return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
-
-
-def _norm(text: str) -> str:
-    return _WS.sub(" ", _lower(text))
-
-
-def normalize(text: str) -> tuple[str, list[int]]:
-    """(normalised text, origin) where ``origin[i]`` is the raw index normalised character ``i`` came from."""
-    low = _lower(text)
-    parts: list[str] = []
-    origin: list[int] = []
-    at = 0
-    for m in _WS.finditer(low):
-        parts += (low[at : m.start()], " ")
-        origin += range(at, m.start())
-        origin.append(m.start())
-        at = m.end()
-    parts.append(low[at:])
-    origin += range(at, len(low))
-    return "".join(parts), origin
-
-
-def _nonws(text: str) -> int:
-    return len("".join(text.split()))
-
-
-@dataclass(frozen=True)
-class Violation:
-    kind: str  # "banned" | "email" | "phone" | "card"
-    start: int  # raw character offsets in the text
-    end: int
-    text: str  # text[start:end]
-
-
-def find_violations(text: str, targets: SafetyTargets,
-                    fixed_spans: list[tuple[int, int]] | tuple = ()) -> list[Violation]:
-    """Every occurrence of a banned phrase (overlaps included) and every ``re.finditer`` match of a PII
-    kind in ``text``, as raw character spans, except those wholly inside one of ``fixed_spans``
-    (the user's own text). Touching fixed spans are merged: no model text lies between them."""
-    norm, origin = normalize(text)
-    spans: list[list[int]] = []
-    for a, b in sorted(fixed_spans):
-        if spans and a <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], b)
-        else:
-            spans.append([a, b])
-    starts = [a for a, _ in spans]
-    out: list[Violation] = []
-
-    def add(kind: str, a: int, b: int) -> None:
-        start, end = origin[a], origin[b - 1] + 1
-        k = bisect_right(starts, start) - 1
-        if k < 0 or end > spans[k][1]:
-            out.append(Violation(kind, start, end, text[start:end]))
-
-    for phrase in targets.banned:
-        phrase = _norm(phrase).strip(" ")
-        i = norm.find(phrase) if phrase else -1
-        while i != -1:
-            add("banned", i, i + len(phrase))
-            i = norm.find(phrase, i + 1)
-    for kind in targets.pii:
-        if kind == "email" and "@" not in norm:
-            continue
-        for m in _FIND[kind].finditer(norm):
-            add(kind, m.start(), m.end())
-    return sorted(out, key=lambda v: (v.start, v.end, v.kind))
-
-
-def split_pending(data: bytes) -> tuple[str, bytes]:
-    """Decode ``data`` (``errors="replace"``) but for an incomplete UTF-8 sequence at its end, returned as bytes."""
-    dec = codecs.getincrementaldecoder("utf-8")("replace")
-    text = dec.decode(data, final=False)
-    return text, dec.getstate()[0]
-
-
-def utf8_chars(data: bytes) -> list[tuple[str, int, int]]:
-    """``data.decode("utf-8", "replace")`` as (character, byte start, byte end): each replacement character
-    stands for one maximal invalid subpart, as Python's decoder does."""
-    out = []
-    i, n = 0, len(data)
-    while i < n:
-        b = data[i]
-        if b < 0x80:
-            out.append((chr(b), i, i + 1))
-            i += 1
-            continue
-        need = 1 if 0xC2 <= b <= 0xDF else 2 if 0xE0 <= b <= 0xEF else 3 if 0xF0 <= b <= 0xF4 else 0
-        lo, hi = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}.get(b, (0x80, 0xBF))
-        j = i + 1
-        while j - i <= need and j < n and (lo <= data[j] <= hi if j == i + 1 else 0x80 <= data[j] <= 0xBF):
-            j += 1
-        out.append((data[i:j].decode() if need and j - i == need + 1 else "\ufffd", i, j))
-        i = j
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- tokens
-
-
-@dataclass(frozen=True, eq=False)
-class TokenTable:
-    """Per tokenizer, independent of the targets: each token's exact bytes and text, and its groups."""
-
-    data: tuple[bytes, ...]  # (V,) exact bytes; b"" for special tokens (they render as "")
-    norm: tuple[str, ...]  # (V,) normalised text of the token decoded on its own
-    weight: tuple[int, ...]  # (V,) non-whitespace characters it surely adds to a context (0 if ragged)
-    breaks: tuple[bool, ...]  # (V,) surely holds a character no email match can contain
-    exact: frozenset[int]  # normalised text "" or " ": may leave no character of its own; always checked
-    first: dict[str, tuple[int, ...]]  # first normalised character -> ids
-    first_after_space: dict[str, tuple[int, ...]]  # first character once a leading space collapses -> ids
-    last: dict[str, tuple[int, ...]]  # last normalised character -> ids
-    ragged_left: frozenset[int]  # no bytes, or starts with a UTF-8 continuation byte
-    ragged_right: frozenset[int]  # no bytes, or ends inside a UTF-8 sequence
-    at: frozenset[int]  # holds "@"
-    phone: frozenset[int]  # holds a digit or "+", or is all phone characters
-    card: frozenset[int]  # holds a digit, or is all card characters
-    first_c2: tuple[int, ...]  # starts with an email domain character
-    last_c1: tuple[int, ...]  # ends with an email local-part character
-
-
-@lru_cache(maxsize=8)
-def token_table(tokenizer: Tokenizer) -> TokenTable:
-    special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-    added = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items() if not t.special}
-    data, texts = [], []
-    for i in range(tokenizer.get_vocab_size()):
-        if i in special:
-            b = b""
-        elif i in added:
-            b = added[i].encode()
-        else:
-            b = token_bytes(tokenizer, i)
-        data.append(b)
-        texts.append(b.decode("utf-8", "replace"))
-    norm = [_norm(t) for t in texts]
-    ragged_left = {i for i, b in enumerate(data) if not b or 0x80 <= b[0] < 0xC0}
-    ragged_right = {i for i, b in enumerate(data) if not b or split_pending(b)[1]}
-    ragged = ragged_left | ragged_right
-    first: dict[str, list[int]] = {}
-    first_sp: dict[str, list[int]] = {}
-    last: dict[str, list[int]] = {}
-    for i, n in enumerate(norm):
-        if n in ("", " "):
-            continue
-        first.setdefault(n[0], []).append(i)
-        first_sp.setdefault(n[1] if n[0] == " " else n[0], []).append(i)
-        last.setdefault(n[-1], []).append(i)
-    return TokenTable(
-        data=tuple(data),
-        norm=tuple(norm),
-        weight=tuple(0 if i in ragged else _nonws(t) for i, t in enumerate(texts)),
-        breaks=tuple(i not in ragged and bool(_EMAIL_BREAK.search(n)) for i, n in enumerate(norm)),
-        exact=frozenset(i for i, n in enumerate(norm) if n in ("", " ")),
-        first={c: tuple(v) for c, v in first.items()},
-        first_after_space={c: tuple(v) for c, v in first_sp.items()},
-        last={c: tuple(v) for c, v in last.items()},
-        ragged_left=frozenset(ragged_left),
-        ragged_right=frozenset(ragged_right),
-        at=frozenset(i for i, n in enumerate(norm) if "@" in n),
-        phone=frozenset(i for i, n in enumerate(norm)
-                        if n.strip(" ") and (_PHONE_ENDS.search(n) or _PHONE_BODY.fullmatch(n))),
-        card=frozenset(i for i, n in enumerate(norm) if n.strip(" ") and (_DIGIT.search(n) or _CARD_BODY.fullmatch(n))),
-        first_c2=tuple(i for i, n in enumerate(norm) if n and _C2.match(n[0])),
-        last_c1=tuple(i for i, n in enumerate(norm) if n and _C1.match(n[-1])),
-    )
-
-
-# ---------------------------------------------------------------------------------------------- guard
 
 
 class _Context:
