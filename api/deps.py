@@ -13,7 +13,7 @@ from redraft.errors import Unauthorized
 from redraft.settings import Settings, get_settings
 from storage import repo
 from storage.db import get_sessionmaker
-from storage.models import Tenant
+from storage.tables import Tenant
 
 
 def get_session() -> Iterator[Session]:

@@ -31,8 +31,8 @@ from redraft.jobs import JobStatus
 from redraft.logs import configure_logging
 from redraft.queue import broker_client, queue_depth
 from redraft.settings import Settings
-from storage.db import get_engine
-from storage.models import Job
+from storage.db import database_engine
+from storage.tables import Job
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("redraft.access")
@@ -75,7 +75,7 @@ class LiveGauges(Collector):
         yield up
 
     def _jobs(self) -> list[Metric]:
-        engine = get_engine(self.settings.database_url)
+        engine = database_engine(self.settings.database_url)
         with engine.connect() as conn, conn.begin():
             if conn.dialect.name == "postgresql":  # SQLite readers never wait in WAL mode
                 ms = int(self.settings.metrics_scrape_timeout_s * 1000)

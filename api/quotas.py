@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from redraft.errors import RateLimited
 from redraft.jobs import ACTIVE
 from redraft.settings import Settings
-from storage.models import Job, Tenant
+from storage.tables import Job, Tenant
 
 log = logging.getLogger(__name__)
 

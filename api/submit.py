@@ -23,12 +23,12 @@ from constraints.revise import (
 from constraints.safety import SafetyTargets, find_violations, parse_safety
 from constraints.templates import render_template
 from redraft.errors import InvalidRequest, NotFound
+from redraft.families import ModelInfo, load_model_info, load_tokenizer
 from redraft.jobs import JobParams, RevisePlan, job_default
-from redraft.models import ModelInfo, load_model_info, load_tokenizer
 from redraft.queue import enqueue
 from redraft.settings import Settings
 from storage import repo
-from storage.models import Job
+from storage.tables import Job
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from datetime import date
 import torch
 
 from constraints.infill import compile_infill, parse_text
-from redraft.models import load_tokenizer
+from redraft.families import load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR, get_settings
 from workers.adapters import get_adapter
 from workers.drafting import Drafting

@@ -47,8 +47,8 @@ def build(shape: str, device: str, workdir: Path):
     """(adapter, info, tokenizer): a model directory with Redraft's tokenizer and a random model on ``device``."""
     import json
 
+    from redraft.families import load_model_info, load_tokenizer
     from tests.utils.models import make_tiny_diffusion_gemma
-    from redraft.models import load_model_info, load_tokenizer
     from workers.adapters import DiffusionGemmaAdapter, get_adapter
 
     if shape == "tiny":
@@ -120,8 +120,8 @@ def run_redraft(adapter, info, tokenizer, batch: int, budget: int, json_target: 
     from api.schemas import GenerateJobCreate
     from api.submit import compile_request, sampling_params
     from redraft.settings import Settings
-    from workers.engine import BatchEngine
     from workers.drafting import Drafting
+    from workers.engine import BatchEngine
     from workers.steps import MemorySink
 
     settings = Settings(models={info.name: info.path}, default_model=info.name, max_gap_tokens=max(budget, 256))

@@ -47,7 +47,7 @@ THROUGHPUT_TEXT = "Dear team, the report on [[gap:16]] is ready. Please read it 
 
 
 def decoding_table(device: str) -> list[str]:
-    from redraft.models import load_tokenizer, special_ids
+    from redraft.families import load_tokenizer, special_ids
     from redraft.settings import DEFAULT_MODEL_DIR
     from workers.adapters import get_adapter
     from workers.processors.forbid_tokens import ForbidTokens

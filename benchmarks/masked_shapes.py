@@ -50,7 +50,7 @@ def build(shape: str, device: str, context: int, workdir: Path):
     """(adapter, info, tokenizer): a random ModernBERT of ``shape`` on ``device`` with Redraft's tokenizer."""
     from transformers import AutoConfig, ModernBertForMaskedLM
 
-    from redraft.models import load_model_info, load_tokenizer
+    from redraft.families import load_model_info, load_tokenizer
     from tests.utils.models import make_tiny_random_model
     from workers.adapters import MaskedLMAdapter
 
@@ -69,11 +69,12 @@ def build(shape: str, device: str, context: int, workdir: Path):
 def make_rows(n: int, adapter, info, tokenizer, canvas_tokens: int, answer: int, steps: int, with_json: bool,
               timings: list[float]):
     """n rows of one shape: a prompt filling the canvas, then an answer slot (free text, or under SCHEMA)."""
+    from timing import Timed  # benchmarks/timing.py
+
     from constraints.generate import compile_generate, prompt_slot
-    from redraft.models import special_ids
+    from redraft.families import special_ids
     from workers.processors.forbid_tokens import ForbidTokens
     from workers.processors.slot_targets import SlotTargets, constrained_slots
-    from timing import Timed  # benchmarks/timing.py
     from workers.sampler import Row, SamplerConfig
 
     special = special_ids(info)

@@ -51,7 +51,7 @@ def canvases(tokenizer, n_docs: int, context: int, span: int) -> list[list[int]]
 
 def run(adapter, docs, task: str, context: int, span: int, cache: str | None, block: int | None, batch: int):
     """(outputs per doc at the span, wall seconds, positions read)."""
-    from redraft.models import special_ids
+    from redraft.families import special_ids
     from workers.processors.forbid_tokens import ForbidTokens
     from workers.sampler import SamplerConfig, denoise
 
@@ -94,7 +94,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from redraft.models import load_tokenizer
+    from redraft.families import load_tokenizer
     from workers.adapters import get_adapter
 
     adapter = get_adapter("bench", Path(args.model), args.device)

@@ -53,7 +53,7 @@ from constraints.budget import (
     timed_compile,
 )
 from redraft.errors import ConstraintError
-from redraft.models import token_bytes
+from redraft.families import token_bytes
 
 MAX_STATES = 8192  # automaton states (after pruning); its byte automaton is checked against twice this first
 MAX_TABLE_ENTRIES = 64 * 1024 * 1024  # entries the automaton keeps: its classes' tokens plus 3 per pair (int32)

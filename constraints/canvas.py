@@ -13,7 +13,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from redraft.errors import InvalidRequest
-from redraft.models import ModelInfo
+from redraft.families import ModelInfo
 
 
 @dataclass(frozen=True)

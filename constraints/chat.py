@@ -18,7 +18,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from redraft.errors import InvalidRequest
-from redraft.models import ModelInfo, load_tokenizer
+from redraft.families import ModelInfo, load_tokenizer
 
 MAX_RENDERED_CHARS = 1_000_000  # a rendered conversation longer than this is refused before tokenising it
 

@@ -10,7 +10,7 @@ from constraints.automaton import compile_target, discard, require_fits
 from constraints.canvas import Canvas, CanvasBuilder
 from constraints.templates import SlotSpec, make_slot
 from redraft.errors import ConstraintError, InvalidRequest
-from redraft.models import ModelInfo, special_ids
+from redraft.families import ModelInfo, special_ids
 
 ANY_TEXT = r"(?s:.)*"  # a min_tokens slot without a target: any text, at least that many tokens
 

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from constraints.canvas import Canvas, CanvasBuilder
 from redraft.errors import InvalidRequest
-from redraft.models import ModelInfo
+from redraft.families import ModelInfo
 
 # Anything that looks like a gap marker; the inside is validated separately so that a typo such as
 # [[gap:ten]] is an error rather than silently kept as literal text.

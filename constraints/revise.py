@@ -30,7 +30,7 @@ from constraints.canvas import Canvas
 from constraints.generate import compile_generate
 from constraints.templates import SlotSpec, make_slot
 from redraft.errors import ConstraintError, InvalidRequest
-from redraft.models import ModelInfo, special_ids
+from redraft.families import ModelInfo, special_ids
 
 WORD = re.compile(r"\w")
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 from tokenizers import Tokenizer
 
 from redraft.errors import InvalidRequest
-from redraft.models import token_bytes
+from redraft.families import token_bytes
 
 # name -> predicate on a token's exact bytes
 VOCABS: dict[str, Callable[[bytes], bool]] = {

@@ -65,7 +65,7 @@ def _when(moment: datetime | None) -> str:
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     from storage import repo
     from storage.db import session_scope
-    from storage.models import Tenant
+    from storage.tables import Tenant
 
     with session_scope() as s:
         row, now = repo.revoke_api_key(s, args.key)

@@ -1,4 +1,5 @@
-"""Engines and sessions, created once per process from the settings."""
+"""Database engines and sessions, created once per process from the settings (not the batching engine:
+that is ``workers.engine``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker[Session]] = {}
 
 
-def make_engine(url: str) -> Engine:
+def make_database_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # A worker holds up to REDRAFT_WORKER_BATCH_SIZE job threads, each with its own session.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20,
@@ -39,17 +40,17 @@ def make_engine(url: str) -> Engine:
                                        "options": f"-c statement_timeout={settings.db_statement_timeout_s * 1000}"})
 
 
-def get_engine(url: str | None = None) -> Engine:
+def database_engine(url: str | None = None) -> Engine:
     url = url or get_settings().database_url
     if url not in _engines:
-        _engines[url] = make_engine(url)
+        _engines[url] = make_database_engine(url)
     return _engines[url]
 
 
 def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
     url = url or get_settings().database_url
     if url not in _makers:
-        _makers[url] = sessionmaker(get_engine(url), expire_on_commit=False)
+        _makers[url] = sessionmaker(database_engine(url), expire_on_commit=False)
     return _makers[url]
 
 
@@ -67,7 +68,7 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
-def reset_engine(url: str | None = None) -> None:
+def reset_database_engines(url: str | None = None) -> None:
     """Dispose the engine for ``url``, or every engine (tests switch databases within one process)."""
     for key in [url] if url is not None else list(_engines):
         if (engine := _engines.pop(key, None)) is not None:

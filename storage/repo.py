@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from redraft.errors import Conflict, JobCancelled, NotFound
 from redraft.jobs import ACTIVE, TERMINAL, JobParams, JobStatus
-from storage.models import ApiKey, Draft, Job, Step, Template, Tenant, utcnow
+from storage.tables import ApiKey, Draft, Job, Step, Template, Tenant, utcnow
 
 
 def _hash(key: str) -> str:
@@ -316,7 +316,7 @@ def list_templates(s: Session, tenant_id: str) -> list[Template]:
 
 # ------------------------------------------------------------------------------------ operators: keys and tenants
 # `redraft keys revoke|list` and `redraft tenants delete` (redraft/cli.py). Deleting a tenant relies on the
-# foreign keys' ON DELETE CASCADE (storage/models.py, migration 0001/0002; SQLite enforces them because
+# foreign keys' ON DELETE CASCADE (storage/tables.py, migration 0001/0002; SQLite enforces them because
 # storage/db.py turns PRAGMA foreign_keys on for every connection).
 
 MIN_KEY_PREFIX = 8  # "rdk_" and four more characters: a shorter prefix would name too many keys

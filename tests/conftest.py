@@ -52,19 +52,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
             conn.execute("CREATE SCHEMA public")
         url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     yield url
-    from storage.db import reset_engine
+    from storage.db import reset_database_engines
 
-    reset_engine(url)
+    reset_database_engines(url)
 
 
 @pytest.fixture
 def engine(database_url: str) -> Engine:
     """The engine for ``database_url``, migrated to the latest revision."""
-    from storage.db import get_engine
+    from storage.db import database_engine
     from storage.migrate import upgrade
 
     upgrade(database_url)
-    return get_engine(database_url)
+    return database_engine(database_url)
 
 
 @pytest.fixture

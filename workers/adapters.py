@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from redraft.errors import ModelError
-from redraft.models import ModelInfo, load_model_info
+from redraft.families import ModelInfo, load_model_info
 from workers import prefix_cache
 
 

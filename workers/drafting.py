@@ -18,8 +18,8 @@ from constraints.canvas import Canvas
 from constraints.generate import slot_values
 from constraints.revise import Region, carry_layout, compile_revision, revision_edits, token_count
 from constraints.safety import parse_safety
+from redraft.families import special_ids
 from redraft.jobs import JobParams, SafetyParams
-from redraft.models import special_ids
 from redraft.settings import Settings
 from workers.engine import BatchEngine
 from workers.processors.down_weight import DownWeight

@@ -13,13 +13,13 @@ import logging
 
 from constraints.canvas import Canvas
 from redraft.errors import Conflict, JobCancelled, RedraftError
+from redraft.families import load_tokenizer
 from redraft.jobs import JobParams, JobStatus
 from redraft.logs import bind_job_id
-from redraft.models import load_tokenizer
 from redraft.settings import Settings, get_settings
 from storage import repo
 from storage.db import session_scope
-from storage.models import Draft, Job
+from storage.tables import Draft, Job
 from workers.adapters import get_adapter
 from workers.drafting import Drafting, Source
 from workers.engine import for_adapter

@@ -24,7 +24,7 @@ import redis
 from tokenizers import Tokenizer
 
 from redraft.errors import JobCancelled, JobTimeout
-from redraft.models import token_text
+from redraft.families import token_text
 from redraft.queue import job_channel
 from redraft.settings import Settings
 from storage import repo

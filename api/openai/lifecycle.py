@@ -24,8 +24,8 @@ from api.quotas import Quotas
 from api.routes.jobs import event_stream
 from api.submit import submit_job
 from redraft.errors import Conflict, ConstraintError, RedraftError
+from redraft.families import ModelInfo, load_model_info
 from redraft.jobs import JobStatus
-from redraft.models import ModelInfo, load_model_info
 from redraft.settings import Settings
 from storage import repo
 from storage.db import get_sessionmaker

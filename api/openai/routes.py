@@ -30,10 +30,10 @@ from api.openai.schemas import (
 )
 from api.openai.stream import ChunkWriter, stream_choices
 from api.schemas import error_responses
+from redraft.families import registry
 from redraft.jobs import JobStatus
-from redraft.models import registry
 from redraft.settings import Settings
-from storage.models import Tenant
+from storage.tables import Tenant
 
 _MEANING = {
     400: "the request is malformed or asks for something Redraft cannot do (`param` names the field, `message` says "

@@ -40,8 +40,8 @@ from api.openai.lifecycle import (
     timeout_error,
 )
 from api.openai.schemas import OpenAICreate, Usage
+from redraft.families import ModelInfo, load_tokenizer
 from redraft.jobs import JobParams, JobStatus
-from redraft.models import ModelInfo, load_tokenizer
 from redraft.settings import Settings
 
 log = logging.getLogger(__name__)

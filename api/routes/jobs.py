@@ -31,13 +31,13 @@ from api.schemas import (
     error_responses,
 )
 from api.submit import submit_job
+from redraft.families import load_model_info, load_tokenizer, token_text
 from redraft.jobs import TERMINAL, JobStatus
-from redraft.models import load_model_info, load_tokenizer, token_text
 from redraft.queue import job_channel
 from redraft.settings import Settings
 from storage import repo
 from storage.db import get_sessionmaker
-from storage.models import Draft, Job, Step
+from storage.tables import Draft, Job, Step
 
 log = logging.getLogger(__name__)
 

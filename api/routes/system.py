@@ -12,10 +12,10 @@ from sqlalchemy import text
 
 from api.deps import CurrentTenant, SettingsDep
 from api.schemas import AUTHED_ERRORS, ModelPublic, ModelsPublic
-from redraft.models import registry
+from redraft.families import registry
 from redraft.queue import Keys, broker_client, live_workers, queue_depth
 from redraft.settings import Settings, get_settings
-from storage.db import get_engine
+from storage.db import database_engine
 
 router = APIRouter(tags=["system"])
 
@@ -69,7 +69,7 @@ async def _within(timeout_s: float, check: Callable[..., object], *args: object)
 
 
 def _check_database() -> None:
-    with get_engine().connect() as conn:
+    with database_engine().connect() as conn:
         conn.execute(text("SELECT 1"))
 
 

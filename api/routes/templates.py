@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import CurrentTenant, SessionDep
-from api.submit import check_text
 from api.schemas import AUTHED_ERRORS, BODY_ERRORS, TemplateCreate, TemplatePublic, TemplatesPublic, error_responses
+from api.submit import check_text
 from constraints.templates import validate_template
 from storage import repo
-from storage.models import Template
+from storage.tables import Template
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"], responses=AUTHED_ERRORS)
 

@@ -20,7 +20,7 @@ from constraints.safety.text import (
     _norm,
     split_pending,
 )
-from redraft.models import token_bytes
+from redraft.families import token_bytes
 
 
 @dataclass(frozen=True, eq=False)

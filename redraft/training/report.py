@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from constraints.infill import compile_infill, parse_text
-from redraft.models import load_model_info, load_tokenizer, special_ids
+from redraft.families import load_model_info, load_tokenizer, special_ids
 from redraft.training.corpus import documents
 from redraft.training.data import SpecialIds
 from redraft.training.train import heldout_windows, masked_accuracy, unigram_baseline

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 
 from redraft.settings import get_settings
-from storage.db import make_engine
-from storage.models import Base
+from storage.db import make_database_engine
+from storage.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -14,7 +14,7 @@ target_metadata = Base.metadata
 
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
-    engine = make_engine(url)
+    engine = make_database_engine(url)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                           compare_type=True)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from redraft.models import load_tokenizer
+from redraft.families import load_tokenizer
 from tests.utils.service import running_service, wait_for
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]

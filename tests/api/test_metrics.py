@@ -51,7 +51,7 @@ def scrape(client: httpx.Client) -> dict[tuple[str, tuple], float]:
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir, tmp_path_factory) -> Iterator[Stack]:
     from storage import repo
-    from storage.db import get_sessionmaker, reset_engine
+    from storage.db import get_sessionmaker, reset_database_engines
     from storage.migrate import upgrade
 
     work = tmp_path_factory.mktemp("metrics")
@@ -90,7 +90,7 @@ def stack(tiny_model_dir, tmp_path_factory) -> Iterator[Stack]:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        reset_engine(env["DATABASE_URL"])
+        reset_database_engines(env["DATABASE_URL"])
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def silent_listener_port() -> Iterator[int]:
 
 def test_a_scrape_answers_when_the_database_and_redis_do_not(silent_listener, monkeypatch):
     from api.metrics import render
-    from storage.db import reset_engine
+    from storage.db import reset_database_engines
 
     monkeypatch.setenv("REDRAFT_DB_CONNECT_TIMEOUT_S", "1")
     get_settings.cache_clear()
@@ -157,7 +157,7 @@ def test_a_scrape_answers_when_the_database_and_redis_do_not(silent_listener, mo
     try:
         got = samples(render(hung).decode())
     finally:
-        reset_engine(hung.database_url)
+        reset_database_engines(hung.database_url)
         monkeypatch.undo()
         get_settings.cache_clear()
     up = {dict(labels)["source"]: v for (name, labels), v in got.items() if name == "redraft_metrics_source_up"}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from api.openai.jobs import cut_at_stop, safe_prefix
 from api.openai.stream import UNDECIDED, AnswerReplay
 from constraints.generate import compile_generate, prompt_slot
-from redraft.models import load_model_info, load_tokenizer, special_ids
+from redraft.families import load_model_info, load_tokenizer, special_ids
 from redraft.settings import DEFAULT_MODEL_DIR
 
 text = st.text(alphabet="abc ", max_size=24)

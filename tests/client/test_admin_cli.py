@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
@@ -21,7 +22,7 @@ from redraft.cli import main
 from redraft.settings import get_settings
 from storage import repo
 from storage.db import get_sessionmaker
-from storage.models import ApiKey, Draft, Job, Step, Template, Tenant
+from storage.tables import ApiKey, Draft, Job, Step, Template, Tenant
 
 
 @pytest.fixture

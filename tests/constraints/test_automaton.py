@@ -34,7 +34,7 @@ from constraints.automaton import (
     require_fits,
 )
 from redraft.errors import ConstraintError
-from redraft.models import load_model_info, load_tokenizer, special_ids, token_bytes
+from redraft.families import load_model_info, load_tokenizer, special_ids, token_bytes
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "redraft-tiny"
 INFO = load_model_info("redraft-tiny", MODEL_DIR)

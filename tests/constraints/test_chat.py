@@ -9,7 +9,7 @@ import pytest
 from constraints.chat import load_chat_template, render_chat
 from constraints.generate import compile_generate, prompt_slot
 from redraft.errors import InvalidRequest
-from redraft.models import load_model_info, load_tokenizer
+from redraft.families import load_model_info, load_tokenizer
 from tests.utils.fixtures import MASKED_CHAT_TEMPLATE
 from tests.utils.models import CHAT_TEMPLATE, make_tiny_random_model
 

@@ -18,7 +18,7 @@ from constraints.revise import (
     target_regions,
 )
 from redraft.errors import ConstraintError, InvalidRequest
-from redraft.models import special_ids
+from redraft.families import special_ids
 from workers.processors.forbid_tokens import ForbidTokens
 from workers.sampler import SamplerConfig, denoise
 
@@ -63,7 +63,7 @@ def test_a_revision_never_changes_a_character_outside_the_regions(any_adapter, s
 
 
 def any_adapter_tokenizer(adapter):
-    from redraft.models import load_tokenizer
+    from redraft.families import load_tokenizer
 
     return load_tokenizer(adapter.info.path)
 

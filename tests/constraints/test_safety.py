@@ -25,7 +25,7 @@ from constraints.safety import (
     utf8_chars,
 )
 from redraft.errors import InvalidRequest
-from redraft.models import _byte_level_table, token_bytes
+from redraft.families import _byte_level_table, token_bytes
 
 # ---------------------------------------------------------------------------------------------- reference
 # A literal, slow reading of the definitions, sharing no code with the guard (but ``utf8_chars``, which is

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from constraints.vocab import VOCABS, allowed_ids, check_vocab
 from redraft.errors import InvalidRequest
-from redraft.models import token_bytes
+from redraft.families import token_bytes
 from tests.constraints.test_automaton import SPECIALS, TOKENIZER, V
 
 # The oracle: a regex over each token's exact bytes, written apart from the predicates in VOCABS.

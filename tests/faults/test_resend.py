@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from storage import repo
 from storage.db import get_sessionmaker
-from storage.models import Job, utcnow
+from storage.tables import Job, utcnow
 from tests.storage.test_repo import make_job
 
 

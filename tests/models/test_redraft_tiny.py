@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from redraft.models import load_model_info, load_tokenizer
+from redraft.families import load_model_info, load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR, get_settings
 from workers.adapters import get_adapter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redraft.models import load_tokenizer, token_bytes
+from redraft.families import load_tokenizer, token_bytes
 from redraft.settings import DEFAULT_MODEL_DIR
 
 TOKENIZER = load_tokenizer(DEFAULT_MODEL_DIR)

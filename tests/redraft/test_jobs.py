@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from api.schemas import InfillJobCreate
 from api.submit import sampling_params
 from redraft.errors import InvalidRequest
+from redraft.families import ModelInfo
 from redraft.jobs import ACTIVE, TERMINAL, JobParams, JobStatus
-from redraft.models import ModelInfo
 from redraft.settings import Settings
-from storage.models import Job
+from storage.tables import Job
 from workers.drafting import sampler_config
 from workers.sampler import SamplerConfig
 

@@ -10,9 +10,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
 from storage import repo
-from storage.db import get_engine, make_engine, reset_engine, session_scope
+from storage.db import database_engine, make_database_engine, reset_database_engines, session_scope
 from storage.migrate import upgrade
-from storage.models import Base, Tenant
+from storage.tables import Base, Tenant
 
 
 def test_migrations_match_the_models(engine):
@@ -26,13 +26,13 @@ def test_upgrade_creates_the_sqlite_directory_and_is_idempotent(tmp_path):
     upgrade(url)
     upgrade(url)
     try:
-        assert {"tenants", "api_keys", "jobs", "drafts", "steps"} <= set(inspect(get_engine(url)).get_table_names())
+        assert {"tenants", "api_keys", "jobs", "drafts", "steps"} <= set(inspect(database_engine(url)).get_table_names())
     finally:
-        reset_engine(url)
+        reset_database_engines(url)
 
 
 def test_sqlite_connections_share_the_file_safely(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    engine = make_database_engine(f"sqlite:///{tmp_path / 'x.db'}")
     try:
         with engine.connect() as conn:
             pragma = {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()

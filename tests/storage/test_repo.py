@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from redraft.errors import Conflict, NotFound
 from storage import repo
 from storage.db import get_sessionmaker
-from storage.models import Draft, Job, utcnow
+from storage.tables import Draft, Job, utcnow
 
 
 def make_job(s: Session, tenant: str = "acme") -> Job:

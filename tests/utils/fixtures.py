@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from redraft.models import load_model_info, load_tokenizer
+from redraft.families import load_model_info, load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR
 from tests.utils.models import make_tiny_diffusion_gemma, make_tiny_random_model
 from workers.adapters import get_adapter

@@ -24,7 +24,7 @@ import uvicorn
 from redraft.embedded import free_port, start_worker
 
 if TYPE_CHECKING:
-    from storage.models import Job
+    from storage.tables import Job
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -64,7 +64,7 @@ def running_service(backend: str, model_dir: Path, work_dir: Path, workers: int 
 
 def reset_caches() -> None:
     """Settings, engine and Celery app are created once per process; tests switch them between services."""
-    from redraft.models import load_model_info
+    from redraft.families import load_model_info
     from redraft.queue import get_celery
     from redraft.settings import get_settings
     from storage import db
@@ -72,7 +72,7 @@ def reset_caches() -> None:
     get_settings.cache_clear()
     get_celery.cache_clear()
     load_model_info.cache_clear()
-    db.reset_engine()
+    db.reset_database_engines()
 
 
 class Service:
@@ -123,7 +123,7 @@ class Service:
     def job_row(self, job_id: str) -> Job:
         """The job's row as the database has it now (any tenant's)."""
         from storage.db import session_scope
-        from storage.models import Job
+        from storage.tables import Job
 
         with session_scope() as s:
             row = s.get(Job, job_id)

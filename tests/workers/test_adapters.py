@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from redraft.errors import ModelError
-from redraft.models import FAMILIES, load_model_info
+from redraft.families import FAMILIES, load_model_info
 from redraft.settings import DEFAULT_MODEL_DIR
 from workers.adapters import DreamAdapter, LLaDAAdapter, MaskedLMAdapter
 

@@ -29,8 +29,8 @@ from api.schemas import GenerateJobCreate, InfillJobCreate, ReviseJobCreate
 from api.submit import compile_request, revision_canvas, sampling_params
 from constraints.canvas import Canvas
 from constraints.safety import find_violations, parse_safety
+from redraft.families import load_model_info, load_tokenizer
 from redraft.jobs import JobParams
-from redraft.models import load_model_info, load_tokenizer
 from redraft.settings import Settings
 from tests.utils.models import make_tiny_diffusion_gemma
 from tests.utils.waiting import until

@@ -13,12 +13,12 @@ from constraints.automaton import accepts
 from constraints.generate import compile_generate, prompt_slot
 from constraints.infill import compile_infill, parse_text
 from redraft.errors import ConstraintError, JobCancelled
-from redraft.models import special_ids
+from redraft.families import special_ids
 from redraft.settings import get_settings
 from tests.utils.waiting import until
+from workers.drafting import Drafting
 from workers.engine import BatchEngine
 from workers.processors.forbid_tokens import ForbidTokens
-from workers.drafting import Drafting
 from workers.sampler import SamplerConfig, denoise
 from workers.steps import MemorySink
 
@@ -152,7 +152,7 @@ def test_one_jobs_failure_or_cancellation_never_fails_the_others(tiny_adapter, t
        block=st.sampled_from([None, 4, 16]), text=st.sampled_from(TEXTS), temperature=st.sampled_from([0.0, 1.0]))
 def test_threshold_decoding_commits_what_is_confident_and_finishes(any_adapter, seed, threshold, block, text,
                                                                   temperature):
-    from redraft.models import load_tokenizer
+    from redraft.families import load_tokenizer
 
     info = any_adapter.info
     tokenizer = load_tokenizer(info.path)
@@ -169,7 +169,7 @@ def test_threshold_decoding_commits_what_is_confident_and_finishes(any_adapter, 
 
 
 def test_a_low_threshold_commits_several_tokens_per_step_on_the_shipped_model():
-    from redraft.models import load_tokenizer
+    from redraft.families import load_tokenizer
     from redraft.settings import DEFAULT_MODEL_DIR
     from workers.adapters import get_adapter
 

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from api.schemas import GenerateJobCreate, InfillJobCreate
 from api.submit import compile_request, sampling_params
 from redraft.errors import InvalidRequest
-from redraft.models import load_tokenizer, special_ids
+from redraft.families import load_tokenizer, special_ids
 from redraft.settings import Settings
 from tests.utils.models import make_tiny_random_model
 from workers import prefix_cache
 from workers.adapters import MaskedLMAdapter, get_adapter
-from workers.processors.forbid_tokens import ForbidTokens
 from workers.drafting import Drafting
+from workers.processors.forbid_tokens import ForbidTokens
 from workers.sampler import SamplerConfig, denoise
 from workers.steps import MemorySink
 
@@ -160,7 +160,7 @@ def test_cache_is_refused_where_it_does_not_apply(adapter, job_settings, tiny_di
         SamplerConfig(steps=4, cache="suffix")
     with pytest.raises(InvalidRequest, match="mask noise only"):
         SamplerConfig(steps=4, cache="prefix", noise="uniform", canvas_length=16, vocab_size=8192)
-    from redraft.models import load_model_info
+    from redraft.families import load_model_info
 
     dg = load_model_info("tiny-diffusion-gemma", tiny_diffusion_gemma_dir)
     req = InfillJobCreate(kind="infill", text="a [[gap:4]] b", cache="prefix")

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redraft.errors import ConstraintError, InvalidRequest
-from redraft.models import special_ids
+from redraft.families import special_ids
 from workers.processors.forbid_tokens import ForbidTokens
 from workers.sampler import SamplerConfig, denoise, plan
 

@@ -25,7 +25,7 @@ from constraints.automaton import (
     require_fits,
 )
 from redraft.errors import ConstraintError
-from redraft.models import token_bytes
+from redraft.families import token_bytes
 from tests.constraints.test_automaton import (
     CHOICES,
     EMPTY,

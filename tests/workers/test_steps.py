@@ -9,7 +9,7 @@ from sqlalchemy import update
 from redraft.errors import JobCancelled
 from redraft.settings import get_settings
 from storage import repo
-from storage.models import Job
+from storage.tables import Job
 from tests.storage.test_repo import make_job
 from workers.steps import Publisher, StepSink, StepWriter
 

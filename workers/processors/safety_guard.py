@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from constraints.canvas import Canvas
 from constraints.safety import CONTEXT_CHARS, SafetyTargets, TextGuard, split_pending, text_guard
-from redraft.models import ModelInfo
+from redraft.families import ModelInfo
 
 
 class CanvasText:

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from constraints.automaton import TokenAutomaton, compile_target
 from constraints.canvas import Canvas
 from redraft.errors import ConstraintError
-from redraft.models import ModelInfo
+from redraft.families import ModelInfo
 from workers.slot_decoder import best_paths
 
 

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer
 
 from constraints.canvas import Canvas
 from constraints.vocab import allowed_ids
-from redraft.models import ModelInfo
+from redraft.families import ModelInfo
 
 
 class SlotVocabulary:

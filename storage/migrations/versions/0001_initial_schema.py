@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
-import storage.models
 from sqlalchemy.dialects import postgresql
+
+import storage.tables
 
 revision = '0001'
 down_revision = None
@@ -23,7 +23,7 @@ def upgrade() -> None:
     op.create_table('tenants',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
@@ -32,8 +32,8 @@ def upgrade() -> None:
     sa.Column('tenant_id', sa.String(length=32), nullable=False),
     sa.Column('prefix', sa.String(length=16), nullable=False),
     sa.Column('key_hash', sa.String(length=64), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('revoked_at', storage.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('revoked_at', storage.tables.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key_hash')
@@ -56,10 +56,10 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('steps_run', sa.Integer(), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('started_at', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('finished_at', storage.models.UTCDateTime(), nullable=True),
-    sa.Column('updated_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('started_at', storage.tables.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', storage.tables.UTCDateTime(), nullable=True),
+    sa.Column('updated_at', storage.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -75,7 +75,7 @@ def upgrade() -> None:
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('text', sa.Text(), nullable=False),
     sa.Column('token_ids', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['parent_id'], ['drafts.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
@@ -92,7 +92,7 @@ def upgrade() -> None:
     sa.Column('step', sa.Integer(), nullable=False),
     sa.Column('committed', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('remasked', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('job_id', 'step', name='uq_steps_job_step')

@@ -10,8 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import storage.models
-
+import storage.tables
 
 revision = '0002'
 down_revision = '0001'
@@ -26,8 +25,8 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('source', sa.Text(), nullable=False),
     sa.Column('description', sa.Text(), nullable=True),
-    sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', storage.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', storage.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('tenant_id', 'name', name='uq_templates_tenant_name')

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from constraints.generate import compile_generate
 from constraints.safety import parse_safety
 from constraints.templates import render_template
-from redraft.models import special_ids
+from redraft.families import special_ids
 from workers.processors.down_weight import DownWeight
 from workers.processors.forbid_tokens import ForbidTokens
 from workers.processors.safety_guard import SafetyGuard

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from constraints.canvas import Canvas, CanvasBuilder
 from constraints.infill import compile_infill, parse_text
 from constraints.safety import SafetyTargets, find_violations, parse_safety, split_pending, text_guard, token_table
-from redraft.models import special_ids, token_bytes
+from redraft.families import special_ids, token_bytes
 from workers.processors.forbid_tokens import ForbidTokens
 from workers.processors.safety_guard import CanvasText, SafetyGuard
 from workers.sampler import SamplerConfig, denoise

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from constraints.generate import compile_generate, prompt_slot, slot_values
 from constraints.templates import render_template
 from redraft.errors import ConstraintError, InvalidRequest
-from redraft.models import special_ids
+from redraft.families import special_ids
 from workers.processors.forbid_tokens import ForbidTokens
 from workers.processors.slot_targets import SlotTargets, constrained_slots
 from workers.processors.slot_vocabulary import SlotVocabulary
