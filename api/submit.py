@@ -5,30 +5,30 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from sqlalchemy.orm import Session
-
-from api.metrics import observe_compile
-from api.schemas import GapSegment, GenerateJobCreate, InfillJobCreate, ReviseJobCreate
-from constraints.canvas import Canvas
-from constraints.chat import render_chat
-from constraints.generate import compile_generate, prompt_slot
-from constraints.infill import Gap, compile_infill, gap, parse_text
-from constraints.revise import (
+from redraft.api.metrics import observe_compile
+from redraft.api.schemas import GapSegment, GenerateJobCreate, InfillJobCreate, ReviseJobCreate
+from redraft.constraints.canvas import Canvas
+from redraft.constraints.chat import render_chat
+from redraft.constraints.generate import compile_generate, prompt_slot
+from redraft.constraints.infill import Gap, compile_infill, gap, parse_text
+from redraft.constraints.revise import (
     auto_regions,
     compile_revision,
     span_regions,
     target_regions,
     violation_regions,
 )
-from constraints.safety import SafetyTargets, find_violations, parse_safety
-from constraints.templates import render_template
+from redraft.constraints.safety import SafetyTargets, find_violations, parse_safety
+from redraft.constraints.templates import render_template
+from redraft.storage import repo
+from redraft.storage.tables import Job
+from sqlalchemy.orm import Session
+
 from redraft.errors import InvalidRequest, NotFound
 from redraft.families import ModelInfo, load_model_info, load_tokenizer
 from redraft.jobs import JobParams, RevisePlan, job_default
 from redraft.queue import enqueue
 from redraft.settings import Settings
-from storage import repo
-from storage.tables import Job
 
 log = logging.getLogger(__name__)
 

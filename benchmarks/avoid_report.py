@@ -1,7 +1,7 @@
 """`safety.avoid` report: topic scores of written text before and after avoid guidance (not a test).
 
 Runs a fixed suite of infill prompts whose context invites an avoided topic through the worker's own
-denoising loop (``workers.drafting.Drafting``, the code a job runs), with the shipped model and the
+denoising loop (``redraft.workers.drafting.Drafting``, the code a job runs), with the shipped model and the
 configured topic scorer. For each prompt it prints the highest topic score of any written span in
 the first draft (round 0) and in the final one, and how many rewrite rounds were used; then the
 means over the suite.
@@ -17,13 +17,13 @@ import statistics
 from datetime import date
 
 import torch
+from redraft.constraints.infill import compile_infill, parse_text
+from redraft.workers.adapters import get_adapter
+from redraft.workers.drafting import Drafting
+from redraft.workers.steps import MemorySink
 
-from constraints.infill import compile_infill, parse_text
 from redraft.families import load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR, get_settings
-from workers.adapters import get_adapter
-from workers.drafting import Drafting
-from workers.steps import MemorySink
 
 TOPICS = ["violence and weapons", "illegal drugs", "gambling and betting"]
 SUITE = [

@@ -2,24 +2,24 @@
 
 Measures, on a real-size byte-level BPE vocabulary built here (nothing is downloaded):
 
-1. compile time of each structure target (``constraints.automaton.compile_target``: outlines-core's
+1. compile time of each structure target (``redraft.constraints.automaton.compile_target``: outlines-core's
    ``Index`` over every token's bytes, then the dense ``(S, V)`` int32 table), cold: each target is
    compiled in a fresh process, so neither the per-spec automaton cache nor the per-tokenizer
    outlines-core vocabulary is warm (the vocabulary build is timed on its own, as it is paid once per
    tokenizer and process);
-2. the per-step cost of the slot decoder (``workers.slot_decoder.best_path``: Viterbi over slot
+2. the per-step cost of the slot decoder (``redraft.workers.slot_decoder.best_path``: Viterbi over slot
    position x automaton state) on random float32 log-probabilities of shape ``(n, V)``, for each slot
    length n, with no position committed and with every other position committed (from the first
    path), median of ``--repeats`` runs; the first uncommitted call at each n is reported separately
    (at the first n it also copies the automaton's tables to torch, cached per automaton afterwards);
-3. one ``workers.processors.slot_targets.SlotTargets`` call on ``(1, n, V)`` logits (``best_path`` on the logits themselves
+3. one ``redraft.workers.processors.slot_targets.SlotTargets`` call on ``(1, n, V)`` logits (``best_path`` on the logits themselves
    + masking the slot's positions), no position committed;
 4. for scale, a bare ``(n, V)`` log_softmax and argmax, which the sampler does every step anyway.
 
 Each target runs in a child process watched by this one: a compile that runs past
 ``--compile-limit`` seconds, a measurement past ``--step-limit`` seconds, or a child whose resident
 memory passes ``--mem-limit-gb`` is stopped and reported as not finished; a ``best_path`` call whose budgeted
-peak (``constraints.budget.dp_step_bytes``) with its (S, V) table and the logits would pass the memory limit is
+peak (``redraft.constraints.budget.dp_step_bytes``) with its (S, V) table and the logits would pass the memory limit is
 not started.
 
 The vocabulary: ``tokenizers``' BpeTrainer (ByteLevel pre-tokenizer and decoder, as
@@ -325,12 +325,11 @@ def _emit(**event) -> None:
 def worker(args: argparse.Namespace) -> None:
     """One target, in a fresh process: emits JSON lines ({"begin": key} before each measurement)."""
     import torch
+    from redraft.constraints import automaton as am
+    from redraft.constraints import budget
+    from redraft.workers.processors.slot_targets import ConstrainedSlot, SlotTargets
+    from redraft.workers.slot_decoder import best_path
     from tokenizers import Tokenizer
-
-    from constraints import automaton as am
-    from constraints import budget
-    from workers.processors.slot_targets import ConstrainedSlot, SlotTargets
-    from workers.slot_decoder import best_path
 
     torch.set_num_threads(args.threads)
     tokenizer = Tokenizer.from_file(args.tokenizer)

@@ -47,9 +47,10 @@ def build(shape: str, device: str, workdir: Path):
     """(adapter, info, tokenizer): a model directory with Redraft's tokenizer and a random model on ``device``."""
     import json
 
+    from redraft.workers.adapters import DiffusionGemmaAdapter, get_adapter
+
     from redraft.families import load_model_info, load_tokenizer
     from tests.utils.models import make_tiny_diffusion_gemma
-    from workers.adapters import DiffusionGemmaAdapter, get_adapter
 
     if shape == "tiny":
         path = make_tiny_diffusion_gemma(workdir / "tiny-dg", canvas_length=16, steps=6)
@@ -117,12 +118,13 @@ def run_generate(adapter, info, tokenizer, batch: int, budget: int, device: str)
 
 
 def run_redraft(adapter, info, tokenizer, batch: int, budget: int, json_target: bool) -> dict:
-    from api.schemas import GenerateJobCreate
-    from api.submit import compile_request, sampling_params
+    from redraft.api.schemas import GenerateJobCreate
+    from redraft.api.submit import compile_request, sampling_params
+    from redraft.workers.drafting import Drafting
+    from redraft.workers.engine import BatchEngine
+    from redraft.workers.steps import MemorySink
+
     from redraft.settings import Settings
-    from workers.drafting import Drafting
-    from workers.engine import BatchEngine
-    from workers.steps import MemorySink
 
     settings = Settings(models={info.name: info.path}, default_model=info.name, max_gap_tokens=max(budget, 256))
     target = {"json_schema": SCHEMA} if json_target else None

@@ -1,7 +1,7 @@
 """Does the DP memory budget bound what the slot decoder really allocates? A device check, not a test.
 
-``constraints.budget.dp_step_bytes`` is what the API refuses by (REDRAFT_MAX_DP_BYTES). This runs
-``workers.slot_decoder.best_path`` on CUDA for a few automata and compares the allocator's peak with the
+``redraft.constraints.budget.dp_step_bytes`` is what the API refuses by (REDRAFT_MAX_DP_BYTES). This runs
+``redraft.workers.slot_decoder.best_path`` on CUDA for a few automata and compares the allocator's peak with the
 formula: the bound must hold (peak <= bound) and be close (bound <= 2 x peak). CUDA's allocator counts every
 allocation; on CPU the resident-set high-water mark reads low on a busy machine, so there is no CPU mode.
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 import sys
 
 import torch
+from redraft.constraints import budget
+from redraft.constraints.automaton import compile_json_schema, compile_regex
+from redraft.workers.slot_decoder import best_path, pairs
 
-from constraints import budget
-from constraints.automaton import compile_json_schema, compile_regex
 from tests.constraints.test_automaton import EOS, INFO, SPECIALS, TOKENIZER, V
-from workers.slot_decoder import best_path, pairs
 
 
 def main() -> int:

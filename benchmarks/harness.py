@@ -4,7 +4,7 @@
    text is masked and written back): one token per step (LLaDA's reference schedule: as many forward
    passes as masks) against confidence-threshold parallel decoding (Fast-dLLM) at several thresholds:
    forward passes per generated token, tokens per second, and top-1 accuracy against the held-out text.
-2. Worker throughput: N jobs (1, 4, 16, 32) through the worker's own path (``workers.runner.run_job``:
+2. Worker throughput: N jobs (1, 4, 16, 32) through the worker's own path (``redraft.workers.runner.run_job``:
    claim, processors, the batching engine, step rows written and step events published on real Redis,
    the draft written) in N threads, as the Celery thread pool runs them, batched (one engine stepping
    all of them) vs one at a time; next to the ceiling, a bare forward pass of the same shapes, as many
@@ -47,11 +47,12 @@ THROUGHPUT_TEXT = "Dear team, the report on [[gap:16]] is ready. Please read it 
 
 
 def decoding_table(device: str) -> list[str]:
+    from redraft.workers.adapters import get_adapter
+    from redraft.workers.processors.forbid_tokens import ForbidTokens
+    from redraft.workers.sampler import SamplerConfig, denoise
+
     from redraft.families import load_tokenizer, special_ids
     from redraft.settings import DEFAULT_MODEL_DIR
-    from workers.adapters import get_adapter
-    from workers.processors.forbid_tokens import ForbidTokens
-    from workers.sampler import SamplerConfig, denoise
 
     adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, device)
     info, tokenizer = adapter.info, load_tokenizer(DEFAULT_MODEL_DIR)
@@ -91,16 +92,17 @@ def decoding_table(device: str) -> list[str]:
 def throughput_table(device: str, database_url: str, redis_url: str,
                      concurrency: tuple[int, ...] = (1, 4, 16, 32)) -> list[str]:
     os.environ.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDRAFT_DEVICE": device})
-    from api.schemas import InfillJobCreate
-    from api.submit import compile_request, resolve_model, sampling_params
+    from redraft.api.schemas import InfillJobCreate
+    from redraft.api.submit import compile_request, resolve_model, sampling_params
+    from redraft.storage import repo
+    from redraft.storage.db import session_scope
+    from redraft.storage.migrate import upgrade
+    from redraft.workers import engine as engine_mod
+    from redraft.workers.adapters import get_adapter
+    from redraft.workers.drafting import PAD_TO
+    from redraft.workers.runner import run_job
+
     from redraft.settings import get_settings
-    from storage import repo
-    from storage.db import session_scope
-    from storage.migrate import upgrade
-    from workers import engine as engine_mod
-    from workers.adapters import get_adapter
-    from workers.drafting import PAD_TO
-    from workers.runner import run_job
 
     get_settings.cache_clear()
     settings = get_settings()

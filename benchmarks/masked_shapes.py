@@ -1,7 +1,7 @@
 """The batching engine at a real masked-model shape: throughput against the bare-forward ceiling (not a test).
 
 Builds a ModernBERT masked LM with random weights directly on the device (nothing is downloaded, nothing is
-loaded from disk) and runs N concurrent jobs through ``workers.engine.BatchEngine`` as a worker does (one thread
+loaded from disk) and runs N concurrent jobs through ``redraft.workers.engine.BatchEngine`` as a worker does (one thread
 per job, one engine thread stepping every row; the group step of ``workers/policies/mask_noise.py``), for each N
 of ``--batches``; then the same number of bare forward passes of the same shape, with nothing around them. With
 ``--json`` every job's answer is under a JSON-schema target instead (``SlotTargets``, the slot decoder's DP).
@@ -48,11 +48,11 @@ WORDS = "The committee met on Tuesday to review the proposal and recorded its de
 
 def build(shape: str, device: str, context: int, workdir: Path):
     """(adapter, info, tokenizer): a random ModernBERT of ``shape`` on ``device`` with Redraft's tokenizer."""
+    from redraft.workers.adapters import MaskedLMAdapter
     from transformers import AutoConfig, ModernBertForMaskedLM
 
     from redraft.families import load_model_info, load_tokenizer
     from tests.utils.models import make_tiny_random_model
-    from workers.adapters import MaskedLMAdapter
 
     path = make_tiny_random_model(workdir / shape, context_length=context)
     config = json.loads((path / "config.json").read_text())
@@ -69,13 +69,13 @@ def build(shape: str, device: str, context: int, workdir: Path):
 def make_rows(n: int, adapter, info, tokenizer, canvas_tokens: int, answer: int, steps: int, with_json: bool,
               timings: list[float]):
     """n rows of one shape: a prompt filling the canvas, then an answer slot (free text, or under SCHEMA)."""
+    from redraft.constraints.generate import compile_generate, prompt_slot
+    from redraft.workers.processors.forbid_tokens import ForbidTokens
+    from redraft.workers.processors.slot_targets import SlotTargets, constrained_slots
+    from redraft.workers.sampler import Row, SamplerConfig
     from timing import Timed  # benchmarks/timing.py
 
-    from constraints.generate import compile_generate, prompt_slot
     from redraft.families import special_ids
-    from workers.processors.forbid_tokens import ForbidTokens
-    from workers.processors.slot_targets import SlotTargets, constrained_slots
-    from workers.sampler import Row, SamplerConfig
 
     special = special_ids(info)
     ids = tokenizer.encode(WORDS * (canvas_tokens // 8), add_special_tokens=False).ids[:canvas_tokens - answer - 2]
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="a JSON-schema target on every answer")
     args = parser.parse_args()
 
-    from workers.engine import BatchEngine
+    from redraft.workers.engine import BatchEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

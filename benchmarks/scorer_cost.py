@@ -16,8 +16,7 @@ import time
 from datetime import date
 
 import torch
-
-from workers.scorers import load_scorer
+from redraft.workers.scorers import load_scorer
 
 SENTENCES = [
     "The committee met on Tuesday to review the proposal.",

@@ -1,6 +1,6 @@
 """The sampler's step alone, without a model: milliseconds per group step for b rows over fake logits (not a test).
 
-What a worker spends between forward passes (``workers.sampler.advance_group``: the policies' group steps), for
+What a worker spends between forward passes (``redraft.workers.sampler.advance_group``: the policies' group steps), for
 both kinds of noise, at the shapes given: uniform noise (DiffusionGemma's rule: entropy bound, t_max -> t_min,
 one window of W positions per row, every position undecided) and mask noise (LLaDA's schedule at temperature
 0.7, a canvas of W masks after 8 fixed tokens). Random logits (scaled by 3), no processors; a step's logits are
@@ -28,7 +28,7 @@ MASK = 3
 
 
 def rows_for(noise: str, b: int, width: int, vocab: int, steps: int, device: str):
-    from workers.sampler import Row, SamplerConfig
+    from redraft.workers.sampler import Row, SamplerConfig
 
     if noise == "uniform":
         cfg = SamplerConfig(steps=steps, t_max=0.8, t_min=0.4, entropy_bound=0.1, noise="uniform", canvas_length=width,
@@ -46,7 +46,7 @@ def rows_for(noise: str, b: int, width: int, vocab: int, steps: int, device: str
 
 
 def time_steps(noise: str, b: int, width: int, vocab: int, steps: int, device: str) -> float:
-    from workers.sampler import advance_group
+    from redraft.workers.sampler import advance_group
 
     rows = rows_for(noise, b, width, vocab, steps, device)
     model_width = width if noise == "uniform" else width + 8

@@ -4,7 +4,7 @@ A constrained slot is a run of ``n`` canvas positions whose text must fullmatch 
 schema, or one of a list of choices). Unused positions hold the EMPTY token, which is dropped from
 the text and may only come after the last real token. Tokens are committed in any order, so the
 decoder does not walk left to right: it finds the best *whole-slot* assignment consistent with the
-positions committed so far (``workers.slot_decoder.best_path``, the torch side).
+positions committed so far (``redraft.workers.slot_decoder.best_path``, the torch side).
 
 Compilation (slow, cached per (kind, spec, tokenizer)) uses outlines-core: the regex becomes a DFA
 over bytes, walked by every token's exact bytes. The result is kept as :class:`EdgeClasses`: the
@@ -16,7 +16,7 @@ real tokens: their columns are -1. outlines-core 0.2.14's index drops some valid
 compiler works around it with an end marker (see ``_END_BYTES``), and the tests check acceptance
 against Python's ``re.fullmatch``.
 
-Budgets (``constraints.budget``): cheap checks refuse a target before construction (regex length, schema
+Budgets (``redraft.constraints.budget``): cheap checks refuse a target before construction (regex length, schema
 depth, alternatives, an automaton size estimated from the parse); the construction itself (outlines-core's
 index, the schema's regex, the pruning) runs in a forked child under a wall-clock and a memory budget and
 hands back the grouped transitions (its token classes). ``compile_clock`` (there)
@@ -41,9 +41,7 @@ from functools import lru_cache
 import numpy as np
 import outlines_core
 from outlines_core.json_schema import build_regex_from_schema
-from tokenizers import Tokenizer
-
-from constraints.budget import (
+from redraft.constraints.budget import (
     check_choices,
     check_pattern,
     check_schema_depth,
@@ -52,6 +50,8 @@ from constraints.budget import (
     shown,
     timed_compile,
 )
+from tokenizers import Tokenizer
+
 from redraft.errors import ConstraintError
 from redraft.families import token_bytes
 
@@ -67,7 +67,7 @@ class TokenAutomaton:
     Held as :class:`EdgeClasses` (what the slot decoder reads: compact at any vocabulary size); the dense
     ``next_state`` table ``(S, V)`` is built only when asked for (tests, small vocabularies; never by the
     decoder or the API). Compared by identity and weak-referenceable: the workers cache per-device torch
-    copies keyed by the automaton (``workers.slot_decoder``).
+    copies keyed by the automaton (``redraft.workers.slot_decoder``).
     """
 
     def __init__(self, pattern: str, n_states: int, initial: int, final: np.ndarray,
@@ -321,7 +321,7 @@ def min_length_tokens(automaton: TokenAutomaton) -> int:
 
 def require_fits(automaton: TokenAutomaton, n_positions: int) -> None:
     """ConstraintError (422) unless some accepted sequence fits in a slot of ``n_positions``, and the slot
-    decoder's memory per step for that slot stays within ``max_dp_bytes`` (``constraints.budget.dp_step_bytes``)."""
+    decoder's memory per step for that slot stays within ``max_dp_bytes`` (``redraft.constraints.budget.dp_step_bytes``)."""
     k = min_length_tokens(automaton)
     if k > n_positions:
         raise ConstraintError(
@@ -445,7 +445,7 @@ class _Built:
 
 
 def _compile(source: tuple[str, str], tokenizer: Tokenizer, eos_id: int, special_ids: frozenset[int]) -> TokenAutomaton:
-    """Check the source cheaply here, build it in a bounded child (``constraints.budget.run_bounded``), which hands
+    """Check the source cheaply here, build it in a bounded child (``redraft.constraints.budget.run_bounded``), which hands
     back the automaton's token classes."""
     kind, spec = source
     if kind == "regex":

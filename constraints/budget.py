@@ -323,9 +323,9 @@ def timed_compile() -> Iterator[None]:
 
 
 def dp_step_bytes(n_positions: int, n_class_tokens: int, n_pairs: int, n_states: int) -> int:
-    """Peak bytes of one ``workers.slot_decoder.best_path`` call on a slot of ``n_positions`` over an automaton whose
+    """Peak bytes of one ``redraft.workers.slot_decoder.best_path`` call on a slot of ``n_positions`` over an automaton whose
     token classes hold ``n_class_tokens`` entries in all (M), with ``n_pairs`` (source, destination) pairs (P) and
-    ``n_states`` states (``constraints.automaton.EdgeClasses``; its per-automaton caches, the pairs and the (S, V)
+    ``n_states`` states (``redraft.constraints.automaton.EdgeClasses``; its per-automaton caches, the pairs and the (S, V)
     table, are counted once by the compile cache, not here):
 
     - ``10 * n * M``: each free position's log-probabilities at the classes' tokens (n, M) float32 with its NaN mask,

@@ -10,7 +10,7 @@ again with the whole document as context. Regions come from:
   confidences are in the draft's layout, recorded from the step history);
 * ``targets``: a regex / JSON schema / choices target on a span or a named slot that the current
   text does not satisfy; the region is rewritten under that target as a hard constraint;
-* ``safety``: banned phrases and PII found in the text (``constraints.safety.find_violations``),
+* ``safety``: banned phrases and PII found in the text (``redraft.constraints.safety.find_violations``),
   widened to whole words; the safety guard then keeps them out while the region is rewritten.
 
 Torch-free: the API compiles revisions at submission; the worker re-compiles when the ``avoid``
@@ -23,12 +23,12 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from redraft.constraints.automaton import accepts, compile_target, min_length_tokens
+from redraft.constraints.canvas import Canvas
+from redraft.constraints.generate import compile_generate
+from redraft.constraints.templates import SlotSpec, make_slot
 from tokenizers import Tokenizer
 
-from constraints.automaton import accepts, compile_target, min_length_tokens
-from constraints.canvas import Canvas
-from constraints.generate import compile_generate
-from constraints.templates import SlotSpec, make_slot
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.families import ModelInfo, special_ids
 

@@ -30,9 +30,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
-    from storage import repo
-    from storage.db import session_scope
-    from storage.migrate import upgrade
+    from redraft.storage import repo
+    from redraft.storage.db import session_scope
+    from redraft.storage.migrate import upgrade
 
     upgrade()
     with session_scope() as s:
@@ -46,7 +46,7 @@ def _admin_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 
     def run(args: argparse.Namespace) -> int:
         from redraft.errors import RedraftError
-        from storage.migrate import upgrade
+        from redraft.storage.migrate import upgrade
 
         upgrade()
         try:
@@ -63,9 +63,9 @@ def _when(moment: datetime | None) -> str:
 
 
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from storage import repo
-    from storage.db import session_scope
-    from storage.tables import Tenant
+    from redraft.storage import repo
+    from redraft.storage.db import session_scope
+    from redraft.storage.tables import Tenant
 
     with session_scope() as s:
         row, now = repo.revoke_api_key(s, args.key)
@@ -78,8 +78,8 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
-    from storage import repo
-    from storage.db import session_scope
+    from redraft.storage import repo
+    from redraft.storage.db import session_scope
 
     with session_scope() as s:
         rows = repo.list_api_keys(s, repo.get_tenant(s, args.tenant).id)
@@ -98,8 +98,8 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
 def _cmd_tenants_delete(args: argparse.Namespace) -> int:
     import time
 
-    from storage import repo
-    from storage.db import session_scope
+    from redraft.storage import repo
+    from redraft.storage.db import session_scope
 
     with session_scope() as s:
         tenant_id = repo.get_tenant(s, args.tenant).id
@@ -139,7 +139,7 @@ def _cmd_tenants_delete(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
-    from storage.migrate import upgrade
+    from redraft.storage.migrate import upgrade
 
     upgrade()
     return 0
@@ -152,7 +152,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from redraft.embedded import Supervisor, start_redis, start_worker
     from redraft.settings import get_settings
-    from storage.migrate import upgrade
+    from redraft.storage.migrate import upgrade
 
     settings = get_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # SystemExit, so the cleanup below runs instead of the process dying with children left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        from api.main import create_app
+        from redraft.api.main import create_app
 
         uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
     finally:
@@ -481,9 +481,9 @@ def _scalar_type(annotation: Any) -> tuple[Any, list | None] | None:
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
-    """One option per scalar field of ``api.schemas.SamplingParams`` (``--steps``, ``--seed``, ...), so the CLI
+    """One option per scalar field of ``redraft.api.schemas.SamplingParams`` (``--steps``, ``--seed``, ...), so the CLI
     offers exactly what the API accepts; structured fields (``safety``) and anything else go via ``--param``."""
-    from api.schemas import SamplingParams
+    from redraft.api.schemas import SamplingParams
 
     g = p.add_argument_group("sampling (sent only when given; the server's defaults otherwise)")
     for name, field in SamplingParams.model_fields.items():

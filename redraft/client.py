@@ -1,6 +1,6 @@
 """Python client for the Redraft job API: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
 
-Both have the same methods and return the API's own response models (``api.schemas``, torch-free), so a
+Both have the same methods and return the API's own response models (``redraft.api.schemas``, torch-free), so a
 result is typed and validated exactly as the server describes it::
 
     from redraft.client import Client
@@ -33,7 +33,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from api.schemas import (
+from redraft.api.schemas import (
     DiffPublic,
     DraftPublic,
     DraftsPublic,

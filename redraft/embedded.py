@@ -176,7 +176,7 @@ def start_worker(env: dict[str, str], log_file: Path, queue: str = "gpu") -> sub
     child's own settings will read, so a ``REDRAFT_WORKER_BATCH_SIZE`` in ``env`` wins and is validated here."""
     given = env.get("REDRAFT_WORKER_BATCH_SIZE")
     batch = (get_settings() if given is None else Settings(worker_batch_size=given)).worker_batch_size
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "-Q", queue, "--pool=threads",
+    cmd = [sys.executable, "-m", "celery", "-A", "redraft.workers.tasks", "worker", "-Q", queue, "--pool=threads",
            f"--concurrency={batch}", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
     with log_file.open("ab") as log:
         return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)

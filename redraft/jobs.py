@@ -1,10 +1,10 @@
 """What a job is, on both sides of the queue: its status (``JobStatus``) and its parameters (``JobParams``).
 
 Torch-free and database-free, so the API, the workers, the client and the CLI all import it. The API builds a
-``JobParams`` once, at submission (``api.submit.sampling_params``), and stores ``to_json()`` in ``jobs.params``;
+``JobParams`` once, at submission (``redraft.api.submit.sampling_params``), and stores ``to_json()`` in ``jobs.params``;
 the worker reads it back with ``from_json`` and derives the sampler's config from it
-(``workers.drafting.sampler_config``). Every job parameter's default is written here, once: the request shapes
-(``api.schemas``) and the sampler (``workers.sampler.SamplerConfig``) take theirs from ``job_default``.
+(``redraft.workers.drafting.sampler_config``). Every job parameter's default is written here, once: the request shapes
+(``redraft.api.schemas``) and the sampler (``redraft.workers.sampler.SamplerConfig``) take theirs from ``job_default``.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ Cache = Literal["prefix"]  # what a job's ``cache`` may ask for (workers/prefix_
 
 
 class SafetyParams(BaseModel):
-    """A job's safety targets, as stored; the request's ``api.schemas.SafetySpec`` is this shape, refusing
-    unknown fields. The workers apply them (``workers.processors.safety_guard``, ``Drafting.avoid_rounds``)."""
+    """A job's safety targets, as stored; the request's ``redraft.api.schemas.SafetySpec`` is this shape, refusing
+    unknown fields. The workers apply them (``redraft.workers.processors.safety_guard``, ``Drafting.avoid_rounds``)."""
 
     banned: list[str] = Field(default_factory=list, description="phrases never written (case-insensitive)")
     pii: bool | list[PiiKind] = Field(
@@ -63,19 +63,19 @@ class SafetyParams(BaseModel):
 
 
 class RevisePlan(BaseModel):
-    """A revise job's plan, made at submission (``api.submit.revision_canvas``) for the worker."""
+    """A revise job's plan, made at submission (``redraft.api.submit.revision_canvas``) for the worker."""
 
     parent_id: str  # the new draft's parent: the draft given, or the text given, imported as a draft
     kept: list[list[int]]  # [[start, end], ...]: the source's character ranges the canvas keeps byte for byte
-    regions: list[dict[str, Any]]  # each rewritten range: the fields of ``constraints.revise.Region``
+    regions: list[dict[str, Any]]  # each rewritten range: the fields of ``redraft.constraints.revise.Region``
 
 
 class JobParams(BaseModel):
-    """A job's resolved parameters: the request's, else the model's defaults, else these (``api.submit``).
+    """A job's resolved parameters: the request's, else the model's defaults, else these (``redraft.api.submit``).
 
     Stored as JSON in ``jobs.params`` and shown as the public job's ``params``. A stored row that lacks a key
     (written before the key existed) takes the default below; a key this version no longer knows is ignored.
-    A field set to None leaves the sampler its own default (``workers.sampler.SamplerConfig``).
+    A field set to None leaves the sampler its own default (``redraft.workers.sampler.SamplerConfig``).
     """
 
     model_config = ConfigDict(extra="ignore")

@@ -2,13 +2,13 @@
 
 ``REDRAFT_LOG_FORMAT=json`` writes one JSON object per line (``time``, ``level``, ``logger``, ``message``, any
 ``extra`` fields, ``exc_info``), for log shippers; ``text`` (the default) reads best in a terminal. Every record
-a job's own worker thread writes carries that job's ``job_id``: ``workers.runner.run_job`` is wrapped in
+a job's own worker thread writes carries that job's ``job_id``: ``redraft.workers.runner.run_job`` is wrapped in
 ``bind_job_id``, which sets a context variable for the job's thread, and a filter on the one handler copies it
 onto each record, whichever logger wrote it (the batching engine's thread serves every job, and names none).
 
 Who calls ``configure_logging``: Celery workers through the ``setup_logging`` signal below (connected when this
-module is imported, which ``workers.runner`` does, so Celery leaves logging to us), and the API when its ASGI
-lifespan starts (``api.metrics.RequestObserver``), after uvicorn has set up its own loggers, so uvicorn's lines
+module is imported, which ``redraft.workers.runner`` does, so Celery leaves logging to us), and the API when its ASGI
+lifespan starts (``redraft.api.metrics.RequestObserver``), after uvicorn has set up its own loggers, so uvicorn's lines
 come out in the same format. uvicorn's access log is turned off: the API writes its own request log
 (``redraft.access``: method, path, status, duration).
 """

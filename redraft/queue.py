@@ -123,8 +123,8 @@ def send(job_id: str) -> None:
 def enqueue(job_id: str) -> None:
     """Send a job id to the GPU queue, then record on its row that it was sent. Call only after the job
     row is committed; a job whose send fails keeps no record and the reaper sends it."""
-    from storage import repo
-    from storage.db import session_scope
+    from redraft.storage import repo
+    from redraft.storage.db import session_scope
 
     send(job_id)
     with session_scope() as s:

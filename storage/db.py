@@ -1,5 +1,5 @@
 """Database engines and sessions, created once per process from the settings (not the batching engine:
-that is ``workers.engine``)."""
+that is ``redraft.workers.engine``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``alembic upgrade head``, programmatically (``python -m storage.migrate`` in docker-compose)."""
+"""``alembic upgrade head``, programmatically (``python -m redraft.storage.migrate`` in docker-compose)."""
 
 from __future__ import annotations
 

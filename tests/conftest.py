@@ -52,7 +52,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
             conn.execute("CREATE SCHEMA public")
         url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     yield url
-    from storage.db import reset_database_engines
+    from redraft.storage.db import reset_database_engines
 
     reset_database_engines(url)
 
@@ -60,8 +60,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
 @pytest.fixture
 def engine(database_url: str) -> Engine:
     """The engine for ``database_url``, migrated to the latest revision."""
-    from storage.db import database_engine
-    from storage.migrate import upgrade
+    from redraft.storage.db import database_engine
+    from redraft.storage.migrate import upgrade
 
     upgrade(database_url)
     return database_engine(database_url)
@@ -70,7 +70,7 @@ def engine(database_url: str) -> Engine:
 @pytest.fixture
 def session(engine: Engine, database_url: str) -> Iterator[Session]:
     """A session on the migrated database; closed (uncommitted work rolled back) after the test."""
-    from storage.db import get_sessionmaker
+    from redraft.storage.db import get_sessionmaker
 
     with get_sessionmaker(database_url)() as s:
         yield s

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from redraft.workers import prefix_cache
 
 from redraft.errors import ModelError
 from redraft.families import ModelInfo, load_model_info
-from workers import prefix_cache
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,13 +39,13 @@ class Adapter:
 
     def forward_groups(self, rows) -> list[tuple[list[int], torch.Tensor]]:
         """The sampler's rows' logits, one forward pass (b, L, V) per group of rows of equal length."""
-        from workers.sampler import forward_groups
+        from redraft.workers.sampler import forward_groups
 
         return forward_groups(self.logits, rows)
 
     def forward_rows(self, rows) -> list[torch.Tensor]:
         """Each row's logits over its window (W, V), from ``forward_groups``."""
-        from workers.sampler import per_row
+        from redraft.workers.sampler import per_row
 
         return per_row(self.forward_groups(rows), len(rows))
 
@@ -66,12 +66,12 @@ class Adapter:
 
 class MaskedLMAdapter(Adapter):
     """Hugging Face ``AutoModelForMaskedLM`` (BERT, RoBERTa, ModernBERT and Redraft's own models). Rows of jobs
-    that ask for ``cache: "prefix"`` (ModernBERT only) read through ``workers.prefix_cache``."""
+    that ask for ``cache: "prefix"`` (ModernBERT only) read through ``redraft.workers.prefix_cache``."""
 
     @torch.no_grad()
     def forward_groups(self, rows) -> list[tuple[list[int], torch.Tensor]]:
-        from workers.prefix_cache import cached_groups
-        from workers.sampler import forward_groups
+        from redraft.workers.prefix_cache import cached_groups
+        from redraft.workers.sampler import forward_groups
 
         cached = [i for i, r in enumerate(rows) if r.cfg.cache == "prefix"]
         if not cached:

@@ -13,23 +13,23 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from redraft.constraints.canvas import Canvas
+from redraft.constraints.generate import slot_values
+from redraft.constraints.revise import Region, carry_layout, compile_revision, revision_edits, token_count
+from redraft.constraints.safety import parse_safety
+from redraft.workers.engine import BatchEngine
+from redraft.workers.processors.down_weight import DownWeight
+from redraft.workers.processors.forbid_tokens import ForbidTokens
+from redraft.workers.processors.safety_guard import SafetyGuard
+from redraft.workers.processors.slot_targets import SlotTargets, constrained_slots
+from redraft.workers.processors.slot_vocabulary import SlotVocabulary
+from redraft.workers.sampler import Row, SamplerConfig, step
+from redraft.workers.scorers import TopicScorer, load_scorer, split_spans
+from redraft.workers.steps import StepSink
 
-from constraints.canvas import Canvas
-from constraints.generate import slot_values
-from constraints.revise import Region, carry_layout, compile_revision, revision_edits, token_count
-from constraints.safety import parse_safety
 from redraft.families import special_ids
 from redraft.jobs import JobParams, SafetyParams
 from redraft.settings import Settings
-from workers.engine import BatchEngine
-from workers.processors.down_weight import DownWeight
-from workers.processors.forbid_tokens import ForbidTokens
-from workers.processors.safety_guard import SafetyGuard
-from workers.processors.slot_targets import SlotTargets, constrained_slots
-from workers.processors.slot_vocabulary import SlotVocabulary
-from workers.sampler import Row, SamplerConfig, step
-from workers.scorers import TopicScorer, load_scorer, split_spans
-from workers.steps import StepSink
 
 PAD_TO = 16  # canvases are padded to a multiple of this: the engine's length buckets
 

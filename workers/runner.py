@@ -2,7 +2,7 @@
 
 Load the model, claim the job, read what its drafting needs (a revise's parent draft), run the drafting
 (``workers/drafting.py``, which never touches the database), write the draft, publish the outcome, or fail the
-job visibly. Idempotent by job id: ``storage.repo.claim_job`` decides whether this delivery runs (a finished job,
+job visibly. Idempotent by job id: ``redraft.storage.repo.claim_job`` decides whether this delivery runs (a finished job,
 a cancelled one, or one another live worker holds is skipped), and a re-run after a dead attempt
 starts from a clean slate, so steps and drafts are never duplicated.
 """
@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import logging
 
-from constraints.canvas import Canvas
+from redraft.constraints.canvas import Canvas
+from redraft.storage import repo
+from redraft.storage.db import session_scope
+from redraft.storage.tables import Draft, Job
+from redraft.workers.adapters import get_adapter
+from redraft.workers.drafting import Drafting, Source
+from redraft.workers.engine import for_adapter
+from redraft.workers.steps import Publisher, StepSink
+
 from redraft.errors import Conflict, JobCancelled, RedraftError
 from redraft.families import load_tokenizer
 from redraft.jobs import JobParams, JobStatus
 from redraft.logs import bind_job_id
 from redraft.settings import Settings, get_settings
-from storage import repo
-from storage.db import session_scope
-from storage.tables import Draft, Job
-from workers.adapters import get_adapter
-from workers.drafting import Drafting, Source
-from workers.engine import for_adapter
-from workers.steps import Publisher, StepSink
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, get_args
 
 import torch
+from redraft.workers.policies import acceptance
+from redraft.workers.policies.mask_noise import MaskNoise, plan, step_group  # noqa: F401  (plan: part of the sampler's API)
+from redraft.workers.policies.temperature import Temperature
+from redraft.workers.policies.uniform_noise import UniformNoise
+from redraft.workers.policies.uniform_noise import step_group as uniform_step_group
 
 from redraft.errors import InvalidRequest
 from redraft.jobs import Cache, Remasking, job_default
-from workers.policies import acceptance
-from workers.policies.mask_noise import MaskNoise, plan, step_group  # noqa: F401  (plan: part of the sampler's API)
-from workers.policies.temperature import Temperature
-from workers.policies.uniform_noise import UniformNoise
-from workers.policies.uniform_noise import step_group as uniform_step_group
 
 
 class LogitsProcessor(Protocol):

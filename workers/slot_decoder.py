@@ -1,8 +1,8 @@
 """The slot decoder: Viterbi over (slot position, automaton state) on torch log-probabilities.
 
-The torch side of :mod:`constraints.automaton` (which stays torch-free for the API process). A position
+The torch side of :mod:`redraft.constraints.automaton` (which stays torch-free for the API process). A position
 does not score every (state, token) edge: it takes the best token of each of the automaton's token classes
-once (:class:`constraints.automaton.EdgeClasses`), then relaxes the (source, destination) pairs with those
+once (:class:`redraft.constraints.automaton.EdgeClasses`), then relaxes the (source, destination) pairs with those
 maxima, the same optimum for a fraction of the reads. The automaton's arrays are copied to torch once per
 (automaton, device) and cached for the automaton's lifetime (a ``WeakKeyDictionary`` keyed by the
 automaton), so the per-step calls of a denoising run do not rebuild them.
@@ -11,14 +11,13 @@ automaton), so the per-step calls of a denoising run do not rebuild them.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 import weakref
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
-
-from constraints.automaton import TokenAutomaton
+from redraft.constraints.automaton import TokenAutomaton
 
 _lock = threading.Lock()
 # automaton -> {str(device): Pairs}; dies with the automaton.
@@ -26,7 +25,7 @@ _pairs: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, Pairs]] = weakref.We
 
 
 class Pairs(NamedTuple):
-    """:class:`constraints.automaton.EdgeClasses` as int64 tensors on one device."""
+    """:class:`redraft.constraints.automaton.EdgeClasses` as int64 tensors on one device."""
 
     src: torch.Tensor  # (P,) source state of each pair
     dst: torch.Tensor  # (P,) its destination

@@ -1,6 +1,6 @@
 """Celery tasks. A task is like a web view: it takes the job id and calls the real logic elsewhere.
 
-Start a worker with: ``celery -A workers.tasks worker -Q gpu --pool=threads --concurrency=16``
+Start a worker with: ``celery -A redraft.workers.tasks worker -Q gpu --pool=threads --concurrency=16``
 (one process per GPU; the model loads lazily in that process on its first job; each task thread
 hands its job to the process's batching engine, ``workers/engine.py``, which steps all of them).
 Each worker process also beats a heartbeat into Redis and records the jobs it receives
@@ -13,10 +13,10 @@ import logging
 import threading
 
 from celery.signals import task_postrun, task_received, worker_init, worker_ready, worker_shutdown
+from redraft.workers import reaper, runner
 
 from redraft.queue import RUN_JOB, Heartbeat, get_celery
 from redraft.settings import get_settings
-from workers import reaper, runner
 
 log = logging.getLogger(__name__)
 app = get_celery()

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-
-from api.openai.errors import OpenAIError, unsupported
-from api.openai.schemas import (
+from redraft.api.openai.errors import OpenAIError, unsupported
+from redraft.api.openai.schemas import (
     ChatCompletionCreate,
     CompletionCreate,
     JsonObjectFormat,
@@ -23,8 +22,8 @@ from api.openai.schemas import (
     OpenAICreate,
     Usage,
 )
-from api.schemas import GenerateJobCreate, InfillJobCreate
-from api.submit import JobRequest
+from redraft.api.schemas import GenerateJobCreate, InfillJobCreate
+from redraft.api.submit import JobRequest
 
 # `{"type": "json_object"}`: any JSON object whose values are scalars, arrays of scalars or objects of scalars. A
 # schema for JSON of any depth compiles ~20x slower (15 s at an 8k vocabulary); for a fixed shape send a schema.

@@ -1,6 +1,6 @@
 """Submit an OpenAI request's jobs, wait for them, read their outcomes, cancel them when the client goes away.
 
-Submission is Redraft's one path (``api.submit.submit_job`` under the tenant's quotas, as POST /v1/jobs); waiting
+Submission is Redraft's one path (``redraft.api.submit.submit_job`` under the tenant's quotas, as POST /v1/jobs); waiting
 reads the job's events as GET /v1/jobs/{id}/events does (Redis pub/sub wakes it, the database is the truth).
 """
 
@@ -16,19 +16,19 @@ from typing import Any
 import anyio
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from redraft.api.openai.errors import OpenAIError, context_too_long, from_redraft
+from redraft.api.openai.jobs import ChoicePlan, Outcome
+from redraft.api.quotas import Quotas
+from redraft.api.routes.jobs import event_stream
+from redraft.api.submit import submit_job
+from redraft.storage import repo
+from redraft.storage.db import get_sessionmaker
 from sqlalchemy.orm import Session
 
-from api.openai.errors import OpenAIError, context_too_long, from_redraft
-from api.openai.jobs import ChoicePlan, Outcome
-from api.quotas import Quotas
-from api.routes.jobs import event_stream
-from api.submit import submit_job
 from redraft.errors import Conflict, ConstraintError, RedraftError
 from redraft.families import ModelInfo, load_model_info
 from redraft.jobs import JobStatus
 from redraft.settings import Settings
-from storage import repo
-from storage.db import get_sessionmaker
 
 log = logging.getLogger(__name__)
 

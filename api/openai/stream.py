@@ -27,10 +27,9 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-
-from api.openai.errors import OpenAIError
-from api.openai.jobs import ChoicePlan, Outcome, finish, safe_prefix, usage_of
-from api.openai.lifecycle import (
+from redraft.api.openai.errors import OpenAIError
+from redraft.api.openai.jobs import ChoicePlan, Outcome, finish, safe_prefix, usage_of
+from redraft.api.openai.lifecycle import (
     Submitted,
     cancel_shielded,
     failure,
@@ -39,7 +38,8 @@ from api.openai.lifecycle import (
     model_info,
     timeout_error,
 )
-from api.openai.schemas import OpenAICreate, Usage
+from redraft.api.openai.schemas import OpenAICreate, Usage
+
 from redraft.families import ModelInfo, load_tokenizer
 from redraft.jobs import JobParams, JobStatus
 from redraft.settings import Settings

@@ -7,11 +7,10 @@ import os
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-
-from api.deps import CurrentTenant, SessionDep
-from api.routes.jobs import draft_public
-from api.schemas import AUTHED_ERRORS, DiffOp, DiffPublic, DraftPublic, LineagePublic, error_responses
-from storage import repo
+from redraft.api.deps import CurrentTenant, SessionDep
+from redraft.api.routes.jobs import draft_public
+from redraft.api.schemas import AUTHED_ERRORS, DiffOp, DiffPublic, DraftPublic, LineagePublic, error_responses
+from redraft.storage import repo
 
 # Every route here names a draft: 404 when the tenant has none by that id.
 router = APIRouter(prefix="/v1/drafts", tags=["drafts"], responses={**AUTHED_ERRORS, **error_responses(404)})

@@ -10,11 +10,9 @@ from typing import Annotated
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from sse_starlette.sse import EventSourceResponse
-
-from api.deps import CurrentTenant, SessionDep, SettingsDep
-from api.quotas import Quotas
-from api.schemas import (
+from redraft.api.deps import CurrentTenant, SessionDep, SettingsDep
+from redraft.api.quotas import Quotas
+from redraft.api.schemas import (
     AUTHED_ERRORS,
     BODY_ERRORS,
     DraftPublic,
@@ -30,14 +28,16 @@ from api.schemas import (
     StepsPublic,
     error_responses,
 )
-from api.submit import submit_job
+from redraft.api.submit import submit_job
+from redraft.storage import repo
+from redraft.storage.db import get_sessionmaker
+from redraft.storage.tables import Draft, Job, Step
+from sse_starlette.sse import EventSourceResponse
+
 from redraft.families import load_model_info, load_tokenizer, token_text
 from redraft.jobs import TERMINAL, JobStatus
 from redraft.queue import job_channel
 from redraft.settings import Settings
-from storage import repo
-from storage.db import get_sessionmaker
-from storage.tables import Draft, Job, Step
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-
-from api.deps import CurrentTenant, SessionDep
-from api.schemas import AUTHED_ERRORS, BODY_ERRORS, TemplateCreate, TemplatePublic, TemplatesPublic, error_responses
-from api.submit import check_text
-from constraints.templates import validate_template
-from storage import repo
-from storage.tables import Template
+from redraft.api.deps import CurrentTenant, SessionDep
+from redraft.api.schemas import (
+    AUTHED_ERRORS,
+    BODY_ERRORS,
+    TemplateCreate,
+    TemplatePublic,
+    TemplatesPublic,
+    error_responses,
+)
+from redraft.api.submit import check_text
+from redraft.constraints.templates import validate_template
+from redraft.storage import repo
+from redraft.storage.tables import Template
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"], responses=AUTHED_ERRORS)
 

@@ -2,7 +2,7 @@
 
 ``banned`` is a list of phrases; ``pii`` is ``true`` (all kinds) or a list of kinds among ``email``,
 ``phone`` and ``card``, each a conservative regex (a near miss is blocked rather than let through).
-Both are enforced as token masks while the canvas is denoised (``workers.processors.safety_guard.SafetyGuard``), and
+Both are enforced as token masks while the canvas is denoised (``redraft.workers.processors.safety_guard.SafetyGuard``), and
 ``find_violations`` finds them in finished text (the revise job re-masks what it reports).
 
 Definitions (the tests check them literally):
@@ -50,8 +50,8 @@ finished text: ``find_violations``, normalisation, the kinds' patterns), ``token
 and ``guard`` (the text guard the workers' ``SafetyGuard`` applies). Its public names are importable from here.
 """
 
-from constraints.safety.guard import CONTEXT_CHARS, PATTERN_RADIUS, TextGuard, text_guard
-from constraints.safety.targets import (
+from redraft.constraints.safety.guard import CONTEXT_CHARS, PATTERN_RADIUS, TextGuard, text_guard
+from redraft.constraints.safety.targets import (
     KINDS,
     MAX_PHRASE_CHARS,
     MAX_PHRASES,
@@ -60,8 +60,8 @@ from constraints.safety.targets import (
     normalize_phrase,
     parse_safety,
 )
-from constraints.safety.text import PATTERNS, Violation, find_violations, normalize, split_pending, utf8_chars
-from constraints.safety.tokens import TokenTable, token_table
+from redraft.constraints.safety.text import PATTERNS, Violation, find_violations, normalize, split_pending, utf8_chars
+from redraft.constraints.safety.tokens import TokenTable, token_table
 
 __all__ = [
     "CONTEXT_CHARS", "KINDS", "MAX_PHRASES", "MAX_PHRASE_CHARS", "PATTERNS", "PATTERN_RADIUS", "SAFETY_KEYS",

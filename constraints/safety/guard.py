@@ -8,10 +8,8 @@ import re
 from bisect import bisect_left, bisect_right
 from functools import lru_cache
 
-from tokenizers import Tokenizer
-
-from constraints.safety.targets import KINDS, SafetyTargets, normalize_phrase
-from constraints.safety.text import (
+from redraft.constraints.safety.targets import KINDS, SafetyTargets, normalize_phrase
+from redraft.constraints.safety.text import (
     _ANY,
     _C1,
     _C2,
@@ -28,7 +26,9 @@ from constraints.safety.text import (
     normalize,
     utf8_chars,
 )
-from constraints.safety.tokens import token_table
+from redraft.constraints.safety.tokens import token_table
+from tokenizers import Tokenizer
+
 from redraft.errors import InvalidRequest
 
 CONTEXT_CHARS = 256  # non-whitespace characters of context kept on each side (> MAX_PHRASE_CHARS)
@@ -67,7 +67,7 @@ class TextGuard:
     token. ``left`` / ``right`` are rendered text (any length; only the part that can matter is used).
     ``left_bytes`` / ``right_bytes`` carry the bytes of the same slot that the token's bytes join
     before decoding: an incomplete UTF-8 sequence ending the left context, continuation bytes
-    starting the right one (``workers.processors.safety_guard.CanvasText.context`` computes all four).
+    starting the right one (``redraft.workers.processors.safety_guard.CanvasText.context`` computes all four).
     """
 
     def __init__(self, targets: SafetyTargets, tokenizer: Tokenizer) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from constraints.safety.text import _norm
+from redraft.constraints.safety.text import _norm
+
 from redraft.errors import InvalidRequest
 
 KINDS = ("email", "phone", "card")

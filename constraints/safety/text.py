@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from constraints.safety.targets import SafetyTargets
+    from redraft.constraints.safety.targets import SafetyTargets
 
 # On normalised text (its only whitespace is " "). Conservative: no TLD needed, any 7+ digits for a phone.
 PATTERNS: dict[str, str] = {

@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from tokenizers import Tokenizer
-
-from constraints.safety.text import (
+from redraft.constraints.safety.text import (
     _C1,
     _C2,
     _CARD_BODY,
@@ -20,6 +18,8 @@ from constraints.safety.text import (
     _norm,
     split_pending,
 )
+from tokenizers import Tokenizer
+
 from redraft.families import token_bytes
 
 

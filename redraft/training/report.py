@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from constraints.infill import compile_infill, parse_text
+from redraft.constraints.infill import compile_infill, parse_text
 from redraft.families import load_model_info, load_tokenizer, special_ids
 from redraft.training.corpus import documents
 from redraft.training.data import SpecialIds
 from redraft.training.train import heldout_windows, masked_accuracy, unigram_baseline
-from workers.adapters import get_adapter
-from workers.processors.forbid_tokens import ForbidTokens
-from workers.sampler import SamplerConfig, denoise
+from redraft.workers.adapters import get_adapter
+from redraft.workers.processors.forbid_tokens import ForbidTokens
+from redraft.workers.sampler import SamplerConfig, denoise
 
 RATIOS = (0.15, 0.5, 0.9)
 

@@ -30,8 +30,8 @@ def submit(client, **body):
 
 def stored_job(job_id):
     """The job row as submission wrote it (its request and canvas)."""
-    from storage import repo
-    from storage.db import session_scope
+    from redraft.storage import repo
+    from redraft.storage.db import session_scope
 
     with session_scope() as s:
         job = repo.get_job(s, job_id)

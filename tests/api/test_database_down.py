@@ -31,7 +31,7 @@ def api(silent_database, tiny_model_dir, monkeypatch):
                        "REDRAFT_DB_CONNECT_TIMEOUT_S": "2", "REDRAFT_DB_POOL_TIMEOUT_S": "2"}.items():
         monkeypatch.setenv(key, value)
     reset_caches()
-    from api.main import create_app
+    from redraft.api.main import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))

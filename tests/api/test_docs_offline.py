@@ -39,7 +39,7 @@ class _Assets(HTMLParser):
 
 @pytest.fixture(scope="module")
 def api():
-    from api.main import create_app
+    from redraft.api.main import create_app
 
     return TestClient(create_app())
 

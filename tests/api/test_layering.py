@@ -7,5 +7,5 @@ import sys
 
 
 def test_api_does_not_import_torch():
-    code = "import api.main, sys; assert 'torch' not in sys.modules, 'api imported torch'"
+    code = "import redraft.api.main, sys; assert 'torch' not in sys.modules, 'api imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True)

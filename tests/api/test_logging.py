@@ -9,7 +9,8 @@ import logging
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from redraft.logs import bind_job_id, configure_logging
 from redraft.settings import Settings, get_settings
@@ -71,8 +72,7 @@ def test_the_job_id_stays_with_its_own_thread(json_log):
 
 def test_the_api_logs_each_request_with_method_path_status_and_duration(monkeypatch, capsys):
     from fastapi.testclient import TestClient
-
-    from api.main import create_app
+    from redraft.api.main import create_app
 
     monkeypatch.setenv("REDRAFT_LOG_FORMAT", "json")
     get_settings.cache_clear()

@@ -1,4 +1,4 @@
-"""``GET /metrics``: the API as its own process (``uvicorn api.main:app``, as docker-compose.yml runs it) and a
+"""``GET /metrics``: the API as its own process (``uvicorn redraft.api.main:app``, as docker-compose.yml runs it) and a
 real Celery worker, sharing one metrics directory (prometheus-client's multiprocess mode), on a fresh SQLite file
 and the test Redis. Queue depth and jobs by state are read at scrape time, step latency and forward time come
 from the worker's files, rejections are counted by their error code; a scrape answers even when the database
@@ -50,9 +50,9 @@ def scrape(client: httpx.Client) -> dict[tuple[str, tuple], float]:
 
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir, tmp_path_factory) -> Iterator[Stack]:
-    from storage import repo
-    from storage.db import get_sessionmaker, reset_database_engines
-    from storage.migrate import upgrade
+    from redraft.storage import repo
+    from redraft.storage.db import get_sessionmaker, reset_database_engines
+    from redraft.storage.migrate import upgrade
 
     work = tmp_path_factory.mktemp("metrics")
     env = {"DATABASE_URL": f"sqlite:///{work / 'redraft.db'}", "REDIS_URL": REDIS_URL,
@@ -66,7 +66,7 @@ def stack(tiny_model_dir, tmp_path_factory) -> Iterator[Stack]:
         s.commit()
     port = free_port()
     with (work / "api.log").open("ab") as log:
-        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port",
+        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "redraft.api.main:app", "--host", "127.0.0.1", "--port",
                                 str(port)], env={**os.environ, **env}, cwd=REPO_ROOT, stdout=log,
                                stderr=subprocess.STDOUT)
     stack = Stack(f"http://127.0.0.1:{port}", env, key, work, [])
@@ -147,8 +147,8 @@ def silent_listener_port() -> Iterator[int]:
 
 
 def test_a_scrape_answers_when_the_database_and_redis_do_not(silent_listener, monkeypatch):
-    from api.metrics import render
-    from storage.db import reset_database_engines
+    from redraft.api.metrics import render
+    from redraft.storage.db import reset_database_engines
 
     monkeypatch.setenv("REDRAFT_DB_CONNECT_TIMEOUT_S", "1")
     get_settings.cache_clear()
@@ -168,9 +168,8 @@ def test_a_scrape_answers_when_the_database_and_redis_do_not(silent_listener, mo
 def test_compile_time_is_observed_and_metrics_can_be_turned_off(monkeypatch):
     from fastapi.testclient import TestClient
     from prometheus_client import REGISTRY
-
-    from api.main import create_app
-    from api.metrics import observe_compile
+    from redraft.api.main import create_app
+    from redraft.api.metrics import observe_compile
 
     before = REGISTRY.get_sample_value("redraft_compile_seconds_count") or 0
     with pytest.raises(ValueError), observe_compile():  # a refused compile is timed too

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import openai
 import pytest
-
-from api.openai.schemas import IGNORED, REJECTED, ChatCompletionCreate, CompletionCreate
+from redraft.api.openai.schemas import IGNORED, REJECTED, ChatCompletionCreate, CompletionCreate
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 SECTION = README[README.index("## OpenAI-compatible API"):README.index("## Python client and CLI")]

@@ -14,11 +14,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
-
-from api.openai import create_openai_app
-from api.openai.errors import OpenAIError
-from api.openai.jobs import chat_plans, completion_plans
-from api.openai.schemas import ChatCompletionCreate, CompletionCreate
+from redraft.api.openai import create_openai_app
+from redraft.api.openai.errors import OpenAIError
+from redraft.api.openai.jobs import chat_plans, completion_plans
+from redraft.api.openai.schemas import ChatCompletionCreate, CompletionCreate
 
 DOC = create_openai_app().openapi()
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "Name a colour."}]}

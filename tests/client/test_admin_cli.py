@@ -15,14 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redraft.storage import repo
+from redraft.storage.db import get_sessionmaker
+from redraft.storage.tables import ApiKey, Draft, Job, Step, Template, Tenant
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from redraft.cli import main
 from redraft.settings import get_settings
-from storage import repo
-from storage.db import get_sessionmaker
-from storage.tables import ApiKey, Draft, Job, Step, Template, Tenant
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The CLI's database: ``database_url``, through the environment as an operator would give it."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     get_settings.cache_clear()
-    from storage.migrate import upgrade
+    from redraft.storage.migrate import upgrade
 
     upgrade(database_url)
     yield database_url
@@ -92,7 +92,7 @@ def test_a_revoked_key_is_refused_at_once_and_listed_without_the_key(db, s, caps
     key, row = repo.create_api_key(s, "acme")
     other, _ = repo.create_api_key(s, "acme")
     s.commit()
-    from api.main import create_app
+    from redraft.api.main import create_app
 
     api = TestClient(create_app())
     assert api.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200

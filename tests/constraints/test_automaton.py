@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redraft.constraints.automaton as automaton_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import constraints.automaton as automaton_module
-from constraints.automaton import (
+from redraft.constraints.automaton import (
     TokenAutomaton,
     accepts,
     compile_choices,
@@ -33,6 +32,7 @@ from constraints.automaton import (
     min_length_tokens,
     require_fits,
 )
+
 from redraft.errors import ConstraintError
 from redraft.families import load_model_info, load_tokenizer, special_ids, token_bytes
 
@@ -248,7 +248,7 @@ def test_compile_target_rejects_bad_targets(target, message):
 
 def test_importing_the_module_does_not_import_torch():
     """The API process imports constraints.automaton and must stay light: no torch."""
-    code = "import constraints.automaton, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import redraft.constraints.automaton, sys; assert 'torch' not in sys.modules, 'torch was imported'"
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -256,8 +256,8 @@ def test_importing_the_module_does_not_import_torch():
 
 def test_a_refused_target_leaves_nothing_in_the_cache_and_the_cache_is_bounded_by_bytes(monkeypatch):
     """Issue 12: the cache kept the tables of requests refused after compiling (~255 MB each at 262k tokens)."""
-    from constraints.generate import compile_generate
-    from constraints.templates import make_slot
+    from redraft.constraints.generate import compile_generate
+    from redraft.constraints.templates import make_slot
 
     def cached() -> list:
         return [a for per_tok in automaton_module._automata.values() for a in per_tok.values()]

@@ -6,8 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from constraints.revise import (
+from redraft.constraints.revise import (
     Region,
     auto_regions,
     carry_layout,
@@ -17,10 +16,11 @@ from constraints.revise import (
     span_regions,
     target_regions,
 )
+from redraft.workers.processors.forbid_tokens import ForbidTokens
+from redraft.workers.sampler import SamplerConfig, denoise
+
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.families import special_ids
-from workers.processors.forbid_tokens import ForbidTokens
-from workers.sampler import SamplerConfig, denoise
 
 SOURCE = "Is Paris the capital of France? No. Paris is the capital and largest city of France."
 
@@ -155,8 +155,8 @@ def test_overlapping_regions_merge_and_conflicting_targets_are_refused():
 
 
 def test_a_structure_target_holds_after_the_rewrite(tiny_adapter, tiny_model):
-    from constraints.automaton import accepts, compile_target
-    from workers.processors.slot_targets import SlotTargets, constrained_slots
+    from redraft.constraints.automaton import accepts, compile_target
+    from redraft.workers.processors.slot_targets import SlotTargets, constrained_slots
 
     info, tokenizer = tiny_model
     text = "Delivery date: soon, we hope."

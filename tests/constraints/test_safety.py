@@ -9,10 +9,8 @@ import sys
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, models
-
-from constraints.canvas import CanvasBuilder
-from constraints.safety import (
+from redraft.constraints.canvas import CanvasBuilder
+from redraft.constraints.safety import (
     KINDS,
     MAX_PHRASE_CHARS,
     MAX_PHRASES,
@@ -24,6 +22,8 @@ from constraints.safety import (
     text_guard,
     utf8_chars,
 )
+from tokenizers import Tokenizer, models
+
 from redraft.errors import InvalidRequest
 from redraft.families import _byte_level_table, token_bytes
 

@@ -19,13 +19,13 @@ def test_services_are_the_production_set():
 def test_every_project_command_exists():
     """Each command of a service built from this repo names a module or app that imports."""
     services = COMPOSE["services"]
-    assert services["migrate"]["command"] == ["python", "-m", "storage.migrate"]
-    importlib.import_module("storage.migrate")
+    assert services["migrate"]["command"] == ["python", "-m", "redraft.storage.migrate"]
+    importlib.import_module("redraft.storage.migrate")
     api_cmd = services["api"]["command"]
     module, attr = api_cmd[1].split(":")
     assert api_cmd[0] == "uvicorn" and hasattr(importlib.import_module(module), attr)
     worker = services["worker"]["command"]
-    assert worker[:3] == ["celery", "-A", "workers.tasks"] and "-Q" in worker and "--pool=threads" in worker
+    assert worker[:3] == ["celery", "-A", "redraft.workers.tasks"] and "-Q" in worker and "--pool=threads" in worker
     assert worker[worker.index("-Q") + 1] == "gpu"
     assert shutil.which("celery", path=str(Path(__import__("sys").executable).parent)) is not None
 

@@ -46,7 +46,7 @@ def silent_redis():
 
 
 def test_readyz_answers_503_quickly_when_redis_hangs(silent_redis, tiny_model_dir, tmp_path, monkeypatch):
-    from storage.migrate import upgrade
+    from redraft.storage.migrate import upgrade
 
     database = f"sqlite:///{tmp_path / 'redraft.db'}"
     for key, value in {"DATABASE_URL": database, "REDIS_URL": silent_redis, "REDRAFT_READYZ_TIMEOUT_S": "0.5",
@@ -55,7 +55,7 @@ def test_readyz_answers_503_quickly_when_redis_hangs(silent_redis, tiny_model_di
         monkeypatch.setenv(key, value)
     reset_caches()
     upgrade(database)
-    from api.main import create_app
+    from redraft.api.main import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))

@@ -7,12 +7,11 @@ from datetime import UTC
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from redraft.storage import repo
+from redraft.storage.db import database_engine, make_database_engine, reset_database_engines, session_scope
+from redraft.storage.migrate import upgrade
+from redraft.storage.tables import Base, Tenant
 from sqlalchemy import inspect, select
-
-from storage import repo
-from storage.db import database_engine, make_database_engine, reset_database_engines, session_scope
-from storage.migrate import upgrade
-from storage.tables import Base, Tenant
 
 
 def test_migrations_match_the_models(engine):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from redraft.workers.adapters import get_adapter
 
 from redraft.families import load_model_info, load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR
 from tests.utils.models import make_tiny_diffusion_gemma, make_tiny_random_model
-from workers.adapters import get_adapter
 
 
 @pytest.fixture(scope="session")

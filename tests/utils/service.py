@@ -24,7 +24,7 @@ import uvicorn
 from redraft.embedded import free_port, start_worker
 
 if TYPE_CHECKING:
-    from storage.tables import Job
+    from redraft.storage.tables import Job
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -64,10 +64,11 @@ def running_service(backend: str, model_dir: Path, work_dir: Path, workers: int 
 
 def reset_caches() -> None:
     """Settings, engine and Celery app are created once per process; tests switch them between services."""
+    from redraft.storage import db
+
     from redraft.families import load_model_info
     from redraft.queue import get_celery
     from redraft.settings import get_settings
-    from storage import db
 
     get_settings.cache_clear()
     get_celery.cache_clear()
@@ -96,8 +97,8 @@ class Service:
     def start(self, workers: int = 1) -> Service:
         os.environ.update(self.env)
         reset_caches()
-        from api.main import create_app
-        from storage.migrate import upgrade
+        from redraft.api.main import create_app
+        from redraft.storage.migrate import upgrade
 
         upgrade(self.env["DATABASE_URL"])
         port = free_port()
@@ -122,8 +123,8 @@ class Service:
 
     def job_row(self, job_id: str) -> Job:
         """The job's row as the database has it now (any tenant's)."""
-        from storage.db import session_scope
-        from storage.tables import Job
+        from redraft.storage.db import session_scope
+        from redraft.storage.tables import Job
 
         with session_scope() as s:
             row = s.get(Job, job_id)
@@ -156,8 +157,8 @@ class Service:
         reset_caches()
 
     def new_key(self, tenant: str) -> str:
-        from storage import repo
-        from storage.db import session_scope
+        from redraft.storage import repo
+        from redraft.storage.db import session_scope
 
         with session_scope() as s:
             key, _ = repo.create_api_key(s, tenant)

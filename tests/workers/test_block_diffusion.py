@@ -18,6 +18,16 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from redraft.api.schemas import GenerateJobCreate, InfillJobCreate, ReviseJobCreate
+from redraft.api.submit import compile_request, revision_canvas, sampling_params
+from redraft.constraints.canvas import Canvas
+from redraft.constraints.safety import find_violations, parse_safety
+from redraft.workers.adapters import TEXT_ONLY_VISION, DiffusionGemmaAdapter, get_adapter
+from redraft.workers.drafting import Drafting, sampler_config
+from redraft.workers.engine import BatchEngine
+from redraft.workers.runner import parent_source
+from redraft.workers.sampler import Row, SamplerConfig, step
+from redraft.workers.steps import MemorySink
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     EntropyBoundSampler,
     EntropyBoundSamplerConfig,
@@ -25,22 +35,12 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     StableAndConfidentStoppingCriteria,
 )
 
-from api.schemas import GenerateJobCreate, InfillJobCreate, ReviseJobCreate
-from api.submit import compile_request, revision_canvas, sampling_params
-from constraints.canvas import Canvas
-from constraints.safety import find_violations, parse_safety
 from redraft.families import load_model_info, load_tokenizer
 from redraft.jobs import JobParams
 from redraft.settings import Settings
 from tests.utils.models import make_tiny_diffusion_gemma
 from tests.utils.waiting import until
 from tests.workers.processors.test_safety_guard import Push, fixed_spans
-from workers.adapters import TEXT_ONLY_VISION, DiffusionGemmaAdapter, get_adapter
-from workers.drafting import Drafting, sampler_config
-from workers.engine import BatchEngine
-from workers.runner import parent_source
-from workers.sampler import Row, SamplerConfig, step
-from workers.steps import MemorySink
 
 NAME = "tiny-diffusion-gemma"
 PROMPT_IDS = [100, 200, 300, 400]  # after BOS
@@ -538,7 +538,7 @@ def test_a_revise_changes_nothing_outside_its_regions(adapter, tokenizer, job_se
     """A revise job as the API submits it (its canvas and plan from ``revision_canvas``, the source imported as
     the parent draft) and as a worker runs it (its lifecycle reads the parent from the database, ``parent_source``,
     for ``Drafting``)."""
-    from storage import repo
+    from redraft.storage import repo
 
     session, info = worker_database, adapter.info
     req = ReviseJobCreate(kind="revise", text=SOURCE, seed=seed, steps=4,

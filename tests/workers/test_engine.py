@@ -8,19 +8,19 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redraft.constraints.automaton import accepts
+from redraft.constraints.generate import compile_generate, prompt_slot
+from redraft.constraints.infill import compile_infill, parse_text
+from redraft.workers.drafting import Drafting
+from redraft.workers.engine import BatchEngine
+from redraft.workers.processors.forbid_tokens import ForbidTokens
+from redraft.workers.sampler import SamplerConfig, denoise
+from redraft.workers.steps import MemorySink
 
-from constraints.automaton import accepts
-from constraints.generate import compile_generate, prompt_slot
-from constraints.infill import compile_infill, parse_text
 from redraft.errors import ConstraintError, JobCancelled
 from redraft.families import special_ids
 from redraft.settings import get_settings
 from tests.utils.waiting import until
-from workers.drafting import Drafting
-from workers.engine import BatchEngine
-from workers.processors.forbid_tokens import ForbidTokens
-from workers.sampler import SamplerConfig, denoise
-from workers.steps import MemorySink
 
 TEXTS = [
     "Dear team, the [[gap:4]] is ready. Please [[gap]] by Friday.",
@@ -83,8 +83,9 @@ def test_a_jobs_text_does_not_depend_on_its_batch_mates(tiny_adapter, tiny_model
 
 
 def test_shipped_model_batched_equals_alone(tiny_model):
+    from redraft.workers.adapters import get_adapter
+
     from redraft.settings import DEFAULT_MODEL_DIR
-    from workers.adapters import get_adapter
 
     adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, "cpu")
     _, tokenizer = tiny_model
@@ -169,9 +170,10 @@ def test_threshold_decoding_commits_what_is_confident_and_finishes(any_adapter, 
 
 
 def test_a_low_threshold_commits_several_tokens_per_step_on_the_shipped_model():
+    from redraft.workers.adapters import get_adapter
+
     from redraft.families import load_tokenizer
     from redraft.settings import DEFAULT_MODEL_DIR
-    from workers.adapters import get_adapter
 
     adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, "cpu")
     info, tokenizer = adapter.info, load_tokenizer(DEFAULT_MODEL_DIR)
@@ -189,7 +191,7 @@ def test_a_low_threshold_commits_several_tokens_per_step_on_the_shipped_model():
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), threshold=st.sampled_from([0.05, 0.5, 0.9]))
 def test_threshold_decoding_respects_structure_targets(tiny_adapter, tiny_model, seed, threshold):
-    from workers.processors.slot_targets import SlotTargets, constrained_slots
+    from redraft.workers.processors.slot_targets import SlotTargets, constrained_slots
 
     info, tokenizer = tiny_model
     pieces = ["Invoice date: ", prompt_slot({"regex": r"20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]"}, 12, 0, 64),

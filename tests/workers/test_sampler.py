@@ -6,11 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redraft.workers.processors.forbid_tokens import ForbidTokens
+from redraft.workers.sampler import SamplerConfig, denoise, plan
 
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.families import special_ids
-from workers.processors.forbid_tokens import ForbidTokens
-from workers.sampler import SamplerConfig, denoise, plan
 
 MASK = 1
 

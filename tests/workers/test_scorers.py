@@ -12,9 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from redraft.errors import InvalidRequest, ModelError
-from workers.scorers import (
+from redraft.workers.scorers import (
     MAX_SPAN_WORDS,
     ClassifierScorer,
     EmbeddingScorer,
@@ -23,6 +21,8 @@ from workers.scorers import (
     parse_scorer_spec,
     split_spans,
 )
+
+from redraft.errors import InvalidRequest, ModelError
 
 WEAPONS = [
     "He loaded the rifle and shot the guard twice.",

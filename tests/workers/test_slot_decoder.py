@@ -1,4 +1,4 @@
-"""The slot decoder (``workers.slot_decoder.best_path``) on Redraft's real tokenizer; the automata,
+"""The slot decoder (``redraft.workers.slot_decoder.best_path``) on Redraft's real tokenizer; the automata,
 the tokenizer and the text checks come from tests/constraints/test_automaton.py."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from constraints.automaton import (
+from redraft.constraints.automaton import (
     TokenAutomaton,
     compile_choices,
     compile_json_schema,
@@ -24,6 +23,9 @@ from constraints.automaton import (
     min_length_tokens,
     require_fits,
 )
+from redraft.workers import slot_decoder
+from redraft.workers.slot_decoder import best_path
+
 from redraft.errors import ConstraintError
 from redraft.families import token_bytes
 from tests.constraints.test_automaton import (
@@ -42,8 +44,6 @@ from tests.constraints.test_automaton import (
     seeds,
     text_of,
 )
-from workers import slot_decoder
-from workers.slot_decoder import best_path
 
 
 def random_logp(seed: int, n: int) -> torch.Tensor:

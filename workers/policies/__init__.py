@@ -14,9 +14,9 @@ plus the temperature of each step (``temperature.Temperature``: one value or a l
 
 from __future__ import annotations
 
-from workers.policies.entropy_bound import EntropyBound
-from workers.policies.schedule import Schedule
-from workers.policies.threshold import Threshold
+from redraft.workers.policies.entropy_bound import EntropyBound
+from redraft.workers.policies.schedule import Schedule
+from redraft.workers.policies.threshold import Threshold
 
 
 def acceptance(cfg):

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from redraft.errors import ConstraintError
-from workers.policies.group import (
+from redraft.workers.policies.group import (
     Candidates,
     acceptance_keys,
     apply_processors,
@@ -22,6 +20,8 @@ from workers.policies.group import (
     own_logit,
     ranks,
 )
+
+from redraft.errors import ConstraintError
 
 
 def plan(free: list[int], steps: int, block_size: int | None) -> list[tuple[int, int, int]]:

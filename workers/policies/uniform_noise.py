@@ -35,9 +35,7 @@ from collections import deque
 
 import numpy as np
 import torch
-
-from redraft.errors import ConstraintError
-from workers.policies.group import (
+from redraft.workers.policies.group import (
     Candidates,
     acceptance_keys,
     apply_processors,
@@ -46,6 +44,8 @@ from workers.policies.group import (
     own_logit,
     ranks,
 )
+
+from redraft.errors import ConstraintError
 
 
 class UniformNoise:

@@ -1,5 +1,5 @@
 """The logits processors, one per file, each the apply side of a compile side elsewhere (the sampler's protocol for
-them is ``workers.sampler.LogitsProcessor``; each edits the ``(b, W, V)`` logits of the rows it is given):
+them is ``redraft.workers.sampler.LogitsProcessor``; each edits the ``(b, W, V)`` logits of the rows it is given):
 
 * ``forbid_tokens.ForbidTokens`` — special tokens are never written (every job);
 * ``slot_targets.SlotTargets`` — regex / JSON-schema / choices slots: only the best accepted path's tokens

@@ -7,11 +7,10 @@ Create Date: 2026-11-24 17:39:59.389035
 
 from __future__ import annotations
 
+import redraft.storage.tables
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
-
-import storage.tables
 
 revision = '0001'
 down_revision = None
@@ -23,7 +22,7 @@ def upgrade() -> None:
     op.create_table('tenants',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('created_at', redraft.storage.tables.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
@@ -32,8 +31,8 @@ def upgrade() -> None:
     sa.Column('tenant_id', sa.String(length=32), nullable=False),
     sa.Column('prefix', sa.String(length=16), nullable=False),
     sa.Column('key_hash', sa.String(length=64), nullable=False),
-    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
-    sa.Column('revoked_at', storage.tables.UTCDateTime(), nullable=True),
+    sa.Column('created_at', redraft.storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('revoked_at', redraft.storage.tables.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key_hash')
@@ -56,10 +55,10 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('steps_run', sa.Integer(), nullable=False),
-    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
-    sa.Column('started_at', storage.tables.UTCDateTime(), nullable=True),
-    sa.Column('finished_at', storage.tables.UTCDateTime(), nullable=True),
-    sa.Column('updated_at', storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('created_at', redraft.storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('started_at', redraft.storage.tables.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', redraft.storage.tables.UTCDateTime(), nullable=True),
+    sa.Column('updated_at', redraft.storage.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -75,7 +74,7 @@ def upgrade() -> None:
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('text', sa.Text(), nullable=False),
     sa.Column('token_ids', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('created_at', redraft.storage.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['parent_id'], ['drafts.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
@@ -92,7 +91,7 @@ def upgrade() -> None:
     sa.Column('step', sa.Integer(), nullable=False),
     sa.Column('committed', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('remasked', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('created_at', redraft.storage.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('job_id', 'step', name='uq_steps_job_step')

@@ -7,10 +7,9 @@ Create Date: 2026-11-24 18:31:26.145725
 
 from __future__ import annotations
 
+import redraft.storage.tables
 import sqlalchemy as sa
 from alembic import op
-
-import storage.tables
 
 revision = '0002'
 down_revision = '0001'
@@ -25,8 +24,8 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('source', sa.Text(), nullable=False),
     sa.Column('description', sa.Text(), nullable=True),
-    sa.Column('created_at', storage.tables.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('created_at', redraft.storage.tables.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', redraft.storage.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('tenant_id', 'name', name='uq_templates_tenant_name')

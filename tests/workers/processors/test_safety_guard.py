@@ -10,14 +10,21 @@ import re
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from redraft.constraints.canvas import Canvas, CanvasBuilder
+from redraft.constraints.infill import compile_infill, parse_text
+from redraft.constraints.safety import (
+    SafetyTargets,
+    find_violations,
+    parse_safety,
+    split_pending,
+    text_guard,
+    token_table,
+)
+from redraft.workers.processors.forbid_tokens import ForbidTokens
+from redraft.workers.processors.safety_guard import CanvasText, SafetyGuard
+from redraft.workers.sampler import SamplerConfig, denoise
 
-from constraints.canvas import Canvas, CanvasBuilder
-from constraints.infill import compile_infill, parse_text
-from constraints.safety import SafetyTargets, find_violations, parse_safety, split_pending, text_guard, token_table
 from redraft.families import special_ids, token_bytes
-from workers.processors.forbid_tokens import ForbidTokens
-from workers.processors.safety_guard import CanvasText, SafetyGuard
-from workers.sampler import SamplerConfig, denoise
 
 # ---------------------------------------------------------------------------------------------- helpers
 
