@@ -7,13 +7,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from redraft.storage import repo
-from redraft.storage.db import get_sessionmaker
-from redraft.storage.tables import Tenant
 from sqlalchemy.orm import Session
 
 from redraft.errors import Unauthorized
 from redraft.settings import Settings, get_settings
+from redraft.storage import repo
+from redraft.storage.db import get_sessionmaker
+from redraft.storage.tables import Tenant
 
 
 def get_session() -> Iterator[Session]:

@@ -9,16 +9,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from redraft.api import metrics
-from redraft.api.limits import BodyLimit
-from redraft.api.openai import mount_openai
-from redraft.api.routes import drafts, jobs, system, templates
-from redraft.api.web import docs_page, mount_web
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from redraft.api import metrics
+from redraft.api.limits import BodyLimit
+from redraft.api.openai import mount_openai
+from redraft.api.routes import drafts, jobs, system, templates
+from redraft.api.web import docs_page, mount_web
 from redraft.errors import RedraftError
 from redraft.settings import get_settings
 

@@ -22,17 +22,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from redraft.api.deps import SettingsDep
-from redraft.storage.db import database_engine
-from redraft.storage.tables import Job
 from sqlalchemy import func, select, text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from redraft import metrics
+from redraft.api.deps import SettingsDep
 from redraft.jobs import JobStatus
 from redraft.logs import configure_logging
 from redraft.queue import broker_client, queue_depth
 from redraft.settings import Settings
+from redraft.storage.db import database_engine
+from redraft.storage.tables import Job
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("redraft.access")

@@ -36,13 +36,13 @@ from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redraft.storage.tables import Job, Tenant
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from redraft.errors import RateLimited
 from redraft.jobs import ACTIVE
 from redraft.settings import Settings
+from redraft.storage.tables import Job, Tenant
 
 log = logging.getLogger(__name__)
 

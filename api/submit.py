@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
+from sqlalchemy.orm import Session
+
 from redraft.api.metrics import observe_compile
 from redraft.api.schemas import GapSegment, GenerateJobCreate, InfillJobCreate, ReviseJobCreate
 from redraft.constraints.canvas import Canvas
@@ -20,15 +22,13 @@ from redraft.constraints.revise import (
 )
 from redraft.constraints.safety import SafetyTargets, find_violations, parse_safety
 from redraft.constraints.templates import render_template
-from redraft.storage import repo
-from redraft.storage.tables import Job
-from sqlalchemy.orm import Session
-
 from redraft.errors import InvalidRequest, NotFound
 from redraft.families import ModelInfo, load_model_info, load_tokenizer
 from redraft.jobs import JobParams, RevisePlan, job_default
 from redraft.queue import enqueue
 from redraft.settings import Settings
+from redraft.storage import repo
+from redraft.storage.tables import Job
 
 log = logging.getLogger(__name__)
 

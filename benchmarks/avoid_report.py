@@ -17,13 +17,13 @@ import statistics
 from datetime import date
 
 import torch
+
 from redraft.constraints.infill import compile_infill, parse_text
+from redraft.families import load_tokenizer
+from redraft.settings import DEFAULT_MODEL_DIR, get_settings
 from redraft.workers.adapters import get_adapter
 from redraft.workers.drafting import Drafting
 from redraft.workers.steps import MemorySink
-
-from redraft.families import load_tokenizer
-from redraft.settings import DEFAULT_MODEL_DIR, get_settings
 
 TOPICS = ["violence and weapons", "illegal drugs", "gambling and betting"]
 SUITE = [

@@ -16,15 +16,15 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from timing import Timed, pct  # benchmarks/timing.py
+
 from redraft.constraints.generate import compile_generate, prompt_slot
+from redraft.families import load_model_info, load_tokenizer, special_ids
+from redraft.settings import DEFAULT_MODEL_DIR
 from redraft.workers.adapters import get_adapter
 from redraft.workers.processors.forbid_tokens import ForbidTokens
 from redraft.workers.processors.slot_targets import SlotTargets, constrained_slots
 from redraft.workers.sampler import SamplerConfig, denoise
-from timing import Timed, pct  # benchmarks/timing.py
-
-from redraft.families import load_model_info, load_tokenizer, special_ids
-from redraft.settings import DEFAULT_MODEL_DIR
 
 TARGETS = {
     "date regex": ({"regex": r"[0-9]{4}-[0-9]{2}-[0-9]{2}"}, 12),

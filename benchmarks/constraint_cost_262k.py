@@ -325,11 +325,12 @@ def _emit(**event) -> None:
 def worker(args: argparse.Namespace) -> None:
     """One target, in a fresh process: emits JSON lines ({"begin": key} before each measurement)."""
     import torch
+    from tokenizers import Tokenizer
+
     from redraft.constraints import automaton as am
     from redraft.constraints import budget
     from redraft.workers.processors.slot_targets import ConstrainedSlot, SlotTargets
     from redraft.workers.slot_decoder import best_path
-    from tokenizers import Tokenizer
 
     torch.set_num_threads(args.threads)
     tokenizer = Tokenizer.from_file(args.tokenizer)

@@ -36,18 +36,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from timing import Timed, pct  # benchmarks/timing.py
+
 from redraft.constraints.automaton import compile_json_schema
 from redraft.constraints.generate import compile_generate, prompt_slot
 from redraft.constraints.templates import make_slot
+from redraft.errors import RedraftError
+from redraft.families import load_model_info, load_tokenizer, special_ids
+from redraft.settings import DEFAULT_MODEL_DIR
 from redraft.workers.adapters import get_adapter
 from redraft.workers.processors.forbid_tokens import ForbidTokens
 from redraft.workers.processors.slot_targets import SlotTargets, constrained_slots
 from redraft.workers.sampler import SamplerConfig, denoise
-from timing import Timed, pct  # benchmarks/timing.py
-
-from redraft.errors import RedraftError
-from redraft.families import load_model_info, load_tokenizer, special_ids
-from redraft.settings import DEFAULT_MODEL_DIR
 
 SCHEMAS = REPO / "benchmarks" / "data" / "schemas.json"
 WORDS = "The committee met on Tuesday to review the proposal and recorded its decision as follows. "

@@ -47,9 +47,8 @@ def build(shape: str, device: str, workdir: Path):
     """(adapter, info, tokenizer): a model directory with Redraft's tokenizer and a random model on ``device``."""
     import json
 
-    from redraft.workers.adapters import DiffusionGemmaAdapter, get_adapter
-
     from redraft.families import load_model_info, load_tokenizer
+    from redraft.workers.adapters import DiffusionGemmaAdapter, get_adapter
     from tests.utils.models import make_tiny_diffusion_gemma
 
     if shape == "tiny":
@@ -120,11 +119,10 @@ def run_generate(adapter, info, tokenizer, batch: int, budget: int, device: str)
 def run_redraft(adapter, info, tokenizer, batch: int, budget: int, json_target: bool) -> dict:
     from redraft.api.schemas import GenerateJobCreate
     from redraft.api.submit import compile_request, sampling_params
+    from redraft.settings import Settings
     from redraft.workers.drafting import Drafting
     from redraft.workers.engine import BatchEngine
     from redraft.workers.steps import MemorySink
-
-    from redraft.settings import Settings
 
     settings = Settings(models={info.name: info.path}, default_model=info.name, max_gap_tokens=max(budget, 256))
     target = {"json_schema": SCHEMA} if json_target else None

@@ -13,10 +13,10 @@ from __future__ import annotations
 import sys
 
 import torch
+
 from redraft.constraints import budget
 from redraft.constraints.automaton import compile_json_schema, compile_regex
 from redraft.workers.slot_decoder import best_path, pairs
-
 from tests.constraints.test_automaton import EOS, INFO, SPECIALS, TOKENIZER, V
 
 

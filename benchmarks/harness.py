@@ -47,12 +47,11 @@ THROUGHPUT_TEXT = "Dear team, the report on [[gap:16]] is ready. Please read it 
 
 
 def decoding_table(device: str) -> list[str]:
+    from redraft.families import load_tokenizer, special_ids
+    from redraft.settings import DEFAULT_MODEL_DIR
     from redraft.workers.adapters import get_adapter
     from redraft.workers.processors.forbid_tokens import ForbidTokens
     from redraft.workers.sampler import SamplerConfig, denoise
-
-    from redraft.families import load_tokenizer, special_ids
-    from redraft.settings import DEFAULT_MODEL_DIR
 
     adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, device)
     info, tokenizer = adapter.info, load_tokenizer(DEFAULT_MODEL_DIR)
@@ -94,6 +93,7 @@ def throughput_table(device: str, database_url: str, redis_url: str,
     os.environ.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDRAFT_DEVICE": device})
     from redraft.api.schemas import InfillJobCreate
     from redraft.api.submit import compile_request, resolve_model, sampling_params
+    from redraft.settings import get_settings
     from redraft.storage import repo
     from redraft.storage.db import session_scope
     from redraft.storage.migrate import upgrade
@@ -101,8 +101,6 @@ def throughput_table(device: str, database_url: str, redis_url: str,
     from redraft.workers.adapters import get_adapter
     from redraft.workers.drafting import PAD_TO
     from redraft.workers.runner import run_job
-
-    from redraft.settings import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()

@@ -48,10 +48,10 @@ WORDS = "The committee met on Tuesday to review the proposal and recorded its de
 
 def build(shape: str, device: str, context: int, workdir: Path):
     """(adapter, info, tokenizer): a random ModernBERT of ``shape`` on ``device`` with Redraft's tokenizer."""
-    from redraft.workers.adapters import MaskedLMAdapter
     from transformers import AutoConfig, ModernBertForMaskedLM
 
     from redraft.families import load_model_info, load_tokenizer
+    from redraft.workers.adapters import MaskedLMAdapter
     from tests.utils.models import make_tiny_random_model
 
     path = make_tiny_random_model(workdir / shape, context_length=context)
@@ -69,13 +69,13 @@ def build(shape: str, device: str, context: int, workdir: Path):
 def make_rows(n: int, adapter, info, tokenizer, canvas_tokens: int, answer: int, steps: int, with_json: bool,
               timings: list[float]):
     """n rows of one shape: a prompt filling the canvas, then an answer slot (free text, or under SCHEMA)."""
+    from timing import Timed  # benchmarks/timing.py
+
     from redraft.constraints.generate import compile_generate, prompt_slot
+    from redraft.families import special_ids
     from redraft.workers.processors.forbid_tokens import ForbidTokens
     from redraft.workers.processors.slot_targets import SlotTargets, constrained_slots
     from redraft.workers.sampler import Row, SamplerConfig
-    from timing import Timed  # benchmarks/timing.py
-
-    from redraft.families import special_ids
 
     special = special_ids(info)
     ids = tokenizer.encode(WORDS * (canvas_tokens // 8), add_special_tokens=False).ids[:canvas_tokens - answer - 2]

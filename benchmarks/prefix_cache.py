@@ -51,10 +51,9 @@ def canvases(tokenizer, n_docs: int, context: int, span: int) -> list[list[int]]
 
 def run(adapter, docs, task: str, context: int, span: int, cache: str | None, block: int | None, batch: int):
     """(outputs per doc at the span, wall seconds, positions read)."""
+    from redraft.families import special_ids
     from redraft.workers.processors.forbid_tokens import ForbidTokens
     from redraft.workers.sampler import SamplerConfig, denoise
-
-    from redraft.families import special_ids
 
     info = adapter.info
     length = context + span + (RIGHT if task == "infill" else 0)
@@ -95,9 +94,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from redraft.workers.adapters import get_adapter
-
     from redraft.families import load_tokenizer
+    from redraft.workers.adapters import get_adapter
 
     adapter = get_adapter("bench", Path(args.model), args.device)
     tokenizer = load_tokenizer(Path(args.model))

@@ -17,14 +17,14 @@ from datetime import date
 
 import httpx
 import torch
+from timing import pct  # benchmarks/timing.py
+
 from redraft.constraints.infill import compile_infill, parse_text
+from redraft.families import load_tokenizer, special_ids
+from redraft.settings import get_settings
 from redraft.workers.adapters import get_adapter
 from redraft.workers.processors.forbid_tokens import ForbidTokens
 from redraft.workers.sampler import SamplerConfig, denoise
-from timing import pct  # benchmarks/timing.py
-
-from redraft.families import load_tokenizer, special_ids
-from redraft.settings import get_settings
 
 TEXT = "The weather today is [[gap:6]], so we will [[gap:6]]."
 STEPS = 8

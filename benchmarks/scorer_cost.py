@@ -16,6 +16,7 @@ import time
 from datetime import date
 
 import torch
+
 from redraft.workers.scorers import load_scorer
 
 SENTENCES = [

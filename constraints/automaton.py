@@ -41,6 +41,8 @@ from functools import lru_cache
 import numpy as np
 import outlines_core
 from outlines_core.json_schema import build_regex_from_schema
+from tokenizers import Tokenizer
+
 from redraft.constraints.budget import (
     check_choices,
     check_pattern,
@@ -50,8 +52,6 @@ from redraft.constraints.budget import (
     shown,
     timed_compile,
 )
-from tokenizers import Tokenizer
-
 from redraft.errors import ConstraintError
 from redraft.families import token_bytes
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from redraft.constraints.automaton import compile_target, discard, require_fits
 from redraft.constraints.canvas import Canvas, CanvasBuilder
 from redraft.constraints.templates import SlotSpec, make_slot
-from tokenizers import Tokenizer
-
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.families import ModelInfo, special_ids
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from redraft.constraints.canvas import Canvas, CanvasBuilder
 from tokenizers import Tokenizer
 
+from redraft.constraints.canvas import Canvas, CanvasBuilder
 from redraft.errors import InvalidRequest
 from redraft.families import ModelInfo
 

@@ -23,12 +23,12 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from redraft.constraints.automaton import accepts, compile_target, min_length_tokens
 from redraft.constraints.canvas import Canvas
 from redraft.constraints.generate import compile_generate
 from redraft.constraints.templates import SlotSpec, make_slot
-from tokenizers import Tokenizer
-
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.families import ModelInfo, special_ids
 

@@ -18,9 +18,9 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
 from redraft.constraints.budget import check_choices, check_regex_length, check_schema_depth
 from redraft.constraints.vocab import check_vocab
-
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.settings import get_settings
 

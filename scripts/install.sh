@@ -15,7 +15,7 @@ if ! .venv/bin/python -c "import redraft, torch, fastapi, celery, hypothesis" 2>
   } > var/install.log 2>&1 || { tail -30 var/install.log; echo "install failed; see var/install.log"; exit 1; }
   touch .venv/.installed
 fi
-# The browser tests (tests/web, tests/api/test_docs_offline.py) drive Debian's Chromium through Playwright (never
+# The browser tests (tests/web, tests/api/test_main.py) drive Debian's Chromium through Playwright (never
 # `playwright install`). Where /usr/bin/chromium is missing, this installs the `chromium` package SYSTEM-WIDE with
 # apt-get (outside .venv; it needs root). REDRAFT_SKIP_CHROMIUM=1 skips that: the service runs without it, only the
 # browser tests fail until /usr/bin/chromium exists. CI (.ci/run) installs it either way.

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from redraft.storage.tables import ApiKey, Draft, Job, Step, Template, Tenant, utcnow
 from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from redraft.errors import Conflict, JobCancelled, NotFound
 from redraft.jobs import ACTIVE, TERMINAL, JobParams, JobStatus
+from redraft.storage.tables import ApiKey, Draft, Job, Step, Template, Tenant, utcnow
 
 
 def _hash(key: str) -> str:

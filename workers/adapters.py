@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from redraft.workers import prefix_cache
 
 from redraft.errors import ModelError
 from redraft.families import ModelInfo, load_model_info
+from redraft.workers import prefix_cache
 
 
 def resolve_device(name: str) -> torch.device:

@@ -13,10 +13,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+
 from redraft.constraints.canvas import Canvas
 from redraft.constraints.generate import slot_values
 from redraft.constraints.revise import Region, carry_layout, compile_revision, revision_edits, token_count
 from redraft.constraints.safety import parse_safety
+from redraft.families import special_ids
+from redraft.jobs import JobParams, SafetyParams
+from redraft.settings import Settings
 from redraft.workers.engine import BatchEngine
 from redraft.workers.processors.down_weight import DownWeight
 from redraft.workers.processors.forbid_tokens import ForbidTokens
@@ -26,10 +30,6 @@ from redraft.workers.processors.slot_vocabulary import SlotVocabulary
 from redraft.workers.sampler import Row, SamplerConfig, step
 from redraft.workers.scorers import TopicScorer, load_scorer, split_spans
 from redraft.workers.steps import StepSink
-
-from redraft.families import special_ids
-from redraft.jobs import JobParams, SafetyParams
-from redraft.settings import Settings
 
 PAD_TO = 16  # canvases are padded to a multiple of this: the engine's length buckets
 

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from redraft.workers.sampler import Row, StepRecord, advance_group, rows_forward
 
 from redraft import metrics
+from redraft.workers.sampler import Row, StepRecord, advance_group, rows_forward
 
 log = logging.getLogger(__name__)
 

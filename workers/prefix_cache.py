@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+
 @dataclass(eq=False)
 class PrefixCache:
     """A row's kept keys and values: every layer's, at canvas positions [0, start), filled at ``block``."""

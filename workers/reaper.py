@@ -23,11 +23,11 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import redis
-from redraft.storage import repo
-from redraft.storage.db import session_scope
 
 from redraft.queue import Keys, WorkerBeat, broker_client, broker_epoch, delete_if, live_workers, send
 from redraft.settings import Settings
+from redraft.storage import repo
+from redraft.storage.db import session_scope
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,11 @@ from __future__ import annotations
 import logging
 
 from redraft.constraints.canvas import Canvas
+from redraft.errors import Conflict, JobCancelled, RedraftError
+from redraft.families import load_tokenizer
+from redraft.jobs import JobParams, JobStatus
+from redraft.logs import bind_job_id
+from redraft.settings import Settings, get_settings
 from redraft.storage import repo
 from redraft.storage.db import session_scope
 from redraft.storage.tables import Draft, Job
@@ -19,12 +24,6 @@ from redraft.workers.adapters import get_adapter
 from redraft.workers.drafting import Drafting, Source
 from redraft.workers.engine import for_adapter
 from redraft.workers.steps import Publisher, StepSink
-
-from redraft.errors import Conflict, JobCancelled, RedraftError
-from redraft.families import load_tokenizer
-from redraft.jobs import JobParams, JobStatus
-from redraft.logs import bind_job_id
-from redraft.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ schedule, a confidence threshold, or DiffusionGemma's entropy bound), **commit**
 renoises whatever was not accepted). What an undecided position holds and when a row is done is the row's
 noise policy (``workers/policies/``), chosen by the model family; nothing else differs.
 
-Invariants (property-tested in tests/workers/test_sampler.py and tests/workers/test_block_diffusion.py):
+Invariants (property-tested in tests/workers/test_sampler.py and tests/workers/policies/test_uniform_noise.py):
   * a fixed position never changes;
   * no free position is left undecided at the end;
   * the same seed gives the same output, whatever else is in the batch.
@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, get_args
 
 import torch
+
+from redraft.errors import InvalidRequest
+from redraft.jobs import Cache, Remasking, job_default
 from redraft.workers.policies import acceptance
 from redraft.workers.policies.mask_noise import MaskNoise, plan, step_group  # noqa: F401  (plan: part of the sampler's API)
 from redraft.workers.policies.temperature import Temperature
 from redraft.workers.policies.uniform_noise import UniformNoise
 from redraft.workers.policies.uniform_noise import step_group as uniform_step_group
-
-from redraft.errors import InvalidRequest
-from redraft.jobs import Cache, Remasking, job_default
 
 
 class LogitsProcessor(Protocol):

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
-from redraft.workers.adapters import resolve_device
 
 from redraft.errors import InvalidRequest, ModelError
+from redraft.workers.adapters import resolve_device
 
 SPEC_FORMS = "'embedding', 'embedding:/path/to/sentence-model' or 'classifier:/path/to/classifier-dir'"
 DEFAULT_EMBEDDING_NAME = "embedding:all-MiniLM-L6-v2"

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
 from redraft.constraints.automaton import TokenAutomaton
 
 _lock = threading.Lock()

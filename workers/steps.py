@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redraft.storage import repo
-from redraft.storage.db import session_scope
-from redraft.workers.sampler import StepRecord
 from tokenizers import Tokenizer
 
 from redraft.errors import JobCancelled, JobTimeout
 from redraft.families import token_text
 from redraft.queue import job_channel
 from redraft.settings import Settings
+from redraft.storage import repo
+from redraft.storage.db import session_scope
+from redraft.workers.sampler import StepRecord
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import logging
 import threading
 
 from celery.signals import task_postrun, task_received, worker_init, worker_ready, worker_shutdown
-from redraft.workers import reaper, runner
 
 from redraft.queue import RUN_JOB, Heartbeat, get_celery
 from redraft.settings import get_settings
+from redraft.workers import reaper, runner
 
 log = logging.getLogger(__name__)
 app = get_celery()

@@ -14,12 +14,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redraft.api.openai.errors import OpenAIError, from_redraft
-from redraft.api.openai.routes import router
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from redraft.api.openai.errors import OpenAIError, from_redraft
+from redraft.api.openai.routes import router
 from redraft.errors import RedraftError
 from redraft.settings import get_settings
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+
 from redraft.api.openai.errors import OpenAIError, unsupported
 from redraft.api.openai.schemas import (
     ChatCompletionCreate,

@@ -16,19 +16,19 @@ from typing import Any
 import anyio
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
 from redraft.api.openai.errors import OpenAIError, context_too_long, from_redraft
 from redraft.api.openai.jobs import ChoicePlan, Outcome
 from redraft.api.quotas import Quotas
 from redraft.api.routes.jobs import event_stream
 from redraft.api.submit import submit_job
-from redraft.storage import repo
-from redraft.storage.db import get_sessionmaker
-from sqlalchemy.orm import Session
-
 from redraft.errors import Conflict, ConstraintError, RedraftError
 from redraft.families import ModelInfo, load_model_info
 from redraft.jobs import JobStatus
 from redraft.settings import Settings
+from redraft.storage import repo
+from redraft.storage.db import get_sessionmaker
 
 log = logging.getLogger(__name__)
 

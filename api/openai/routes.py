@@ -10,6 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from sse_starlette.sse import EventSourceResponse
+
 from redraft.api.deps import CurrentTenant, SessionDep, SettingsDep
 from redraft.api.openai.errors import OpenAIError
 from redraft.api.openai.jobs import ChoicePlan, chat_plans, completion_plans, finish, usage_of
@@ -28,12 +30,10 @@ from redraft.api.openai.schemas import (
 )
 from redraft.api.openai.stream import ChunkWriter, stream_choices
 from redraft.api.schemas import error_responses
-from redraft.storage.tables import Tenant
-from sse_starlette.sse import EventSourceResponse
-
 from redraft.families import registry
 from redraft.jobs import JobStatus
 from redraft.settings import Settings
+from redraft.storage.tables import Tenant
 
 _MEANING = {
     400: "the request is malformed or asks for something Redraft cannot do (`param` names the field, `message` says "

@@ -23,9 +23,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
 from redraft.api.openai.errors import unsupported
 from redraft.api.schemas import MAX_CHAT_MESSAGES, REQUEST, ChatTextPart, GenerateJobCreate, SafetySpec, SamplingParams
-
 from redraft.jobs import Cache, Remasking, WholeNumbers
 
 # As /v1's request bodies (api.schemas.REQUEST): unknown fields and wrong JSON types are refused (no 0 for false,

@@ -27,6 +27,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+
 from redraft.api.openai.errors import OpenAIError
 from redraft.api.openai.jobs import ChoicePlan, Outcome, finish, safe_prefix, usage_of
 from redraft.api.openai.lifecycle import (
@@ -39,7 +40,6 @@ from redraft.api.openai.lifecycle import (
     timeout_error,
 )
 from redraft.api.openai.schemas import OpenAICreate, Usage
-
 from redraft.families import ModelInfo, load_tokenizer
 from redraft.jobs import JobParams, JobStatus
 from redraft.settings import Settings

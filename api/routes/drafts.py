@@ -7,6 +7,7 @@ import os
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+
 from redraft.api.deps import CurrentTenant, SessionDep
 from redraft.api.routes.jobs import draft_public
 from redraft.api.schemas import AUTHED_ERRORS, DiffOp, DiffPublic, DraftPublic, LineagePublic, error_responses

@@ -10,6 +10,8 @@ from typing import Annotated
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from sse_starlette.sse import EventSourceResponse
+
 from redraft.api.deps import CurrentTenant, SessionDep, SettingsDep
 from redraft.api.quotas import Quotas
 from redraft.api.schemas import (
@@ -29,15 +31,13 @@ from redraft.api.schemas import (
     error_responses,
 )
 from redraft.api.submit import submit_job
-from redraft.storage import repo
-from redraft.storage.db import get_sessionmaker
-from redraft.storage.tables import Draft, Job, Step
-from sse_starlette.sse import EventSourceResponse
-
 from redraft.families import load_model_info, load_tokenizer, token_text
 from redraft.jobs import TERMINAL, JobStatus
 from redraft.queue import job_channel
 from redraft.settings import Settings
+from redraft.storage import repo
+from redraft.storage.db import get_sessionmaker
+from redraft.storage.tables import Draft, Job, Step
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@ from collections.abc import Callable
 import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from redraft.api.deps import CurrentTenant, SettingsDep
-from redraft.api.schemas import AUTHED_ERRORS, ModelPublic, ModelsPublic
-from redraft.storage.db import database_engine
 from sqlalchemy import text
 
+from redraft.api.deps import CurrentTenant, SettingsDep
+from redraft.api.schemas import AUTHED_ERRORS, ModelPublic, ModelsPublic
 from redraft.families import registry
 from redraft.queue import Keys, broker_client, live_workers, queue_depth
 from redraft.settings import Settings, get_settings
+from redraft.storage.db import database_engine
 
 router = APIRouter(tags=["system"])
 

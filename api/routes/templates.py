@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+
 from redraft.api.deps import CurrentTenant, SessionDep
 from redraft.api.schemas import (
     AUTHED_ERRORS,

@@ -8,6 +8,8 @@ import re
 from bisect import bisect_left, bisect_right
 from functools import lru_cache
 
+from tokenizers import Tokenizer
+
 from redraft.constraints.safety.targets import KINDS, SafetyTargets, normalize_phrase
 from redraft.constraints.safety.text import (
     _ANY,
@@ -27,8 +29,6 @@ from redraft.constraints.safety.text import (
     utf8_chars,
 )
 from redraft.constraints.safety.tokens import token_table
-from tokenizers import Tokenizer
-
 from redraft.errors import InvalidRequest
 
 CONTEXT_CHARS = 256  # non-whitespace characters of context kept on each side (> MAX_PHRASE_CHARS)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redraft.constraints.safety.text import _norm
-
 from redraft.errors import InvalidRequest
 
 KINDS = ("email", "phone", "card")

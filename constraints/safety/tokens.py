@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tokenizers import Tokenizer
+
 from redraft.constraints.safety.text import (
     _C1,
     _C2,
@@ -18,8 +20,6 @@ from redraft.constraints.safety.text import (
     _norm,
     split_pending,
 )
-from tokenizers import Tokenizer
-
 from redraft.families import token_bytes
 
 

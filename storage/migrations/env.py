@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from alembic import context
-from redraft.storage.db import make_database_engine
-from redraft.storage.tables import Base
 
 from redraft.settings import get_settings
+from redraft.storage.db import make_database_engine
+from redraft.storage.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

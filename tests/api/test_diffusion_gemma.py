@@ -14,10 +14,10 @@ import time
 
 import jsonschema
 import pytest
-from redraft.api.schemas import StepsPublic
-from redraft.constraints.safety import find_violations, parse_safety
 
+from redraft.api.schemas import StepsPublic
 from redraft.client import CanvasReplay
+from redraft.constraints.safety import find_violations, parse_safety
 from tests.utils.models import make_tiny_diffusion_gemma
 from tests.utils.service import read_sse, running_service, wait_for
 

@@ -72,6 +72,7 @@ def test_the_job_id_stays_with_its_own_thread(json_log):
 
 def test_the_api_logs_each_request_with_method_path_status_and_duration(monkeypatch, capsys):
     from fastapi.testclient import TestClient
+
     from redraft.api.main import create_app
 
     monkeypatch.setenv("REDRAFT_LOG_FORMAT", "json")

@@ -168,6 +168,7 @@ def test_a_scrape_answers_when_the_database_and_redis_do_not(silent_listener, mo
 def test_compile_time_is_observed_and_metrics_can_be_turned_off(monkeypatch):
     from fastapi.testclient import TestClient
     from prometheus_client import REGISTRY
+
     from redraft.api.main import create_app
     from redraft.api.metrics import observe_compile
 

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redraft.api.quotas import Quotas
 
+from redraft.api.quotas import Quotas
 from redraft.embedded import free_port, start_redis
 from redraft.errors import RateLimited
 from redraft.settings import Settings

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from redraft.constraints.safety import find_violations, parse_safety
 
+from redraft.constraints.safety import find_violations, parse_safety
 from tests.utils.service import wait_for
 
 TEXT = "Dear team, the [[gap:4]] is ready. Please [[gap]] by Friday."

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redraft.constraints.automaton as automaton_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import redraft.constraints.automaton as automaton_module
 from redraft.constraints.automaton import (
     TokenAutomaton,
     accepts,
@@ -32,7 +33,6 @@ from redraft.constraints.automaton import (
     min_length_tokens,
     require_fits,
 )
-
 from redraft.errors import ConstraintError
 from redraft.families import load_model_info, load_tokenizer, special_ids, token_bytes
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints import budget
 from redraft.constraints.automaton import compile_choices, compile_json_schema, compile_regex, require_fits
 from redraft.constraints.generate import compile_generate
 from redraft.constraints.templates import make_slot, render_template
-
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.settings import get_settings
 from tests.constraints.test_automaton import EOS, INFO, SPECIALS, TOKENIZER, V

@@ -9,8 +9,8 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redraft.constraints.canvas import Canvas, CanvasBuilder
 
+from redraft.constraints.canvas import Canvas, CanvasBuilder
 from redraft.errors import InvalidRequest
 from tests.constraints.test_automaton import INFO, NEVER_REAL, TOKENIZER, V
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from redraft.constraints.chat import load_chat_template, render_chat
 from redraft.constraints.generate import compile_generate, prompt_slot
-
 from redraft.errors import InvalidRequest
 from redraft.families import load_model_info, load_tokenizer
 from tests.utils.fixtures import MASKED_CHAT_TEMPLATE

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints.canvas import Canvas
 from redraft.constraints.infill import Gap, compile_infill, parse_text
-
 from redraft.errors import InvalidRequest
 
 # At most 10 characters a literal: 5 literals of 4-byte characters and 24 gap positions stay within the test

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints.revise import (
     Region,
     auto_regions,
@@ -16,11 +17,10 @@ from redraft.constraints.revise import (
     span_regions,
     target_regions,
 )
-from redraft.workers.processors.forbid_tokens import ForbidTokens
-from redraft.workers.sampler import SamplerConfig, denoise
-
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.families import special_ids
+from redraft.workers.processors.forbid_tokens import ForbidTokens
+from redraft.workers.sampler import SamplerConfig, denoise
 
 SOURCE = "Is Paris the capital of France? No. Paris is the capital and largest city of France."
 

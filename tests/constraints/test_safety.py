@@ -9,6 +9,8 @@ import sys
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tokenizers import Tokenizer, models
+
 from redraft.constraints.canvas import CanvasBuilder
 from redraft.constraints.safety import (
     KINDS,
@@ -22,8 +24,6 @@ from redraft.constraints.safety import (
     text_guard,
     utf8_chars,
 )
-from tokenizers import Tokenizer, models
-
 from redraft.errors import InvalidRequest
 from redraft.families import _byte_level_table, token_bytes
 

@@ -9,9 +9,9 @@ import json
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints.templates import NAME, SlotSpec, make_slot, render_template, validate_template
 from redraft.constraints.vocab import VOCABS
-
 from redraft.errors import ConstraintError, InvalidRequest
 
 

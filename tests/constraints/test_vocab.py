@@ -9,8 +9,8 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redraft.constraints.vocab import VOCABS, allowed_ids, check_vocab
 
+from redraft.constraints.vocab import VOCABS, allowed_ids, check_vocab
 from redraft.errors import InvalidRequest
 from redraft.families import token_bytes
 from tests.constraints.test_automaton import SPECIALS, TOKENIZER, V

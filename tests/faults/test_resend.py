@@ -8,10 +8,10 @@ from datetime import timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from redraft.storage import repo
 from redraft.storage.db import get_sessionmaker
 from redraft.storage.tables import Job, utcnow
-
 from tests.storage.test_repo import make_job
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from redraft.workers.adapters import get_adapter
 
 from redraft.families import load_model_info, load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR, get_settings
+from redraft.workers.adapters import get_adapter
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "heldout_sample.jsonl"
 INFO = load_model_info("redraft-tiny", DEFAULT_MODEL_DIR)

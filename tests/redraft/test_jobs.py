@@ -10,16 +10,16 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+
 from redraft.api.schemas import InfillJobCreate
 from redraft.api.submit import sampling_params
-from redraft.storage.tables import Job
-from redraft.workers.drafting import sampler_config
-from redraft.workers.sampler import SamplerConfig
-
 from redraft.errors import InvalidRequest
 from redraft.families import ModelInfo
 from redraft.jobs import ACTIVE, TERMINAL, JobParams, JobStatus
 from redraft.settings import Settings
+from redraft.storage.tables import Job
+from redraft.workers.drafting import sampler_config
+from redraft.workers.sampler import SamplerConfig
 
 SETTINGS = Settings()
 SAMPLING = ("steps", "seed", "temperature", "t_max", "t_min", "block_size", "remasking", "threshold",

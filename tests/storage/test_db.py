@@ -7,11 +7,12 @@ from datetime import UTC
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select
+
 from redraft.storage import repo
 from redraft.storage.db import database_engine, make_database_engine, reset_database_engines, session_scope
 from redraft.storage.migrate import upgrade
 from redraft.storage.tables import Base, Tenant
-from sqlalchemy import inspect, select
 
 
 def test_migrations_match_the_models(engine):

@@ -6,13 +6,13 @@ import threading
 from datetime import timedelta
 
 import pytest
-from redraft.storage import repo
-from redraft.storage.db import get_sessionmaker
-from redraft.storage.tables import Draft, Job, utcnow
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from redraft.errors import Conflict, NotFound
+from redraft.storage import repo
+from redraft.storage.db import get_sessionmaker
+from redraft.storage.tables import Draft, Job, utcnow
 
 
 def make_job(s: Session, tenant: str = "acme") -> Job:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from redraft.workers.adapters import get_adapter
 
 from redraft.families import load_model_info, load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR
+from redraft.workers.adapters import get_adapter
 from tests.utils.models import make_tiny_diffusion_gemma, make_tiny_random_model
 
 

@@ -64,11 +64,10 @@ def running_service(backend: str, model_dir: Path, work_dir: Path, workers: int 
 
 def reset_caches() -> None:
     """Settings, engine and Celery app are created once per process; tests switch them between services."""
-    from redraft.storage import db
-
     from redraft.families import load_model_info
     from redraft.queue import get_celery
     from redraft.settings import get_settings
+    from redraft.storage import db
 
     get_settings.cache_clear()
     get_celery.cache_clear()

@@ -10,10 +10,10 @@ from html.parser import HTMLParser
 
 import pytest
 from fastapi.testclient import TestClient
+
 from redraft.api.web import CONTENT_SECURITY_POLICY, STATIC_DIR, TEMPLATES
 from redraft.storage import repo
 from redraft.storage.db import session_scope
-
 from tests.utils.service import running_service
 from tests.web.test_page import CHROMIUM, CHROMIUM_ARGS
 

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from redraft.workers.adapters import DreamAdapter, LLaDAAdapter, MaskedLMAdapter
 
 from redraft.errors import ModelError
 from redraft.families import FAMILIES, load_model_info
 from redraft.settings import DEFAULT_MODEL_DIR
+from redraft.workers.adapters import DreamAdapter, LLaDAAdapter, MaskedLMAdapter
 
 
 class FakeRemoteModel(torch.nn.Module):

@@ -8,18 +8,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints.automaton import accepts
 from redraft.constraints.generate import compile_generate, prompt_slot
 from redraft.constraints.infill import compile_infill, parse_text
+from redraft.errors import ConstraintError, JobCancelled
+from redraft.families import special_ids
+from redraft.settings import get_settings
 from redraft.workers.drafting import Drafting
 from redraft.workers.engine import BatchEngine
 from redraft.workers.processors.forbid_tokens import ForbidTokens
 from redraft.workers.sampler import SamplerConfig, denoise
 from redraft.workers.steps import MemorySink
-
-from redraft.errors import ConstraintError, JobCancelled
-from redraft.families import special_ids
-from redraft.settings import get_settings
 from tests.utils.waiting import until
 
 TEXTS = [
@@ -83,9 +83,8 @@ def test_a_jobs_text_does_not_depend_on_its_batch_mates(tiny_adapter, tiny_model
 
 
 def test_shipped_model_batched_equals_alone(tiny_model):
-    from redraft.workers.adapters import get_adapter
-
     from redraft.settings import DEFAULT_MODEL_DIR
+    from redraft.workers.adapters import get_adapter
 
     adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, "cpu")
     _, tokenizer = tiny_model
@@ -170,10 +169,9 @@ def test_threshold_decoding_commits_what_is_confident_and_finishes(any_adapter, 
 
 
 def test_a_low_threshold_commits_several_tokens_per_step_on_the_shipped_model():
-    from redraft.workers.adapters import get_adapter
-
     from redraft.families import load_tokenizer
     from redraft.settings import DEFAULT_MODEL_DIR
+    from redraft.workers.adapters import get_adapter
 
     adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, "cpu")
     info, tokenizer = adapter.info, load_tokenizer(DEFAULT_MODEL_DIR)

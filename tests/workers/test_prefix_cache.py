@@ -11,18 +11,18 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from redraft.api.schemas import GenerateJobCreate, InfillJobCreate
 from redraft.api.submit import compile_request, sampling_params
+from redraft.errors import InvalidRequest
+from redraft.families import load_tokenizer, special_ids
+from redraft.settings import Settings
 from redraft.workers import prefix_cache
 from redraft.workers.adapters import MaskedLMAdapter, get_adapter
 from redraft.workers.drafting import Drafting
 from redraft.workers.processors.forbid_tokens import ForbidTokens
 from redraft.workers.sampler import SamplerConfig, denoise
 from redraft.workers.steps import MemorySink
-
-from redraft.errors import InvalidRequest
-from redraft.families import load_tokenizer, special_ids
-from redraft.settings import Settings
 from tests.utils.models import make_tiny_random_model
 
 NAME = "windowed-modernbert"

@@ -6,11 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redraft.workers.processors.forbid_tokens import ForbidTokens
-from redraft.workers.sampler import SamplerConfig, denoise, plan
 
 from redraft.errors import ConstraintError, InvalidRequest
 from redraft.families import special_ids
+from redraft.workers.processors.forbid_tokens import ForbidTokens
+from redraft.workers.sampler import SamplerConfig, denoise
 
 MASK = 1
 
@@ -88,12 +88,6 @@ def test_special_tokens_are_never_written(tiny_adapter):
 def test_bad_config_is_a_clear_error(kwargs):
     with pytest.raises(InvalidRequest):
         SamplerConfig(**kwargs)
-
-
-def test_plan_shares_the_step_budget_between_blocks():
-    schedule = plan(list(range(10)) + list(range(40, 50)), steps=8, block_size=16)
-    assert schedule == [(0, 16, 4), (32, 48, 3), (48, 64, 1)]  # 10, 8 and 2 masks
-    assert plan([3, 4, 5], steps=10, block_size=None) == [(0, 6, 3)]  # never more steps than masks
 
 
 @settings(max_examples=30, deadline=None)

@@ -12,6 +12,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from redraft.errors import InvalidRequest, ModelError
 from redraft.workers.scorers import (
     MAX_SPAN_WORDS,
     ClassifierScorer,
@@ -21,8 +23,6 @@ from redraft.workers.scorers import (
     parse_scorer_spec,
     split_spans,
 )
-
-from redraft.errors import InvalidRequest, ModelError
 
 WEAPONS = [
     "He loaded the rifle and shot the guard twice.",

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints.automaton import (
     TokenAutomaton,
     compile_choices,
@@ -23,11 +24,10 @@ from redraft.constraints.automaton import (
     min_length_tokens,
     require_fits,
 )
-from redraft.workers import slot_decoder
-from redraft.workers.slot_decoder import best_path
-
 from redraft.errors import ConstraintError
 from redraft.families import token_bytes
+from redraft.workers import slot_decoder
+from redraft.workers.slot_decoder import best_path
 from tests.constraints.test_automaton import (
     CHOICES,
     EMPTY,

@@ -4,13 +4,13 @@ transaction, numbered per job, and a job that may no longer write told so at its
 from __future__ import annotations
 
 import pytest
-from redraft.storage import repo
-from redraft.storage.tables import Job
-from redraft.workers.steps import Publisher, StepSink, StepWriter
 from sqlalchemy import update
 
 from redraft.errors import JobCancelled
 from redraft.settings import get_settings
+from redraft.storage import repo
+from redraft.storage.tables import Job
+from redraft.workers.steps import Publisher, StepSink, StepWriter
 from tests.storage.test_repo import make_job
 
 

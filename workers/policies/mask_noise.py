@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from redraft.errors import ConstraintError
 from redraft.workers.policies.group import (
     Candidates,
     acceptance_keys,
@@ -20,8 +22,6 @@ from redraft.workers.policies.group import (
     own_logit,
     ranks,
 )
-
-from redraft.errors import ConstraintError
 
 
 def plan(free: list[int], steps: int, block_size: int | None) -> list[tuple[int, int, int]]:

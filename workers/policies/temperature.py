@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 # A temperature below this samples the argmax anyway (at 1e-6 a logit gap of 1e-4 is a factor e^100), and
 # dividing logits by a much smaller one overflows float32 to inf and the probabilities to NaN: it is greedy.
 GREEDY_BELOW = 1e-6

@@ -35,6 +35,8 @@ from collections import deque
 
 import numpy as np
 import torch
+
+from redraft.errors import ConstraintError
 from redraft.workers.policies.group import (
     Candidates,
     acceptance_keys,
@@ -44,8 +46,6 @@ from redraft.workers.policies.group import (
     own_logit,
     ranks,
 )
-
-from redraft.errors import ConstraintError
 
 
 class UniformNoise:

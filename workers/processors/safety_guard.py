@@ -10,10 +10,10 @@ canvas as it stands, commits made earlier in the same step included.
 from __future__ import annotations
 
 import torch
-from redraft.constraints.canvas import Canvas
-from redraft.constraints.safety import CONTEXT_CHARS, SafetyTargets, TextGuard, split_pending, text_guard
 from tokenizers import Tokenizer
 
+from redraft.constraints.canvas import Canvas
+from redraft.constraints.safety import CONTEXT_CHARS, SafetyTargets, TextGuard, split_pending, text_guard
 from redraft.families import ModelInfo
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from redraft.constraints.automaton import TokenAutomaton, compile_target
-from redraft.constraints.canvas import Canvas
-from redraft.workers.slot_decoder import best_paths
 from tokenizers import Tokenizer
 
+from redraft.constraints.automaton import TokenAutomaton, compile_target
+from redraft.constraints.canvas import Canvas
 from redraft.errors import ConstraintError
 from redraft.families import ModelInfo
+from redraft.workers.slot_decoder import best_paths
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import torch
-from redraft.constraints.canvas import Canvas
-from redraft.constraints.vocab import allowed_ids
 from tokenizers import Tokenizer
 
+from redraft.constraints.canvas import Canvas
+from redraft.constraints.vocab import allowed_ids
 from redraft.families import ModelInfo
 
 

@@ -7,10 +7,11 @@ Create Date: 2026-11-24 17:39:59.389035
 
 from __future__ import annotations
 
-import redraft.storage.tables
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
+
+import redraft.storage.tables
 
 revision = '0001'
 down_revision = None

@@ -7,9 +7,10 @@ Create Date: 2026-11-24 18:31:26.145725
 
 from __future__ import annotations
 
-import redraft.storage.tables
 import sqlalchemy as sa
 from alembic import op
+
+import redraft.storage.tables
 
 revision = '0002'
 down_revision = '0001'

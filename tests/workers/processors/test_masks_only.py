@@ -8,16 +8,16 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints.generate import compile_generate
 from redraft.constraints.safety import parse_safety
 from redraft.constraints.templates import render_template
+from redraft.families import special_ids
 from redraft.workers.processors.down_weight import DownWeight
 from redraft.workers.processors.forbid_tokens import ForbidTokens
 from redraft.workers.processors.safety_guard import SafetyGuard
 from redraft.workers.processors.slot_targets import SlotTargets, constrained_slots
 from redraft.workers.processors.slot_vocabulary import SlotVocabulary
-
-from redraft.families import special_ids
 
 TEMPLATE = ('Code: {{ slot("c", max_tokens=5, vocab="digits") }}. Say {{ slot("s", max_tokens=8) }}. '
             'Pick {{ slot("p", max_tokens=3, choices=["yes", "no"]) }}.')

@@ -10,6 +10,7 @@ import re
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints.canvas import Canvas, CanvasBuilder
 from redraft.constraints.infill import compile_infill, parse_text
 from redraft.constraints.safety import (
@@ -20,11 +21,10 @@ from redraft.constraints.safety import (
     text_guard,
     token_table,
 )
+from redraft.families import special_ids, token_bytes
 from redraft.workers.processors.forbid_tokens import ForbidTokens
 from redraft.workers.processors.safety_guard import CanvasText, SafetyGuard
 from redraft.workers.sampler import SamplerConfig, denoise
-
-from redraft.families import special_ids, token_bytes
 
 # ---------------------------------------------------------------------------------------------- helpers
 

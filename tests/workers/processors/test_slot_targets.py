@@ -11,15 +11,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints.generate import compile_generate, prompt_slot, slot_values
 from redraft.constraints.templates import render_template
+from redraft.errors import ConstraintError, InvalidRequest
+from redraft.families import special_ids
 from redraft.workers.processors.forbid_tokens import ForbidTokens
 from redraft.workers.processors.slot_targets import SlotTargets, constrained_slots
 from redraft.workers.processors.slot_vocabulary import SlotVocabulary
 from redraft.workers.sampler import SamplerConfig, denoise
-
-from redraft.errors import ConstraintError, InvalidRequest
-from redraft.families import special_ids
 
 REGEXES = [
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}",  # date

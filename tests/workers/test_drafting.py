@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.constraints.infill import compile_infill, parse_text
+from redraft.settings import get_settings
 from redraft.workers.drafting import Drafting
 from redraft.workers.steps import MemorySink
-
-from redraft.settings import get_settings
 
 PROMPT = "The weather today is [[gap:10]] and tomorrow it will be [[gap:10]]."
 

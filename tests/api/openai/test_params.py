@@ -8,9 +8,10 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from redraft.api.openai.schemas import IGNORED, REJECTED, ChatCompletionCreate, CompletionCreate
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[3] / "README.md").read_text()
 SECTION = README[README.index("## OpenAI-compatible API"):README.index("## Python client and CLI")]
 TRANSPORT = {"extra_headers", "extra_query", "extra_body", "timeout"}  # the SDK's own, never sent as fields
 

@@ -10,8 +10,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from redraft.api.openai.stream import UNDECIDED
 
+from redraft.api.openai.stream import UNDECIDED
 from tests.utils.service import running_service
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]

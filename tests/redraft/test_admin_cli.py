@@ -15,14 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redraft.storage import repo
-from redraft.storage.db import get_sessionmaker
-from redraft.storage.tables import ApiKey, Draft, Job, Step, Template, Tenant
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from redraft.cli import main
 from redraft.settings import get_settings
+from redraft.storage import repo
+from redraft.storage.db import get_sessionmaker
+from redraft.storage.tables import ApiKey, Draft, Job, Step, Template, Tenant
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.api.openai.jobs import cut_at_stop, safe_prefix
 from redraft.api.openai.stream import UNDECIDED, AnswerReplay
 from redraft.constraints.generate import compile_generate, prompt_slot
-
 from redraft.families import load_model_info, load_tokenizer, special_ids
 from redraft.settings import DEFAULT_MODEL_DIR
 

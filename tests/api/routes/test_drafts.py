@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from redraft.api.routes.drafts import char_diff
 
 texts = st.text(alphabet="ab c\n", max_size=60)

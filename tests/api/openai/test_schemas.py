@@ -14,6 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
+
 from redraft.api.openai import create_openai_app
 from redraft.api.openai.errors import OpenAIError
 from redraft.api.openai.jobs import chat_plans, completion_plans

@@ -6,8 +6,8 @@ import asyncio
 
 import httpx
 import pytest
-from redraft.api.schemas import DiffPublic, DraftPublic, JobPublic, StepPublic, StepsPublic
 
+from redraft.api.schemas import DiffPublic, DraftPublic, JobPublic, StepPublic, StepsPublic
 from redraft.client import (
     AsyncClient,
     CanvasReplay,

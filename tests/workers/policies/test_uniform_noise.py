@@ -18,16 +18,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from redraft.api.schemas import GenerateJobCreate, InfillJobCreate, ReviseJobCreate
-from redraft.api.submit import compile_request, revision_canvas, sampling_params
-from redraft.constraints.canvas import Canvas
-from redraft.constraints.safety import find_violations, parse_safety
-from redraft.workers.adapters import TEXT_ONLY_VISION, DiffusionGemmaAdapter, get_adapter
-from redraft.workers.drafting import Drafting, sampler_config
-from redraft.workers.engine import BatchEngine
-from redraft.workers.runner import parent_source
-from redraft.workers.sampler import Row, SamplerConfig, step
-from redraft.workers.steps import MemorySink
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     EntropyBoundSampler,
     EntropyBoundSamplerConfig,
@@ -35,9 +25,19 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     StableAndConfidentStoppingCriteria,
 )
 
+from redraft.api.schemas import GenerateJobCreate, InfillJobCreate, ReviseJobCreate
+from redraft.api.submit import compile_request, revision_canvas, sampling_params
+from redraft.constraints.canvas import Canvas
+from redraft.constraints.safety import find_violations, parse_safety
 from redraft.families import load_model_info, load_tokenizer
 from redraft.jobs import JobParams
 from redraft.settings import Settings
+from redraft.workers.adapters import TEXT_ONLY_VISION, DiffusionGemmaAdapter, get_adapter
+from redraft.workers.drafting import Drafting, sampler_config
+from redraft.workers.engine import BatchEngine
+from redraft.workers.runner import parent_source
+from redraft.workers.sampler import Row, SamplerConfig, step
+from redraft.workers.steps import MemorySink
 from tests.utils.models import make_tiny_diffusion_gemma
 from tests.utils.waiting import until
 from tests.workers.processors.test_safety_guard import Push, fixed_spans

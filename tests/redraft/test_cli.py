@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from redraft.api.schemas import JobPublic
 
+from redraft.api.schemas import JobPublic
 from redraft.embedded import free_port
 from redraft.settings import REPO_ROOT
 
