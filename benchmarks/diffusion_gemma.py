@@ -68,7 +68,7 @@ def build(shape: str, device: str, workdir: Path):
                  "moe_intermediate_size": 704, "layer_types": None})
     (path / "config.json").write_text(json.dumps(config))
     info = load_model_info("released-dg", path)
-    hf_config = AutoConfig.from_pretrained(path)
+    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device != "cpu" else torch.float32
     previous = torch.get_default_dtype()
@@ -78,7 +78,7 @@ def build(shape: str, device: str, workdir: Path):
             model = DiffusionGemmaForBlockDiffusion(hf_config)
     finally:
         torch.set_default_dtype(previous)
-    model.generation_config = DiffusionGemmaGenerationConfig.from_pretrained(path)
+    model.generation_config = DiffusionGemmaGenerationConfig.from_pretrained(path, local_files_only=True)
     return DiffusionGemmaAdapter(info, model.eval(), torch.device(device)), info, load_tokenizer(path)
 
 

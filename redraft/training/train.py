@@ -229,5 +229,5 @@ def export(build_dir: Path, out_dir: Path) -> None:
         "train_config": asdict(cfg),
     }
     model.save_pretrained(out_dir, safe_serialization=True)
-    fast = PreTrainedTokenizerFast.from_pretrained(build_dir / "tokenizer")
+    fast = PreTrainedTokenizerFast.from_pretrained(build_dir / "tokenizer", local_files_only=True)
     fast.save_pretrained(out_dir)
