@@ -381,7 +381,7 @@ def _rows(lines: list[str], width: int) -> int:
 
 def _cmd_watch(client, args: argparse.Namespace) -> int:
     from redraft.client import CanvasReplay
-    from redraft.jobs import JobStatus
+    from redraft.jobs import JobEvent, JobStatus
 
     canvas = CanvasReplay(client.steps(args.job))
     view = _CanvasView(sys.stderr, canvas.total)
@@ -389,7 +389,7 @@ def _cmd_watch(client, args: argparse.Namespace) -> int:
     job = None
     try:
         for event in client.events(args.job):
-            if event.event == "step":
+            if event.event == JobEvent.STEP:
                 canvas.apply(event.data)
                 view.show(canvas.render(), canvas.masks_left, canvas.step)
             elif event.terminal:

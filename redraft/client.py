@@ -46,7 +46,7 @@ from redraft.api.schemas import (
     TemplatePublic,
     TemplatesPublic,
 )
-from redraft.jobs import TERMINAL, JobStatus
+from redraft.jobs import LAST_EVENTS, TERMINAL, JobEvent, JobStatus
 
 __all__ = [
     "AsyncClient",
@@ -137,7 +137,7 @@ class Event:
 
     @property
     def terminal(self) -> bool:
-        return self.event in ("done", "failed")
+        return self.event in LAST_EVENTS
 
 
 class _SSEParser:
@@ -168,9 +168,9 @@ class _SSEParser:
 
 
 def _typed_event(name: str, raw: str, event_id: str | None) -> Event:
-    if name == "step":
+    if name == JobEvent.STEP:
         return Event(name, StepPublic.model_validate_json(raw), event_id)
-    if name in ("done", "failed"):
+    if name in LAST_EVENTS:
         return Event(name, JobPublic.model_validate_json(raw), event_id)
     try:
         return Event(name, json.loads(raw), event_id)

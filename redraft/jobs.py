@@ -42,6 +42,17 @@ class JobStatus(StrEnum):  # a str: JobStatus.QUEUED == "queued", and it is stor
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)  # may still change
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)  # never changes again
 
+
+class JobEvent(StrEnum):
+    """The events a job publishes (Redis pub/sub) and ``GET /v1/jobs/{id}/events`` streams (SSE event names)."""
+
+    STEP = "step"  # one denoising step's commits and re-masks (a StepPublic)
+    DONE = "done"  # the job ended without an error: succeeded or cancelled (a JobPublic)
+    FAILED = "failed"  # the job ended with an error (a JobPublic with its error)
+
+
+LAST_EVENTS = (JobEvent.DONE, JobEvent.FAILED)  # one of these ends every stream
+
 PiiKind = Literal["email", "phone", "card"]
 Remasking = Literal["low_confidence", "random"]
 Cache = Literal["prefix"]  # what a job's ``cache`` may ask for (workers/prefix_cache.py)

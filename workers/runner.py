@@ -14,7 +14,7 @@ import logging
 from redraft.constraints.canvas import Canvas
 from redraft.errors import Conflict, JobCancelled, RedraftError
 from redraft.families import load_tokenizer
-from redraft.jobs import JobParams, JobStatus
+from redraft.jobs import JobEvent, JobParams, JobStatus
 from redraft.logs import bind_job_id
 from redraft.settings import Settings, get_settings
 from redraft.storage import repo
@@ -64,14 +64,14 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
             row = repo.finish_job(s, job_id, text=text, token_ids=draft.tokens, result_extra=extra,
                                   steps_run=sink.offset, parent_id=parent_id, layout=layout)
             draft_id = row.id
-        publisher.publish(job_id, "done", {"status": JobStatus.SUCCEEDED, "draft_id": draft_id, "text": text})
+        publisher.publish(job_id, JobEvent.DONE, {"status": JobStatus.SUCCEEDED, "draft_id": draft_id, "text": text})
         return JobStatus.SUCCEEDED
     except JobCancelled as exc:
         if exc.code == "superseded":
             return "skipped"
         with session_scope() as s:
             repo.mark_cancelled(s, job_id)
-        publisher.publish(job_id, "done", {"status": JobStatus.CANCELLED})
+        publisher.publish(job_id, JobEvent.DONE, {"status": JobStatus.CANCELLED})
         return JobStatus.CANCELLED
     except Conflict:  # finished meanwhile (e.g. cancelled after the last step): nothing left to write
         return "skipped"
@@ -102,4 +102,4 @@ def store_canvas(job_id: str, canvas: Canvas) -> None:
 def _fail(job_id: str, code: str, message: str, publisher: Publisher) -> None:
     with session_scope() as s:
         repo.fail_job(s, job_id, code, message)
-    publisher.publish(job_id, "failed", {"status": JobStatus.FAILED, "error": {"code": code, "message": message}})
+    publisher.publish(job_id, JobEvent.FAILED, {"status": JobStatus.FAILED, "error": {"code": code, "message": message}})

@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 
 from redraft.errors import JobCancelled, JobTimeout
 from redraft.families import token_text
+from redraft.jobs import JobEvent
 from redraft.queue import job_channel
 from redraft.settings import Settings
 from redraft.storage import repo
@@ -195,7 +196,7 @@ class StepWriter:
                 repo.add_steps(s, sink.job_id, mine[0].first, rows)
                 repo.set_steps_run(s, sink.job_id, mine[0].first + len(rows))
         self.transactions += 1
-        events = [(sink.job_id, "step", {"step": b.first + i, "committed": c, "remasked": r})
+        events = [(sink.job_id, JobEvent.STEP, {"step": b.first + i, "committed": c, "remasked": r})
                   for sink, mine in jobs.items() if sink not in refused and sink.error is None
                   for b in mine for i, (c, r) in enumerate(b.rows)]
         if events:

@@ -25,7 +25,7 @@ from redraft.api.routes.jobs import event_stream
 from redraft.api.submit import submit_job
 from redraft.errors import Conflict, ConstraintError, RedraftError
 from redraft.families import ModelInfo, load_model_info
-from redraft.jobs import JobStatus
+from redraft.jobs import LAST_EVENTS, JobStatus
 from redraft.settings import Settings
 from redraft.storage import repo
 from redraft.storage.db import get_sessionmaker
@@ -114,7 +114,7 @@ async def wait_all(submitted: list[Submitted], request: Request, settings: Setti
             for sub in submitted:
                 ended = False
                 async for name, _ in job_events(sub.job_id, request, settings):
-                    ended = name in ("done", "failed")
+                    ended = name in LAST_EVENTS
                 if not ended:
                     return False
     except TimeoutError as exc:

@@ -41,7 +41,7 @@ from redraft.api.openai.lifecycle import (
 )
 from redraft.api.openai.schemas import OpenAICreate, Usage
 from redraft.families import ModelInfo, load_tokenizer
-from redraft.jobs import JobParams, JobStatus
+from redraft.jobs import JobEvent, JobParams, JobStatus
 from redraft.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ async def stream_choices(writer: ChunkWriter, body: OpenAICreate, plans: list[Ch
                             name, data = await anext(events)
                     except StopAsyncIteration:
                         break
-                    if name != "step":
+                    if name != JobEvent.STEP:
                         terminal = True
                         break
                     replay.apply(data)

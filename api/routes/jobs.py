@@ -32,7 +32,7 @@ from redraft.api.schemas import (
 )
 from redraft.api.submit import submit_job
 from redraft.families import load_model_info, load_tokenizer, token_text
-from redraft.jobs import TERMINAL, JobStatus
+from redraft.jobs import TERMINAL, JobEvent, JobStatus
 from redraft.queue import job_channel
 from redraft.settings import Settings
 from redraft.storage import repo
@@ -142,7 +142,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> JobPu
 @router.get("/{job_id}/events", response_class=EventSourceResponse, responses={**JOB_404, 200: {
     "description": "an SSE stream: `step` events (a StepPublic each), then one `done` (a JobPublic) or `failed`",
     "content": {"text/event-stream": {"schema": {"type": "object", "required": ["event", "data"], "properties": {
-        "event": {"enum": ["step", "done", "failed"]},
+        "event": {"enum": [e.value for e in JobEvent]},
         "data": {"type": "string", "description": "JSON: a StepPublic for `step`, a JobPublic for `done` / `failed`"},
         "id": {"type": "string", "description": "on `step` events: the step number"}}}}}}})
 async def job_events(job_id: str, request: Request, tenant: CurrentTenant, settings: SettingsDep) -> EventSourceResponse:
@@ -185,9 +185,9 @@ async def event_stream(job_id: str, request: Request, redis_url: str | None) -> 
             steps, job = await run_in_threadpool(_poll, job_id, last)
             for st in steps:
                 last = st.step
-                yield {"event": "step", "id": str(st.step), "data": st.model_dump_json()}
+                yield {"event": JobEvent.STEP, "id": str(st.step), "data": st.model_dump_json()}
             if job.status in TERMINAL:
-                event = "failed" if job.status == JobStatus.FAILED else "done"
+                event = JobEvent.FAILED if job.status == JobStatus.FAILED else JobEvent.DONE
                 yield {"event": event, "data": job_public(job).model_dump_json()}
                 return
             if await request.is_disconnected():
