@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-pytest_plugins = ["tests.utils.fixtures"]  # model fixtures: tiny_model_dir, tiny_model, tiny_adapter
+pytest_plugins = ["tests.utils.fixtures", "tests.utils.browser"]  # model fixtures; the Chromium fixture
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -10,9 +10,8 @@ from html.parser import HTMLParser
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.utils.browser import RECORD_VIOLATIONS, watch_errors
 from tests.utils.service import running_service
-from tests.web.test_page import browser  # noqa: F401  (the Chromium fixture)
-from tests.web.test_security_headers import RECORD_VIOLATIONS
 
 
 class _Assets(HTMLParser):
@@ -81,7 +80,7 @@ REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
     ("/docs", ".swagger-ui .info .title", ".swagger-ui .opblock-summary-path", []),
     ("/redoc", "redoc .api-info h1", "redoc [data-section-id^='operation/']", [f"img-src: {REDOC_LOGO}"]),
 ])
-def test_the_docs_pages_draw_the_api_with_no_internet(browser, service, path, title, operation, refused):  # noqa: F811
+def test_the_docs_pages_draw_the_api_with_no_internet(browser, service, path, title, operation, refused):
     context = browser.new_context(base_url=service.url)
     outside: list[str] = []
 
@@ -96,10 +95,7 @@ def test_the_docs_pages_draw_the_api_with_no_internet(browser, service, path, ti
     context.add_init_script(RECORD_VIOLATIONS)
     page = context.new_page()
     page.set_default_timeout(30_000)
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    errors = watch_errors(page)
     try:
         page.goto(path)
         assert "Redraft" in page.locator(title).first.inner_text()

@@ -1,27 +1,20 @@
 """The "watch it denoise" page end to end in headless Chromium: the real API and a real Celery worker,
 a key typed into the page, an infill job submitted from its form, the canvas filling in live from the
-SSE stream, the replay scrubber, the drafts view with its diff, and the job list.
-
-Needs Debian's ``chromium`` (``apt-get install -y chromium``) and Playwright for Python (the ``dev``
-extra); Playwright drives the system browser, so ``playwright install`` is never run. A missing
-browser fails the test, it never skips it.
+SSE stream, the replay scrubber, the drafts view with its diff, and the job list (Chromium: tests/utils/browser.py).
 """
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 
 from redraft.settings import REPO_ROOT
+from tests.utils.browser import watch_errors
 from tests.utils.service import running_service, wait_for
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path(os.environ.get("REDRAFT_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = REPO_ROOT / "var" / "artifacts"
 # A 16-token gap and 24 steps asked for: the sampler runs at most one step per masked position, so each
 # step commits about one token and every in-between state is shown.
@@ -35,31 +28,12 @@ def service(tiny_model_dir, tmp_path_factory):
         yield svc
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"the browser test needs Chromium at {CHROMIUM}: `apt-get install -y chromium` "
-                    "(or point REDRAFT_CHROMIUM at a Chromium binary)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the browser test needs Playwright for Python: `pip install -e '.[dev]'` "
-                    "(it drives the system Chromium; do not run `playwright install`)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser, service):
     context = browser.new_context(viewport={"width": 1100, "height": 900}, base_url=service.url)
     pg = context.new_page()
     pg.set_default_timeout(60_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    pg.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
-    pg.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    errors = watch_errors(pg)
     yield pg
     context.close()
     assert not errors, errors

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.utils.service import running_service, wait_for
-from tests.web.test_page import browser, masked_in_dom, page, scrub  # noqa: F401  (fixtures and helpers)
+from tests.web.test_page import masked_in_dom, page, scrub  # noqa: F401  (the page fixture and helpers)
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from redraft.api.web import CONTENT_SECURITY_POLICY, STATIC_DIR, TEMPLATES
 from redraft.storage import repo
 from redraft.storage.db import session_scope
+from tests.utils.browser import RECORD_VIOLATIONS, watch_errors
 from tests.utils.service import running_service
-from tests.web.test_page import CHROMIUM, CHROMIUM_ARGS
 
 PAGE_HEADERS = {"content-security-policy": CONTENT_SECURITY_POLICY, "x-frame-options": "DENY",
                 "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
@@ -70,25 +70,6 @@ def service(tiny_model_dir, tmp_path_factory):
         yield svc
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"the browser test needs Chromium at {CHROMIUM}: `apt-get install -y chromium`")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-RECORD_VIOLATIONS = """
-window.cspViolations = [];
-document.addEventListener("securitypolicyviolation",
-  (e) => window.cspViolations.push(`${e.violatedDirective}: ${e.blockedURI || "inline"}`));
-"""
-
-
 @pytest.mark.slow
 def test_the_pages_work_under_the_policy_and_a_violation_is_seen(browser, service):
     key = service.new_key("acme")
@@ -103,9 +84,7 @@ def test_the_pages_work_under_the_policy_and_a_violation_is_seen(browser, servic
     context.add_init_script(RECORD_VIOLATIONS)
     page = context.new_page()
     page.set_default_timeout(30_000)
-    console: list[str] = []
-    page.on("console", lambda msg: console.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: console.append(f"page error: {exc}"))
+    console = watch_errors(page, responses=False)
     try:
         page.goto("/")
         page.fill("#api-key", key)
