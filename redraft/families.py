@@ -146,7 +146,10 @@ def load_tokenizer(path: Path) -> Tokenizer:
     file = Path(path) / "tokenizer.json"
     if not file.exists():
         raise ModelError(f"{path} has no tokenizer.json; a model is a local Hugging Face directory")
-    return Tokenizer.from_file(str(file))
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ModelError(f"{file} is not a tokenizer the tokenizers library can read: {exc}") from exc
 
 
 @lru_cache(maxsize=32)
@@ -156,7 +159,12 @@ def load_model_info(name: str, path: Path) -> ModelInfo:
     config_file = path / "config.json"
     if not config_file.exists():
         raise ModelError(f"model {name!r}: {config_file} does not exist; a model is a local directory")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise ModelError(f"model {name!r}: {config_file} is not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelError(f"model {name!r}: {config_file} is not a JSON object")
     model_type = str(config.get("model_type", ""))
     family = _family_of(model_type)
     fam = FAMILIES[family]
@@ -174,7 +182,9 @@ def load_model_info(name: str, path: Path) -> ModelInfo:
         mask_token = fam.mask_token or tok_config.get("mask_token") or "[MASK]"
         if isinstance(mask_token, dict):
             mask_token = mask_token["content"]
-        mask_id = config.get("mask_token_id") or _token_id(tokenizer, mask_token, "mask", path)
+        mask_id = config.get("mask_token_id")
+        if mask_id is None:
+            mask_id = _token_id(tokenizer, mask_token, "mask", path)
     if fam.empty_token is not None:
         empty_id = _token_id(tokenizer, fam.empty_token, "empty", path)
     elif fam.noise == "mask" and tokenizer.token_to_id("[EMPTY]") is not None:
@@ -190,7 +200,12 @@ def load_model_info(name: str, path: Path) -> ModelInfo:
     weights = any((path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json",
                                                   "pytorch_model.bin", "pytorch_model.bin.index.json"))
     card = config.get("redraft", {}).get("description") if isinstance(config.get("redraft"), dict) else None
-    canvas_length = int(config["canvas_length"]) if fam.noise == "uniform" else None
+    canvas_length = None
+    if fam.noise == "uniform":
+        if not isinstance(config.get("canvas_length"), int):
+            raise ModelError(f"model {name!r}: {config_file} has no canvas_length (the number of positions "
+                             f"{model_type} denoises at once); a uniform-noise model's config must say it")
+        canvas_length = config["canvas_length"]
     return ModelInfo(
         name=name,
         path=path,
