@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -15,7 +15,8 @@ DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "redraft-tiny"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REDRAFT_", extra="ignore")
+    # allow_inf_nan=False: "nan" or "inf" is never a sensible duration, penalty or limit
+    model_config = SettingsConfigDict(env_prefix="REDRAFT_", extra="ignore", allow_inf_nan=False)
 
     # Embedded default: a SQLite file under var/. Production: postgresql+psycopg://...
     database_url: str = Field(
@@ -27,25 +28,25 @@ class Settings(BaseSettings):
     # Models the workers serve: name -> local directory. Nothing is ever downloaded.
     models: dict[str, Path] = Field(default_factory=lambda: {"redraft-tiny": DEFAULT_MODEL_DIR})
     default_model: str = "redraft-tiny"
-    default_gap_tokens: int = 16  # what a bare [[gap]] may hold
-    max_gap_tokens: int = 256
-    default_steps: int = 32  # denoising steps when a request gives none
-    max_steps: int = 1024  # more steps than this is a mistake, not a request
+    default_gap_tokens: int = Field(16, ge=1)  # what a bare [[gap]] may hold (at most max_gap_tokens)
+    max_gap_tokens: int = Field(256, ge=1)
+    default_steps: int = Field(32, ge=1)  # denoising steps when a request gives none (at most max_steps)
+    max_steps: int = Field(1024, ge=1)  # more steps than this is a mistake, not a request
     queue_name: str = "gpu"
-    job_timeout_s: int = 600  # a job running longer than this is failed; the visibility timeout sits above it
-    heartbeat_timeout_s: int = 60  # a running job whose worker wrote nothing for this long is re-enqueued
+    job_timeout_s: int = Field(600, ge=1)  # a job running longer than this is failed; the visibility timeout sits above it
+    heartbeat_timeout_s: int = Field(60, ge=1)  # a running job whose worker wrote nothing for this long is re-enqueued
     reaper_interval_s: float = Field(2.0, gt=0)  # how often each worker looks for jobs to re-enqueue
-    max_attempts: int = 3  # deliveries before a job that keeps killing its worker is failed
+    max_attempts: int = Field(3, ge=1)  # deliveries before a job that keeps killing its worker is failed
     # Worker liveness (redraft/queue.py): each worker process refreshes a key in Redis this often, and is
     # dead once the key is this old; the reaper then re-sends the jobs it had received but not claimed.
     worker_heartbeat_interval_s: float = Field(1.0, gt=0, le=60)
-    worker_heartbeat_ttl_s: float = Field(5.0, gt=0, le=600)
+    worker_heartbeat_ttl_s: float = Field(5.0, gt=0, le=600)  # longer than the interval
     enqueue_grace_s: float = Field(2.0, ge=0)  # a job whose send failed (Redis down) is sent by the reaper after this
     readyz_timeout_s: float = Field(1.0, gt=0, le=30)  # /readyz gives up on the database or Redis after this long
     # `redraft serve` restarts a worker that exits: after this delay, doubled each time it dies again sooner
     # than the maximum after starting, up to the maximum (one that ran longer starts over from the delay).
     worker_restart_delay_s: float = Field(1.0, gt=0)
-    worker_restart_max_delay_s: float = Field(60.0, gt=0)
+    worker_restart_max_delay_s: float = Field(60.0, gt=0)  # at least the delay
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when present)
     # Jobs a worker process denoises together (continuous batching: its Celery thread pool has this
     # many threads, and one engine thread steps all their canvases between forward passes).
@@ -112,6 +113,35 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("REDRAFT_MODELS is empty: give at least one name -> local model directory")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value  # "debug" is DEBUG, as logging itself reads it
+
+    @field_validator("metrics_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # REDRAFT_METRICS_DIR= means the default, not the working directory
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Settings that only make sense together: each pair is refused at start-up, naming both variables."""
+        if self.default_model not in self.models:
+            raise ValueError(f"REDRAFT_DEFAULT_MODEL {self.default_model!r} is not one of REDRAFT_MODELS "
+                             f"({', '.join(sorted(self.models))}): name one of those, or add it to REDRAFT_MODELS")
+        pairs = [("REDRAFT_DEFAULT_STEPS", self.default_steps, "REDRAFT_MAX_STEPS", self.max_steps),
+                 ("REDRAFT_DEFAULT_GAP_TOKENS", self.default_gap_tokens, "REDRAFT_MAX_GAP_TOKENS", self.max_gap_tokens),
+                 ("REDRAFT_WORKER_RESTART_DELAY_S", self.worker_restart_delay_s,
+                  "REDRAFT_WORKER_RESTART_MAX_DELAY_S", self.worker_restart_max_delay_s)]
+        for low_name, low, high_name, high in pairs:
+            if low > high:
+                raise ValueError(f"{low_name}={low} is above {high_name}={high}: lower the first or raise the second")
+        if self.worker_heartbeat_ttl_s <= self.worker_heartbeat_interval_s:
+            raise ValueError(f"REDRAFT_WORKER_HEARTBEAT_TTL_S={self.worker_heartbeat_ttl_s} must be longer than "
+                             f"REDRAFT_WORKER_HEARTBEAT_INTERVAL_S={self.worker_heartbeat_interval_s}, or a live "
+                             "worker looks dead between two beats")
+        return self
 
     @property
     def visibility_timeout_s(self) -> int:

@@ -81,9 +81,27 @@ def _base_type(name: str) -> type:
     return annotation
 
 
+def fits_the_defaults(name: str, value: object) -> bool:
+    """Whether ``value`` for this one setting agrees with every other setting's default (Settings refuses
+    pairs that do not, e.g. REDRAFT_DEFAULT_STEPS above REDRAFT_MAX_STEPS: test_inconsistent_pairs_...)."""
+    try:
+        Settings(**{name: value})
+    except ValidationError:
+        return False
+    return True
+
+
 def valid_values(name: str) -> st.SearchStrategy[tuple[str, object]]:
-    """(the variable's text, the value the field must then hold), within the field's declared bounds."""
+    """(the variable's text, the value the field must then hold), within the field's declared bounds and
+    consistent with the other settings' defaults."""
+    return _values_within_bounds(name).filter(lambda pair: fits_the_defaults(name, pair[1]))
+
+
+def _values_within_bounds(name: str) -> st.SearchStrategy[tuple[str, object]]:
     kind, b = _base_type(name), _bounds(name)
+    default_model = FIELDS["default_model"].default
+    if name == "default_model":  # must name one of REDRAFT_MODELS, whose default holds only this one
+        return st.just((default_model, default_model))
     if kind is bool:
         return st.sampled_from(BOOLS)
     if kind is int:
@@ -106,7 +124,7 @@ def valid_values(name: str) -> st.SearchStrategy[tuple[str, object]]:
     if kind is Path:
         return ENV_TEXT.map(lambda v: (v, Path(v)))
     if get_origin(kind) is dict:  # REDRAFT_MODELS: JSON, name -> directory
-        models = st.dictionaries(ENV_TEXT, ENV_TEXT, min_size=1, max_size=3)
+        models = st.dictionaries(ENV_TEXT, ENV_TEXT, max_size=3).map(lambda d: {**d, default_model: "models/x"})
         return models.map(lambda d: (json.dumps(d), {k: Path(v) for k, v in d.items()}))
     raise AssertionError(f"no strategy for the setting {name} ({kind}): add one")
 
@@ -141,7 +159,8 @@ def invalid_values(name: str) -> st.SearchStrategy[str] | None:
     if kind is bool:
         return st.sampled_from(["maybe", "2", "", "enabled"])
     if get_origin(kind) is Literal:
-        return ENV_TEXT.filter(lambda v: v not in get_args(kind))
+        text = ENV_TEXT.map(str.upper) if name == "log_level" else ENV_TEXT  # the level is read in capitals
+        return text.filter(lambda v: v not in get_args(kind))
     return None
 
 
@@ -177,6 +196,40 @@ def test_a_bad_value_is_refused_at_start_up_naming_the_setting(name, data):
     (error,) = refused.value.errors()
     assert error["loc"] == (name,) and error["input"] == text
     assert name in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"REDRAFT_DEFAULT_MODEL": "llada"}, "REDRAFT_DEFAULT_MODEL 'llada' is not one of REDRAFT_MODELS"),
+        ({"REDRAFT_DEFAULT_STEPS": "2000"}, "REDRAFT_DEFAULT_STEPS=2000 is above REDRAFT_MAX_STEPS=1024"),
+        ({"REDRAFT_MAX_STEPS": "8"}, "REDRAFT_DEFAULT_STEPS=32 is above REDRAFT_MAX_STEPS=8"),
+        ({"REDRAFT_DEFAULT_GAP_TOKENS": "300"}, "REDRAFT_DEFAULT_GAP_TOKENS=300 is above REDRAFT_MAX_GAP_TOKENS=256"),
+        ({"REDRAFT_WORKER_RESTART_DELAY_S": "90"}, "REDRAFT_WORKER_RESTART_DELAY_S=90.0 is above"),
+        ({"REDRAFT_WORKER_HEARTBEAT_TTL_S": "1"}, "REDRAFT_WORKER_HEARTBEAT_TTL_S=1.0 must be longer than"),
+        ({"REDRAFT_WORKER_HEARTBEAT_INTERVAL_S": "5"}, "must be longer than REDRAFT_WORKER_HEARTBEAT_INTERVAL_S=5.0"),
+    ],
+)
+def test_inconsistent_pairs_are_refused_at_start_up_naming_both(env, message):
+    with environment(**env), pytest.raises(ValidationError, match=message):
+        get_settings()
+
+
+def test_a_default_model_among_the_models_is_read():
+    models = json.dumps({"a": "models/a", "b": "models/b"})
+    with environment(REDRAFT_MODELS=models, REDRAFT_DEFAULT_MODEL="b"):
+        assert get_settings().default_model == "b" and set(get_settings().models) == {"a", "b"}
+
+
+@pytest.mark.parametrize("text", ["debug", "Info", "WARNING"])
+def test_the_log_level_is_read_in_any_letter_case(text):
+    with environment(REDRAFT_LOG_LEVEL=text):
+        assert get_settings().log_level == text.upper()
+
+
+def test_an_empty_metrics_dir_is_the_default():
+    with environment(REDRAFT_METRICS_DIR=""):
+        assert get_settings().metrics_dir is None
 
 
 @pytest.mark.parametrize(
@@ -240,7 +293,7 @@ def test_the_defaults_hold_together():
 
 
 @settings(max_examples=30)
-@given(job_timeout_s=st.integers(0, 10**7))
+@given(job_timeout_s=st.integers(1, 10**7))
 def test_the_visibility_timeout_sits_above_the_job_timeout(job_timeout_s):
     assert Settings(job_timeout_s=job_timeout_s).visibility_timeout_s > job_timeout_s
 

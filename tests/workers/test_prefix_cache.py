@@ -165,7 +165,7 @@ def test_cache_is_refused_where_it_does_not_apply(adapter, job_settings, tiny_di
     dg = load_model_info("tiny-diffusion-gemma", tiny_diffusion_gemma_dir)
     req = InfillJobCreate(kind="infill", text="a [[gap:4]] b", cache="prefix")
     with pytest.raises(InvalidRequest, match="encoder's KV cache") as exc:
-        sampling_params(req, Settings(models={"tiny-diffusion-gemma": tiny_diffusion_gemma_dir}), dg)
+        sampling_params(req, Settings(models={"tiny-diffusion-gemma": tiny_diffusion_gemma_dir}, default_model="tiny-diffusion-gemma"), dg)
     assert exc.value.code == "cache_unsupported"
     with pytest.raises(Exception, match="cache"):  # pydantic: only "prefix"
         InfillJobCreate(kind="infill", text="a [[gap:4]] b", cache="dual")
