@@ -16,7 +16,7 @@ from tests.utils.service import running_service, wait_for
 @pytest.fixture(scope="module")
 def svc(tiny_model_dir, tmp_path_factory):
     """The API (no worker until a test starts one) with a short render deadline, quotas off. (The compile deadline
-    is killed at in tests/constraints/test_budgets.py; here it stays long, so a loaded CI machine passes too.)"""
+    is killed at in tests/constraints/test_budget.py; here it stays long, so a loaded CI machine passes too.)"""
     with running_service("sqlite", tiny_model_dir, tmp_path_factory.mktemp("budgets"), workers=0,
                          REDRAFT_COMPILE_TIMEOUT_S="60", REDRAFT_TEMPLATE_TIMEOUT_S="0.5",
                          REDRAFT_TENANT_COMPILE_S_PER_MINUTE="0", REDRAFT_TENANT_JOBS_PER_MINUTE="0",

@@ -1,6 +1,6 @@
 """Templates (constraints/templates.py): slot() argument validation, fixed text rendered exactly, loops and
 conditionals over variables, and the refusals of render_template / validate_template. Budgets on rendering
-(iterations, call depth, time) are in tests/constraints/test_budgets.py."""
+(iterations, call depth, time) are in tests/constraints/test_budget.py."""
 
 from __future__ import annotations
 
