@@ -244,14 +244,15 @@ def stack_caches(caches: list):
 ADAPTERS: dict[str, type[Adapter]] = {"masked_lm": MaskedLMAdapter, "llada": LLaDAAdapter, "dream": DreamAdapter,
                                       "diffusion_gemma": DiffusionGemmaAdapter}
 
-_cache: dict[tuple[str, str], Adapter] = {}
+_cache: dict[tuple[str, str, str], Adapter] = {}
 _lock = threading.Lock()
 
 
 def get_adapter(name: str, path: Path, device: str = "auto") -> Adapter:
-    """The process-wide adapter for a model: loaded once per worker process, on first use."""
+    """The process-wide adapter for a model: loaded once per worker process, on first use (per name, directory
+    and device: the same name given another directory loads that one)."""
     dev = resolve_device(device)
-    key = (name, str(dev))
+    key = (name, str(Path(path).resolve()), str(dev))
     with _lock:
         if key not in _cache:
             info = load_model_info(name, Path(path))

