@@ -239,14 +239,14 @@ def edge_classes(src: np.ndarray, tok: np.ndarray, dst: np.ndarray) -> EdgeClass
 # ---------------------------------------------------------------------------------------------- compile
 
 
-def compile_regex(pattern: str, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
+def compile_regex(pattern: str, tokenizer: Tokenizer, eos_id: int | None, special_ids: set[int]) -> TokenAutomaton:
     """The token automaton accepting exactly the token sequences whose bytes fullmatch ``pattern``."""
     if not isinstance(pattern, str):
         raise ConstraintError(f"a regex must be a string, not {type(pattern).__name__}")
     return _cached(("regex", pattern), ("regex", pattern), tokenizer, eos_id, special_ids)
 
 
-def compile_json_schema(schema: dict, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
+def compile_json_schema(schema: dict, tokenizer: Tokenizer, eos_id: int | None, special_ids: set[int]) -> TokenAutomaton:
     """The automaton of outlines-core's regex for ``schema`` (compact JSON, as outlines writes it)."""
     if not isinstance(schema, dict):
         raise ConstraintError(f"a JSON schema must be an object, not {type(schema).__name__}")
@@ -259,7 +259,7 @@ def compile_json_schema(schema: dict, tokenizer: Tokenizer, eos_id: int, special
     return _cached(key, key, tokenizer, eos_id, special_ids)  # its regex is written in the bounded child
 
 
-def compile_choices(choices: list[str], tokenizer: Tokenizer, eos_id: int, special_ids: set[int]) -> TokenAutomaton:
+def compile_choices(choices: list[str], tokenizer: Tokenizer, eos_id: int | None, special_ids: set[int]) -> TokenAutomaton:
     """The automaton accepting exactly one of ``choices`` (literal strings, not regexes)."""
     if not choices or not all(isinstance(c, str) for c in choices):
         raise ConstraintError("choices must be a non-empty list of strings")
@@ -269,7 +269,7 @@ def compile_choices(choices: list[str], tokenizer: Tokenizer, eos_id: int, speci
 
 
 def compile_target(
-    target: tuple[str, str], tokenizer: Tokenizer, eos_id: int, special_ids: set[int]
+    target: tuple[str, str], tokenizer: Tokenizer, eos_id: int | None, special_ids: set[int]
 ) -> TokenAutomaton:
     """The automaton of a slot target as stored on a canvas: ``("regex", pattern)``,
     ``("json_schema", json_text)`` (a JSON object, key order kept) or ``("choices", json_text)``
@@ -363,10 +363,14 @@ def _lookup(key: tuple, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]
         return per_tok[full]
 
 
-def _cached(key: tuple, source: tuple[str, str], tokenizer: Tokenizer, eos_id: int,
+def _cached(key: tuple, source: tuple[str, str], tokenizer: Tokenizer, eos_id: int | None,
             special_ids: set[int]) -> TokenAutomaton:
     """The cached automaton of ``key``, else compiled from ``source`` (``("regex", pattern)`` or
-    ``("json_schema", json_text)``) within the compile budgets, then cached."""
+    ``("json_schema", json_text)``) within the compile budgets, then cached. A model without an EOS token
+    (``eos_id`` None) gets an id past the vocabulary and the end marker: outlines-core needs one, and the
+    automaton's edges keep real tokens only."""
+    if eos_id is None:
+        eos_id = _end_id(tokenizer) + 1
     hit = _lookup(key, tokenizer, eos_id, special_ids)
     if hit is not None:
         return hit

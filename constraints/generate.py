@@ -30,14 +30,13 @@ def compile_generate(pieces: list[str | SlotSpec], tokenizer: Tokenizer, info: M
     """Build the canvas and check every hard target can be met in its slot (422 otherwise)."""
     builder = CanvasBuilder(tokenizer, info)
     special = set(special_ids(info))
-    eos = info.eos_id if info.eos_id is not None else -1
     for piece in pieces:
         if isinstance(piece, str):
             builder.text(piece)
             continue
         target = piece.target or (("regex", ANY_TEXT) if piece.min_tokens else None)
         if target is not None:
-            automaton = compile_target(target, tokenizer, eos, special)
+            automaton = compile_target(target, tokenizer, info.eos_id, special)
             try:
                 require_fits(automaton, piece.max_tokens)
             except ConstraintError:

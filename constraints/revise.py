@@ -92,7 +92,6 @@ def target_regions(text: str, layout: dict[str, Any] | None, targets: list[dict[
                    info: ModelInfo, default_tokens: int, limit: int) -> list[Region]:
     """Each target names a span or a slot of the draft; where the current text there does not satisfy
     it, the whole range is rewritten under it."""
-    eos = info.eos_id if info.eos_id is not None else -1
     special = set(special_ids(info))
     slots = {s["name"]: s for s in (layout or {}).get("slots", [])}
     out = []
@@ -110,7 +109,7 @@ def target_regions(text: str, layout: dict[str, Any] | None, targets: list[dict[
                          json_schema=t.get("json_schema"), limit=limit)
         if spec.target is None:
             raise InvalidRequest(f"targets[{i}]: give one of regex, choices, json_schema")
-        automaton = compile_target(spec.target, tokenizer, eos, special)
+        automaton = compile_target(spec.target, tokenizer, info.eos_id, special)
         if accepts(automaton, tokenizer.encode(text[start:end], add_special_tokens=False).ids):
             continue  # already satisfied: nothing to rewrite there
         n = t.get("max_tokens") or max(token_count(text[start:end], tokenizer), min_length_tokens(automaton),

@@ -272,3 +272,23 @@ def test_a_refused_target_leaves_nothing_in_the_cache_and_the_cache_is_bounded_b
     first = compile_regex("[a-c]{3}z", TOKENIZER, EOS, SPECIALS)
     compile_regex("[d-f]{3}z", TOKENIZER, EOS, SPECIALS)
     assert all(a is not first for a in cached()) and len(cached()) >= 1
+
+
+
+@pytest.mark.parametrize("target", [("regex", REGEXES[4]), ("json_schema", json.dumps(SCHEMAS[2])),
+                                    ("choices", json.dumps(CHOICES))])
+def test_a_model_without_an_eos_token_gets_the_same_automaton(target):
+    # outlines-core needs an EOS id; a model whose config names none must not turn a target into a crash.
+    # The EOS token is excluded from the edges either way, so the two differ only where EOS would be read.
+    without = compile_target(target, TOKENIZER, None, SPECIALS)
+    with_eos = compile_target(target, TOKENIZER, EOS, SPECIALS)
+    assert (without.n_states, without.initial) == (with_eos.n_states, with_eos.initial)
+    assert np.array_equal(without.final, with_eos.final)
+    for field in ("src", "dst", "cls", "offsets"):
+        assert np.array_equal(getattr(without.classes, field), getattr(with_eos.classes, field)), field
+    kept = np.isin(with_eos.classes.tokens, [EOS], invert=True)
+    assert np.array_equal(without.classes.tokens[np.isin(without.classes.tokens, [EOS], invert=True)],
+                          with_eos.classes.tokens[kept])
+    for text in ("maybe", "maybe so", '"red"', "3", "nope", "yes"):
+        ids = TOKENIZER.encode(text, add_special_tokens=False).ids
+        assert accepts(without, ids) == accepts(with_eos, ids), text

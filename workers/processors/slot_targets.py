@@ -35,7 +35,7 @@ def constrained_slots(canvas: Canvas, tokenizer: Tokenizer, info: ModelInfo, spe
     for index, slot in enumerate(canvas.slots):
         if slot.target is None:
             continue
-        automaton = compile_target(slot.target, tokenizer, info.eos_id if info.eos_id is not None else -1, set(special))
+        automaton = compile_target(slot.target, tokenizer, info.eos_id, set(special))
         out.append(ConstrainedSlot(slot.name, canvas.slot_positions(index), automaton, slot.min_tokens))
     return out
 
