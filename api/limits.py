@@ -1,4 +1,5 @@
-"""Request-size limit: a pure ASGI middleware, so an oversized body is refused before any route parses it."""
+"""Request limits, as pure ASGI middlewares that answer before any route runs: the body's size (``BodyLimit``)
+and a NUL character in the URL (``NoNulInUrl``), which no id, name or query value holds and PostgreSQL refuses."""
 
 from __future__ import annotations
 
@@ -51,4 +52,28 @@ class BodyLimit:
         response = JSONResponse({"detail": f"the request body is over {self.limit:,} bytes (REDRAFT_MAX_BODY_BYTES); "
                                            "send less text, or split the document into several jobs",
                                  "code": "body_too_large"}, status_code=413)
+        await response(scope, receive, send)
+
+
+class NoNulInUrl:
+    """A NUL character in the path is a 404 (no id or name holds one: on SQLite the lookup finds nothing, on
+    PostgreSQL it would be an error, since text never holds NUL); one in the query string is a 400 naming it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        query = scope.get("query_string", b"").lower()
+        if "\x00" in scope["path"]:
+            response = JSONResponse({"detail": "not found: the URL's path holds a NUL character (%00), which no id "
+                                               "or name does", "code": "not_found"}, status_code=404)
+        elif b"%00" in query or b"\x00" in query:
+            response = JSONResponse({"detail": "a query parameter holds a NUL character (%00): leave it out",
+                                     "code": "invalid_query"}, status_code=400)
+        else:
+            await self.app(scope, receive, send)
+            return
         await response(scope, receive, send)

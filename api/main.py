@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from redraft.api import metrics
-from redraft.api.limits import BodyLimit
+from redraft.api.limits import BodyLimit, NoNulInUrl
 from redraft.api.openai import mount_openai
 from redraft.api.routes import drafts, jobs, system, templates
 from redraft.api.web import docs_page, mount_web
@@ -116,6 +116,7 @@ def create_app() -> FastAPI:
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(NoNulInUrl)
     mount_web(app)  # its security headers wrap the middleware above
     app.add_middleware(metrics.RequestObserver, settings=settings)  # outermost: sees every answer, and its time
     return app

@@ -1,5 +1,5 @@
-"""What the OpenAI stream sends as final is final: properties of the stop-string cut and of the step replay
-(api/openai/jobs.py::safe_prefix, api/openai/stream.py::AnswerReplay), with brute-force references."""
+"""What the OpenAI stream sends as final is final: properties of the step replay (api/openai/stream.py::AnswerReplay),
+with brute-force references. (The stop-string cut, api/openai/jobs.py::safe_prefix: tests/api/openai/test_jobs.py.)"""
 
 from __future__ import annotations
 
@@ -8,26 +8,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redraft.api.openai.jobs import cut_at_stop, safe_prefix
 from redraft.api.openai.stream import UNDECIDED, AnswerReplay
 from redraft.constraints.generate import compile_generate, prompt_slot
 from redraft.families import load_model_info, load_tokenizer, special_ids
 from redraft.settings import DEFAULT_MODEL_DIR
-
-text = st.text(alphabet="abc ", max_size=24)
-stops = st.lists(st.text(alphabet="abc ", min_size=1, max_size=4), max_size=4)
-
-
-@given(text, stops, st.integers(min_value=0, max_value=24))
-def test_the_safe_prefix_of_any_prefix_is_a_prefix_of_the_cut_answer(answer, stop, k):
-    cut, _ = cut_at_stop(answer, tuple(stop))
-    assert cut.startswith(safe_prefix(answer[:k], tuple(stop)))
-
-
-@given(text, stops)
-def test_a_cut_answer_holds_no_stop_string(answer, stop):
-    cut, found = cut_at_stop(answer, tuple(stop))
-    assert not any(s in cut for s in stop) and answer.startswith(cut) and found == any(s in answer for s in stop)
 
 
 def _replay_steps(info, canvas, final, schedule, rng):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -113,13 +112,6 @@ def test_tenants_never_see_each_other(service, client):
     assert done["id"] in [j["id"] for j in client.get("/v1/jobs").json()["data"]]
 
 
-@pytest.mark.parametrize("headers,match", [({}, "missing API key"), ({"Authorization": "Bearer nope"}, "unknown"),
-                                           ({"Authorization": "Token x"}, "malformed")])
-def test_auth_is_required(service, headers, match):
-    r = httpx.get(f"{service.url}/v1/jobs", headers=headers)
-    assert r.status_code == 401 and match in r.json()["detail"]
-
-
 BAD = [
     ({"kind": "poem", "text": "x [[gap]]"}, 422, "kind"),
     ({"kind": "infill", "text": "no gaps here"}, 422, "no gap"),
@@ -192,32 +184,9 @@ def test_generate_template_keeps_literals_and_fills_slots(client):
     assert done["result"]["text"] == f"To Ann,\nYour order of 3 items ships on {slots['day']}. Code: {slots['code']}."
 
 
-def test_an_oversized_body_is_a_413_naming_the_limit_and_writes_nothing(client):
-    before = client.get("/v1/jobs").json()["count"]
-    big = {"kind": "infill", "text": "word " * 300_000 + "[[gap]]"}  # 1.5 MB
-    r = client.post("/v1/jobs", json=big)
-    assert r.status_code == 413 and "REDRAFT_MAX_BODY_BYTES" in r.json()["detail"]
-    chunked = client.post("/v1/jobs", content=iter([json.dumps(big).encode()]),  # no Content-Length
-                          headers={"Content-Type": "application/json"})
-    assert chunked.status_code == 413
-    assert client.get("/v1/jobs").json()["count"] == before
-
-
 def test_list_paging_out_of_range_is_a_422(client):
     r = client.get("/v1/jobs", params={"offset": 2**63})
     assert r.status_code == 422 and "offset" in r.text
-
-
-def test_a_template_nested_thousands_deep_is_refused_on_save(client):
-    r = client.post("/v1/templates", json={"name": "deep", "source": "{% if 1 %}" * 3000 + "{{ slot('x') }}"
-                                           + "{% endif %}" * 3000})
-    assert r.status_code == 422 and "nested too deeply" in r.json()["detail"]
-
-
-def test_a_template_with_a_nul_is_refused_and_not_saved(client):
-    r = client.post("/v1/templates", json={"name": "nul", "source": "a\u0000{{ slot('x') }}"})
-    assert r.status_code == 422 and "NUL character" in r.json()["detail"]
-    assert all(t["name"] != "nul" for t in client.get("/v1/templates").json()["data"])
 
 
 def test_malformed_json_and_unknown_ids(client):
@@ -226,17 +195,6 @@ def test_malformed_json_and_unknown_ids(client):
     for path in ("/v1/jobs/nope", "/v1/jobs/nope/steps", "/v1/drafts/nope"):
         assert client.get(path).status_code == 404
     assert client.post("/v1/jobs/nope/cancel").status_code == 404
-
-
-def test_models_health_and_readiness(service, client):
-    models = client.get("/v1/models").json()
-    assert models["count"] == 1
-    m = models["data"][0]
-    assert m["name"] == "tiny-random" and m["mask_token"] == "[MASK]" and m["context_length"] == 256
-    assert m["random_weights"] is True
-    assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{service.url}/readyz").json()
-    assert ready["checks"]["database"] == ready["checks"]["redis"] == "ok" and "workers" in ready["checks"]
 
 
 words = st.text(st.characters(whitelist_categories=("L", "N", "P", "Zs", "S")), max_size=30).filter(
