@@ -56,20 +56,6 @@ def _forget(client: redis.Redis, queue: str) -> None:
         client.delete(key)
 
 
-@pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def queue(broker: redis.Redis) -> Iterator[str]:
-    """A queue name no other test uses; its keys are deleted after the test."""
-    name = f"test-queue-{uuid.uuid4().hex[:12]}"
-    yield name
-    _forget(broker, name)
-
 
 def queue_settings(queue: str, redis_url: str = REDIS_URL, **values: object) -> Settings:
     return Settings(redis_url=redis_url, queue_name=queue, **{**FAST, **values})

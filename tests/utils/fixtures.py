@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 
 import pytest
+import redis
 
 from redraft.families import load_model_info, load_tokenizer
 from redraft.settings import DEFAULT_MODEL_DIR
 from redraft.workers.adapters import get_adapter
 from tests.utils.models import make_tiny_diffusion_gemma, make_tiny_random_model
+from tests.utils.service import REDIS_URL
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +61,21 @@ def any_adapter(request, tiny_model_dir):
     if request.param == "tiny-random":
         return get_adapter("tiny-random", tiny_model_dir, "cpu")
     return get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, "cpu")
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    """A client of the shared Redis (never flushed: tests keep to their own keys)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue(broker: redis.Redis) -> Iterator[str]:
+    """A queue name no other test uses; every key holding it (messages, liveness records, epoch) is deleted after
+    the test."""
+    name = f"test-queue-{uuid.uuid4().hex[:12]}"
+    yield name
+    for key in broker.scan_iter(match=f"*{name}*"):
+        broker.delete(key)

@@ -11,7 +11,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 
@@ -34,21 +33,6 @@ from tests.utils.waiting import until
 
 TTL_S = 5.0  # worker_heartbeat_ttl_s in these passes
 
-
-@pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def queue(broker: redis.Redis) -> Iterator[str]:
-    """A queue name no other test uses; its keys (messages, liveness records, epoch) are deleted afterwards."""
-    name = f"test-reaper-{uuid.uuid4().hex[:12]}"
-    yield name
-    for key in broker.scan_iter(match=f"*{name}*"):
-        broker.delete(key)
 
 
 @pytest.fixture

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
-from collections.abc import Iterator
 
 import pytest
-import redis
 from celery import Celery
 from celery.signals import task_received, worker_init, worker_ready, worker_shutdown
 from celery.worker.request import Request
@@ -22,22 +19,6 @@ from tests.redraft.test_queue import configured, message_args
 from tests.storage.test_repo import make_job
 from tests.utils.service import REDIS_URL
 from tests.utils.waiting import until
-
-
-@pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def queue(broker: redis.Redis) -> Iterator[str]:
-    """A queue name no other test uses; its keys are deleted afterwards."""
-    name = f"test-tasks-{uuid.uuid4().hex[:12]}"
-    yield name
-    for key in broker.scan_iter(match=f"*{name}*"):
-        broker.delete(key)
 
 
 @pytest.fixture
