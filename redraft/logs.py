@@ -112,6 +112,8 @@ def configure_logging(settings: Settings | None = None, stream: IO[str] | None =
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        logger.setLevel(logging.NOTSET)  # REDRAFT_LOG_LEVEL, the root's, decides for uvicorn's lines too
+        logger.disabled = False  # a dictConfig elsewhere in the process (disable_existing_loggers) cannot mute it
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False

@@ -126,8 +126,18 @@ def heldout_windows(build_dir: Path, n: int, length: int, seed: int = 99) -> tor
 
 def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, init_from: Path | None = None) -> Path:
     """Train (or resume from ``<build>/checkpoint.pt``). ``init_from``: a previously exported model
-    directory to warm-start from when there is no checkpoint (weights only; a fresh optimiser)."""
-    torch.set_flush_denormal(True)  # without it CPU steps slow 4-5x once weights get small
+    directory to warm-start from when there is no checkpoint (weights only; a fresh optimiser).
+
+    Subnormal floats are flushed to zero while it runs (without that, CPU steps slow 4-5x once weights get small)
+    and kept again when it returns: the setting is the whole process's, and torch's default keeps them."""
+    torch.set_flush_denormal(True)
+    try:
+        return _train(build_dir, cfg, max_minutes, init_from)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_from: Path | None) -> Path:
     build_dir.mkdir(parents=True, exist_ok=True)
     tok_dir = build_dir / "tokenizer"
     if init_from is not None and not (tok_dir / "tokenizer.json").exists():
