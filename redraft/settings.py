@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     default_steps: int = Field(32, ge=1)  # denoising steps when a request gives none (at most max_steps)
     max_steps: int = Field(1024, ge=1)  # more steps than this is a mistake, not a request
     queue_name: str = "gpu"
-    job_timeout_s: int = Field(600, ge=1)  # a job running longer than this is failed; the visibility timeout sits above it
+    job_timeout_s: int = Field(600, ge=1)  # a job running longer is failed; the visibility timeout sits above it
     heartbeat_timeout_s: int = Field(60, ge=1)  # a running job whose worker wrote nothing for this long is re-enqueued
     reaper_interval_s: float = Field(2.0, gt=0)  # how often each worker looks for jobs to re-enqueue
     max_attempts: int = Field(3, ge=1)  # deliveries before a job that keeps killing its worker is failed

@@ -102,4 +102,5 @@ def store_canvas(job_id: str, canvas: Canvas) -> None:
 def _fail(job_id: str, code: str, message: str, publisher: Publisher) -> None:
     with session_scope() as s:
         repo.fail_job(s, job_id, code, message)
-    publisher.publish(job_id, JobEvent.FAILED, {"status": JobStatus.FAILED, "error": {"code": code, "message": message}})
+    error = {"code": code, "message": message}
+    publisher.publish(job_id, JobEvent.FAILED, {"status": JobStatus.FAILED, "error": error})
