@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +137,52 @@ TEXT_ONLY_VISION = {"model_type": "gemma4_vision", "hidden_size": 8, "intermedia
                     "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 8, "position_embedding_size": 8}
 
 
+# The MoE experts of a batched decoder pass, one row at a time (CPU): transformers' experts run one matmul per expert
+# over the tokens routed to it, and how many tokens that is changes which CPU kernel runs and so the rounding. A row
+# of a batch then read logits a few ulps off its own pass alone, enough to flip a near-tie and change a job's text
+# (seen on one machine, not on another). Run per row, each expert sees exactly the tokens it sees alone: the same
+# shapes, the same kernels, bit-identical logits, while attention and every dense layer stay batched. Not on a GPU,
+# where reading each expert's weights once per row would multiply a memory-bound pass's traffic by the batch size.
+_ROW_TOKENS: ContextVar[int | None] = ContextVar("redraft_moe_row_tokens", default=None)
+
+
+def experts_by_row(inner):
+    """An experts forward (transformers' ``ExpertsInterface`` signature) that runs ``inner`` on each row's
+    ``_ROW_TOKENS`` tokens of the flattened batch in turn, or on all of them outside :func:`rows_of`."""
+
+    def forward(module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        n = _ROW_TOKENS.get()
+        if n is None or hidden_states.shape[0] <= n:
+            return inner(module, hidden_states, top_k_index, top_k_weights)
+        return torch.cat([inner(module, h, i, w) for h, i, w in zip(hidden_states.split(n), top_k_index.split(n),
+                                                                      top_k_weights.split(n))])  # (b * n, H)
+
+    return forward
+
+
+@contextmanager
+def rows_of(tokens: int):
+    """Within: experts wrapped by :func:`experts_by_row` take the flattened batch as rows of ``tokens`` each."""
+    reset = _ROW_TOKENS.set(tokens)
+    try:
+        yield
+    finally:
+        _ROW_TOKENS.reset(reset)
+
+
+def split_experts_by_row(model: torch.nn.Module) -> None:
+    """Switch ``model``'s MoE experts to :func:`experts_by_row` around the implementation it already uses."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface
+
+    current = model.config.get_text_config()._experts_implementation
+    name = f"redraft_rows_{current}"
+    if name not in ALL_EXPERTS_FUNCTIONS:
+        experts = next(m for m in model.modules() if hasattr(m, "gate_up_proj"))
+        inner = ALL_EXPERTS_FUNCTIONS[current] if current != "eager" else type(experts).forward.__wrapped__
+        ExpertsInterface.register(name, experts_by_row(inner))
+    model.set_experts_implementation(name)
+
+
 @dataclass(eq=False)
 class EncoderContext:
     """A row's context in the encoder's KV cache: everything left of its current window, encoded once."""
@@ -151,7 +199,9 @@ class DiffusionGemmaAdapter(Adapter):
     row's window is read, whatever lies left of it and is not cached yet (the prompt, a finished canvas, fixed
     text between canvases) is encoded into the row's cache, as ``generate`` encodes each finished canvas.
     The decoder also takes the row's previous step's logits (self-conditioning); the first step of a window
-    takes none. Same calls, masks and position ids as ``DiffusionGemmaGenerationMixin.generate``.
+    takes none. Same calls, masks and position ids as ``DiffusionGemmaGenerationMixin.generate``. On the CPU the
+    pass's MoE experts run row by row (:func:`experts_by_row`), so that a row's logits are bit-identical alone or
+    batched; on a GPU they run batched, as transformers runs them, and agree to rounding.
     """
 
     @classmethod
@@ -171,6 +221,8 @@ class DiffusionGemmaAdapter(Adapter):
             model = DiffusionGemmaForBlockDiffusion(config).to(dtype)
             if (info.path / "generation_config.json").exists():
                 model.generation_config = DiffusionGemmaGenerationConfig.from_pretrained(info.path, local_files_only=True)
+        if device.type == "cpu":
+            split_experts_by_row(model)
         return cls(info, model.to(device), device)
 
     def _encode(self, row) -> EncoderContext:
@@ -217,8 +269,9 @@ class DiffusionGemmaAdapter(Adapter):
             masks = model.model.decoder.create_diffusion_decoder_attention_mask(
                 config=model.config, inputs_embeds=canvas.unsqueeze(-1), cache=cache,
                 decoder_attention_mask=torch.ones((len(members), encoded + width), dtype=torch.bool, device=self.device))
-            logits = model(decoder_input_ids=canvas, self_conditioning_logits=sc, self_conditioning_mask=sc_mask,
-                           decoder_attention_mask=masks, cache=cache, decoder_position_ids=positions).logits  # (b, W, V)
+            with rows_of(width):
+                logits = model(decoder_input_ids=canvas, self_conditioning_logits=sc, self_conditioning_mask=sc_mask,
+                               decoder_attention_mask=masks, cache=cache, decoder_position_ids=positions).logits  # (b, W, V)
             out.append((members, logits.float()))
         return out
 

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from redraft.errors import ModelError
 from redraft.families import FAMILIES, load_model_info
@@ -109,3 +111,48 @@ def test_one_name_given_another_directory_loads_that_directory(tiny_model_dir, t
     first, second = get_adapter("same-name", tiny_model_dir, "cpu"), get_adapter("same-name", other, "cpu")
     assert first is not second and (first.info.path, second.info.path) == (tiny_model_dir, other)
     assert get_adapter("same-name", tiny_model_dir, "cpu") is first  # still loaded once per directory
+
+
+# ------------------------------------------------------------------ DiffusionGemma's experts, row by row (CPU)
+
+
+@pytest.fixture(scope="module")
+def experts_layer(tiny_diffusion_gemma_dir):
+    """A decoder MoE layer of the tiny DiffusionGemma as the CPU adapter loads it (router and experts)."""
+    from redraft.workers.adapters import get_adapter
+
+    adapter = get_adapter("tiny-diffusion-gemma", tiny_diffusion_gemma_dir, "cpu")
+    return adapter.model.model.decoder.layers[0]
+
+
+def test_the_cpu_adapter_runs_its_experts_row_by_row(experts_layer):
+    assert experts_layer.experts.config._experts_implementation.startswith("redraft_rows_")
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(2, 6), width=st.integers(1, 16), seed=st.integers(0, 2**16), lone=st.booleans(),
+       inner=st.sampled_from(["grouped_mm", "eager"]))
+def test_a_rows_experts_output_is_its_output_alone(experts_layer, rows, width, seed, lone, inner):
+    """Under ``rows_of(width)`` the flattened batch's experts give each row bit for bit what the row gives alone,
+    whatever the routing; ``lone`` routes one token of every row to the first two experts, so that batched they
+    would take one matmul over ``rows`` tokens where alone they take one over a single token (the shapes whose
+    CPU kernels round differently)."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    from redraft.workers.adapters import experts_by_row, rows_of
+
+    experts = experts_layer.experts
+    fn = ALL_EXPERTS_FUNCTIONS[inner] if inner != "eager" else type(experts).forward.__wrapped__
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows * width, experts.hidden_dim, generator=g)  # (b * W, H)
+    _, weights, index = experts_layer.router(hidden)  # (b * W, k) each
+    if lone:
+        others = torch.arange(2, experts.num_experts).repeat(2)[: index.shape[1]]
+        index = torch.where(torch.arange(rows * width).unsqueeze(1) % width == 0, torch.arange(index.shape[1]),
+                            others.expand_as(index))
+    alone = torch.cat([fn(experts, h, i, w) for h, i, w in zip(hidden.split(width), index.split(width),
+                                                                 weights.split(width))])
+    with rows_of(width):
+        batched = experts_by_row(fn)(experts, hidden, index, weights)
+    assert torch.equal(batched, alone)
+    assert torch.equal(experts_by_row(fn)(experts, hidden, index, weights), fn(experts, hidden, index, weights))
