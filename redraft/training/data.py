@@ -9,11 +9,16 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from redraft.errors import TrainingError
 from redraft.training.corpus import SOURCES, documents
 from redraft.training.tokenizer import save_tokenizer, train_tokenizer
 
-# Chitchat and WordNet are ~80% of the raw characters; weight the sources so prose infill matters.
-SOURCE_WEIGHTS = {"wiki": 0.40, "chitchat": 0.25, "wordnet": 0.15, "fortunes": 0.20}
+# Chitchat and WordNet are over half the raw characters; weight the sources so encyclopedic and narrative prose
+# dominate what is drawn (wiki, FOLDOC, the handbook, the King James text), chat and glosses least.
+SOURCE_WEIGHTS = {"wiki": 0.36, "chitchat": 0.10, "wordnet": 0.06, "fortunes": 0.10, "foldoc": 0.12, "jargon": 0.06,
+                  "devil": 0.02, "kjv": 0.08, "handbook": 0.10}
+PACK_FORMAT = 1  # the version of pack()'s file
+SPLITS = ("train", "heldout")
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ def prepare(build_dir: Path) -> None:
     tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     special = SpecialIds.from_tokenizer(tokenizer)
     stats: dict[str, dict[str, int]] = {}
-    for split in ("train", "heldout"):
+    for split in SPLITS:
         for source in SOURCES:
             texts = [d.text for d in docs if d.source == source and d.held_out == (split == "heldout")]
             encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
@@ -58,8 +63,35 @@ def prepare(build_dir: Path) -> None:
     (build_dir / "corpus_stats.json").write_text(json.dumps(stats, indent=2))
 
 
+def pack(build_dir: Path, path: Path) -> Path:
+    """Everything training reads from ``build_dir`` in one file (the tokenizer, every split's streams, the
+    statistics), for a training host that has none of the corpus's packages: :func:`unpack` restores it."""
+    streams = {p.stem: torch.load(p) for p in sorted(build_dir.glob("*.pt")) if p.stem.split("_")[0] in SPLITS}
+    if not streams:
+        raise TrainingError(f"{build_dir} holds no tokenised corpus; run `redraft train --prepare-only` first")
+    payload = {"format": PACK_FORMAT, "tokenizer": (build_dir / "tokenizer" / "tokenizer.json").read_text(),
+               "stats": json.loads((build_dir / "corpus_stats.json").read_text()), "streams": streams}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def unpack(path: Path, build_dir: Path) -> None:
+    """Write a :func:`pack` file out as the build directory ``prepare`` would have written."""
+    payload = torch.load(path, weights_only=True)
+    if payload.get("format") != PACK_FORMAT:
+        raise TrainingError(f"{path} is not a corpus pack of format {PACK_FORMAT}; make it again with "
+                            "`redraft train --prepare-only --pack FILE`")
+    (build_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
+    save_tokenizer(Tokenizer.from_str(payload["tokenizer"]), build_dir / "tokenizer")
+    for name, stream in payload["streams"].items():
+        torch.save(stream, build_dir / f"{name}.pt")
+    (build_dir / "corpus_stats.json").write_text(json.dumps(payload["stats"], indent=2))
+
+
 class Streams:
-    """The tokenised sources of one split; draws windows with source weights."""
+    """The tokenised sources of one split; draws windows with source weights (a source too short for a window is
+    not drawn from)."""
 
     def __init__(self, build_dir: Path, split: str) -> None:
         self.sources = list(SOURCES)
@@ -67,11 +99,14 @@ class Streams:
         self.weights = torch.tensor([SOURCE_WEIGHTS[s] for s in self.sources])
 
     def windows(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
-        which = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # (n,)
+        fits = torch.tensor([len(s) >= length for s in self.streams])
+        if not fits.any():
+            raise TrainingError(f"no source has a stream of {length} tokens to cut a window from")
+        which = torch.multinomial(self.weights * fits, n, replacement=True, generator=generator)  # (n,)
         out = torch.empty(n, length, dtype=torch.long)
         for i, s in enumerate(which.tolist()):
             stream = self.streams[s]
-            start = int(torch.randint(0, len(stream) - length, (1,), generator=generator))
+            start = int(torch.randint(0, len(stream) - length + 1, (1,), generator=generator))
             out[i] = stream[start : start + length]
         return out
 

