@@ -18,13 +18,37 @@ from typing import Any, TextIO
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from redraft.training.train import TrainConfig, export, train
+    from redraft.errors import TrainingError
 
-    cfg = TrainConfig(steps=args.steps) if args.steps else TrainConfig()
-    train(Path(args.build_dir), cfg, max_minutes=args.max_minutes,
-          init_from=Path(args.init_from) if args.init_from else None)
-    if args.export:
-        export(Path(args.build_dir), Path(args.export))
+    try:
+        return _train_command(args)
+    except TrainingError as exc:
+        print(f"redraft: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    from redraft.training.data import pack, unpack
+    from redraft.training.train import config_for, export, prepare_build, train
+
+    build = Path(args.build_dir)
+    cfg = config_for(args.size, steps=args.steps, token_budget=args.token_budget)
+    if args.from_pack and not (build / "train_wiki.pt").exists():
+        unpack(Path(args.from_pack), build)
+        print(f"unpacked {args.from_pack} into {build}")
+    init_from = Path(args.init_from) if args.init_from else None
+    tokenizer_from = Path(args.tokenizer_from) if args.tokenizer_from else None
+    if args.prepare_only:
+        prepare_build(build, init_from, tokenizer_from)
+    else:
+        print(f"training {args.size}: {cfg.steps} steps of {cfg.tokens_per_step} tokens "
+              f"({cfg.steps * cfg.tokens_per_step / 1e6:.1f}M tokens)")
+        train(build, cfg, max_minutes=args.max_minutes, init_from=init_from, device=args.device,
+              tokenizer_from=tokenizer_from)
+    if args.pack:
+        print(f"packed {build} into {pack(build, Path(args.pack))}")
+    if args.export and not args.prepare_only:
+        export(build, Path(args.export))
         print(f"exported to {args.export}")
     return 0
 
@@ -184,6 +208,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_count(text: str) -> int:
+    """``300M``, ``1.5G``, ``250k`` or a plain integer: a number of training tokens."""
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+    try:
+        n = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a token count: {text!r} (examples: 300M, 250k, 1000000)") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a token budget must be at least 1; got {text!r}")
+    return int(n)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from redraft.training.train import export
 
@@ -193,9 +229,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from redraft.errors import RedraftError
     from redraft.training.report import run_report
 
-    print(run_report(Path(args.model_dir), Path(args.build_dir)))
+    # action="append" adds to a default list rather than replacing it, so the default is filled in here
+    model_dirs = [Path(d) for d in (args.model_dir or ["models/redraft-tiny"])]
+    try:
+        print(run_report(model_dirs, Path(args.build_dir)))
+    except RedraftError as exc:  # models that cannot be compared, a model or build directory that is not one
+        print(f"redraft: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -627,9 +670,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="bring the database schema up to date (alembic upgrade head)")
     p.set_defaults(func=_cmd_migrate)
 
-    p = sub.add_parser("train", help="train Redraft's small model from the packaged corpus (resumable)")
+    p = sub.add_parser("train", help="train Redraft's own model from the packaged corpus (resumable)")
     p.add_argument("--build-dir", default="build/train", help="corpus, tokenizer and checkpoint directory")
-    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: TrainConfig.steps)")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small"],
+                   help="model size and recipe (redraft/training/train.py SIZES; default tiny)")
+    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: the size's own)")
+    p.add_argument("--token-budget", type=_token_count, default=None, metavar="N",
+                   help="train on N tokens (e.g. 300M), rounded up to whole steps; instead of --steps")
+    p.add_argument("--device", default="auto", help="auto (CUDA where present), cpu or cuda")
+    p.add_argument("--tokenizer-from", default=None, metavar="DIR",
+                   help="a model directory whose tokenizer a new build directory uses (none: train one)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="make the build directory's tokenizer and tokenised corpus, then stop")
+    p.add_argument("--pack", default=None, metavar="FILE",
+                   help="also write the tokenised corpus and tokenizer as one file, for a host without the sources")
+    p.add_argument("--from-pack", default=None, metavar="FILE",
+                   help="fill an empty build directory from a --pack file instead of reading the sources")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long; run again to resume")
     p.add_argument("--export", default=None, metavar="DIR", help="write the Hugging Face model here when done")
     p.add_argument("--init-from", default=None, metavar="DIR",
@@ -641,8 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="models/redraft-tiny")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("model-report", help="held-out accuracy vs a unigram baseline, and sample infills")
-    p.add_argument("--model-dir", default="models/redraft-tiny")
+    p = sub.add_parser("model-report", help="held-out accuracy vs a unigram baseline, and sample infills",
+                       description="A markdown quality report of one or more models, all measured on the same "
+                                   "held-out windows and positions (they must share the build directory's "
+                                   "tokenizer vocabulary).")
+    p.add_argument("--model-dir", action="append", default=None, metavar="DIR",
+                   help="a model directory (named by its directory's name); give it again to compare several "
+                        "(default: models/redraft-tiny)")
     p.add_argument("--build-dir", default="build/train", help="where `redraft train` put the tokenised corpus")
     p.set_defaults(func=_cmd_report)
 

@@ -78,8 +78,11 @@ def pack(build_dir: Path, path: Path) -> Path:
 
 def unpack(path: Path, build_dir: Path) -> None:
     """Write a :func:`pack` file out as the build directory ``prepare`` would have written."""
+    if not path.is_file():
+        raise TrainingError(f"{path} does not exist; make it with `redraft train --prepare-only --pack {path}` "
+                            "where the corpus's packages are installed")
     payload = torch.load(path, weights_only=True)
-    if payload.get("format") != PACK_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != PACK_FORMAT:
         raise TrainingError(f"{path} is not a corpus pack of format {PACK_FORMAT}; make it again with "
                             "`redraft train --prepare-only --pack FILE`")
     (build_dir / "tokenizer").mkdir(parents=True, exist_ok=True)

@@ -185,3 +185,83 @@ def test_a_warm_start_keeps_the_exported_tokenizer_and_weights_and_counts_on(tin
     name = "model.embeddings.tok_embeddings.weight"
     moved = (state["model"][name] - exported[name].float()).abs().max()
     assert moved < (state["model"][name] - fresh[name]).abs().max()
+
+
+# ------------------------------------------------------------------ sizes, budgets, devices and the train command
+
+
+def test_redraft_small_is_sized_for_the_repository_and_its_gpu_run():
+    from redraft.training.train import SIZES
+
+    cfg = SIZES["small"]
+    model = build_model(cfg, 8192, SPECIAL)
+    params = sum(p.numel() for p in model.parameters())
+    assert 20e6 <= params <= 40e6 and params * 2 <= 60e6  # 20-40M parameters, <= 60 MB in fp16
+    assert cfg.hidden_size % cfg.num_heads == 0 and cfg.warmup_steps < cfg.steps
+
+
+@settings(max_examples=50, deadline=None)
+@given(size=st.sampled_from(["tiny", "small"]), budget=st.integers(1, 10**10))
+def test_a_token_budget_is_whole_steps_covering_it(size, budget):
+    from redraft.training.train import config_for
+
+    cfg = config_for(size, token_budget=budget)
+    assert cfg.steps * cfg.tokens_per_step >= budget > (cfg.steps - 1) * cfg.tokens_per_step
+    assert 1 <= cfg.warmup_steps < cfg.steps or cfg.steps == 1
+
+
+def test_sizes_budgets_and_devices_that_cannot_work_are_refused_with_what_to_give():
+    from redraft.errors import TrainingError
+    from redraft.training.train import config_for, resolve_training_device
+
+    with pytest.raises(TrainingError, match="unknown model size 'huge'; choose one of tiny, small"):
+        config_for("huge")
+    with pytest.raises(TrainingError, match="--steps or --token-budget, not both"):
+        config_for("small", steps=10, token_budget=1000)
+    with pytest.raises(TrainingError, match="at least one step"):
+        config_for("tiny", steps=0)
+    with pytest.raises(TrainingError, match="auto, cpu or cuda"):
+        resolve_training_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="no CUDA device is visible"):
+            resolve_training_device("cuda")
+    assert resolve_training_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("text, tokens", [("300M", 300_000_000), ("1.5G", 1_500_000_000), ("250k", 250_000),
+                                          ("4096", 4096)])
+def test_token_counts_read_with_their_suffix(text, tokens):
+    from redraft.cli import _token_count
+
+    assert _token_count(text) == tokens
+
+
+@pytest.mark.parametrize("bad", ["lots", "0", "-5M", "M"])
+def test_a_token_budget_that_is_not_a_count_is_a_usage_error(bad, capsys):
+    from redraft.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--token-budget", bad])
+    assert exc.value.code == 2 and "token" in capsys.readouterr().err
+
+
+def test_the_train_command_packs_a_build_and_fills_another_from_the_pack(tiny_corpus, tmp_path, capsys):
+    """--prepare-only --pack here, then --from-pack on a host without the sources: the same streams train."""
+    from redraft.cli import main
+
+    tiny = tmp_path / "tiny-model"
+    save_tokenizer(train_tokenizer([d.text for d in tiny_corpus if not d.held_out], vocab_size=400), tiny)
+    assert main(["train", "--build-dir", str(tmp_path / "here"), "--tokenizer-from", str(tiny), "--prepare-only",
+                 "--pack", str(tmp_path / "corpus.pack")]) == 0
+    assert not (tmp_path / "here" / "checkpoint.pt").exists()
+    here = Tokenizer.from_file(str(tmp_path / "here" / "tokenizer" / "tokenizer.json"))
+    assert here.get_vocab() == Tokenizer.from_file(str(tiny / "tokenizer.json")).get_vocab()  # not retrained
+    from redraft.training.data import unpack
+
+    unpack(tmp_path / "corpus.pack", tmp_path / "there")
+    for stream in sorted((tmp_path / "here").glob("*.pt")):
+        assert torch.equal(torch.load(tmp_path / "there" / stream.name), torch.load(stream))
+    capsys.readouterr()
+    assert main(["train", "--build-dir", str(tmp_path / "x"), "--from-pack", str(tmp_path / "absent.pack"),
+                 "--prepare-only"]) == 2
+    assert "absent.pack does not exist" in capsys.readouterr().err

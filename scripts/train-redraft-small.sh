@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# redraft-small's training run (issue 16), in three steps:
+#
+#   bash scripts/train-redraft-small.sh prepare        # here, on the CPU: read the corpus's packages, tokenise
+#                                                      # with redraft-tiny's tokenizer, write ONE pack file
+#   bash scripts/train-redraft-small.sh gpu            # on a GPU host, from the repository root, with the pack
+#                                                      # beside the code (the device tool: carry build/pack)
+#   bash scripts/train-redraft-small.sh finish DIR     # here: DIR = what the GPU run wrote (its $OUT); assembles
+#                                                      # models/redraft-small and prints `redraft model-report`
+#
+# The GPU step needs only python3 with torch, transformers, tokenizers and tqdm (no install, no corpus packages,
+# no network): it trains `--size small` (ModernBERT 8 x 512, ~28.5M parameters; redraft/training/train.py SIZES)
+# on a fixed token budget (TOKENS, default 200M: ~6,100 steps of 256 x 128 tokens), stops early at MINUTES
+# (default 10) whatever the budget, and writes the fp16 export in shards of at most 15 MB plus the training log to
+# $OUT (or build/small-out), within what a device run brings back (8 files, 16 MiB each). DEVICE=cpu runs the same
+# step on the CPU (a check of the script, or a CPU run as far as it gets).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PACK=build/pack/redraft-small-corpus.pt
+
+case "${1:-}" in
+  prepare)
+    bash scripts/install.sh
+    .venv/bin/pip install -q -e ".[train]"
+    .venv/bin/python -m redraft.cli train --size small --build-dir build/small --tokenizer-from models/redraft-tiny \
+      --prepare-only --pack "$PACK"
+    ls -l "$PACK"
+    ;;
+  gpu)
+    [ -f "$PACK" ] || { echo "no $PACK: run '$0 prepare' first, and carry build/pack to this host"; exit 2; }
+    out="${OUT:-build/small-out}"
+    work="${WORK:-/tmp/redraft-small}"
+    mkdir -p "$out/redraft-small"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    # TQDM_MININTERVAL: a progress line every 30 s, not a thousand redraws in the log
+    PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 python3 -m redraft.cli train --size small \
+      --device "${DEVICE:-cuda}" --build-dir "$work/build" --from-pack "$PACK" --token-budget "${TOKENS:-200M}" \
+      --max-minutes "${MINUTES:-10}" --export "$work/export" 2>&1 | tee "$out/train.out"
+    cp "$work"/export/config.json "$work"/export/model*.safetensors* "$out/redraft-small/"
+    [ ! -f "$work/build/train_log.jsonl" ] || cp "$work/build/train_log.jsonl" "$out/"  # none before step 50
+    ls -l "$out" "$out/redraft-small"
+    ;;
+  finish)
+    from="${2:?usage: $0 finish DIR, the folder the GPU run wrote}"
+    rm -rf models/redraft-small
+    mkdir -p models/redraft-small
+    cp "$from"/redraft-small/* models/redraft-small/
+    # redraft-small is trained on redraft-tiny's tokenizer: the same token ids, so the two score the same tokens
+    cp models/redraft-tiny/tokenizer.json models/redraft-tiny/tokenizer_config.json models/redraft-small/
+    cp "$from/train_log.jsonl" build/small/train_log.gpu.jsonl
+    .venv/bin/python -m redraft.cli model-report --model-dir models/redraft-tiny --model-dir models/redraft-small \
+      --build-dir build/small
+    ;;
+  *)
+    sed -n 2,15p "$0"
+    exit 2
+    ;;
+esac
