@@ -235,7 +235,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     # action="append" adds to a default list rather than replacing it, so the default is filled in here
     model_dirs = [Path(d) for d in (args.model_dir or ["models/redraft-tiny"])]
     try:
-        print(run_report(model_dirs, Path(args.build_dir)))
+        report = run_report(model_dirs, Path(args.build_dir))
+        print(report)
+        if args.card:
+            from redraft.training.card import model_card
+            from redraft.training.report import load_model
+
+            parameters = sum(p.numel() for p in load_model(model_dirs[-1]).adapter.model.parameters())
+            Path(args.card).write_text(model_card(model_dirs[-1], Path(args.build_dir), report, parameters))
+            print(f"wrote the model card of {model_dirs[-1]} to {args.card}", file=sys.stderr)
     except RedraftError as exc:  # models that cannot be compared, a model or build directory that is not one
         print(f"redraft: {exc.message}", file=sys.stderr)
         return 2
@@ -705,6 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model directory (named by its directory's name); give it again to compare several "
                         "(default: models/redraft-tiny)")
     p.add_argument("--build-dir", default="build/train", help="where `redraft train` put the tokenised corpus")
+    p.add_argument("--card", default=None, metavar="FILE",
+                   help="also write the last --model-dir's whole model card (its README.md) here")
     p.set_defaults(func=_cmd_report)
 
     _add_client_commands(sub)

@@ -47,8 +47,9 @@ case "${1:-}" in
     cp "$from"/redraft-small/* models/redraft-small/
     # redraft-small is trained on redraft-tiny's tokenizer: the same token ids, so the two score the same tokens
     cp models/redraft-tiny/tokenizer.json models/redraft-tiny/tokenizer_config.json models/redraft-small/
-    cp "$from/train_log.jsonl" build/small/train_log.gpu.jsonl
+    cp "$from/train_log.jsonl" build/small/train_log.jsonl  # the card tables its held-out evaluations
     .venv/bin/python -m redraft.cli model-report --model-dir models/redraft-tiny --model-dir models/redraft-small \
+      --card models/redraft-small/README.md \
       --build-dir build/small
     ;;
   *)

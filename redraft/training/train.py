@@ -21,7 +21,7 @@ from tqdm import tqdm
 from transformers import ModernBertConfig, ModernBertForMaskedLM, PreTrainedTokenizerFast
 
 from redraft.errors import TrainingError
-from redraft.training.data import SpecialIds, Streams, mdlm_batch, prepare
+from redraft.training.data import SOURCE_WEIGHTS, SpecialIds, Streams, mdlm_batch, prepare
 from redraft.training.tokenizer import save_tokenizer
 
 
@@ -75,6 +75,15 @@ def config_for(size: str, steps: int | None = None, token_budget: int | None = N
             raise TrainingError(f"a run needs at least one step; got {steps}")
         cfg = replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, max(1, steps // 10)))
     return cfg
+
+
+def machine_name(device: torch.device) -> str:
+    """What a run trained on, for the model card: the GPU's name, or the CPU's architecture and threads."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA, torch {torch.__version__})"
+    import platform
+
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def resolve_training_device(name: str) -> torch.device:
@@ -210,6 +219,7 @@ def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_fr
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
     rewarm_from = None  # a warm start's fresh optimiser ramps its rate up again from this step
+    earlier_runs: list[dict] = []  # a resumed checkpoint's earlier runs: where, how many steps, how long
     ckpt_path = build_dir / "checkpoint.pt"
     log_path = build_dir / "train_log.jsonl"
     if ckpt_path.exists():
@@ -219,12 +229,14 @@ def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_fr
         gen.set_state(state["gen"])
         step = state["step"]
         rewarm_from = state.get("rewarm_from")
+        earlier_runs = state.get("runs", [])
         print(f"resumed from step {step}")
     elif init_from is not None:
         exported = ModernBertForMaskedLM.from_pretrained(init_from, local_files_only=True, dtype=torch.float32)
         model.load_state_dict(exported.state_dict())
         meta = getattr(exported.config, "redraft", None)
         step = int(meta.get("trained_steps", 0)) if isinstance(meta, dict) else 0
+        earlier_runs = list(meta.get("runs", [])) if isinstance(meta, dict) else []
         rewarm_from = step
         print(f"warm start from {init_from} (trained {step} steps); optimiser state starts fresh")
     train_streams = Streams(build_dir, "train")
@@ -232,10 +244,14 @@ def _train(build_dir: Path, cfg: TrainConfig, max_minutes: float | None, init_fr
 
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
+        run = {"machine": machine_name(device), "from_step": first_step, "to_step": step,
+               "seconds": round(time.monotonic() - started, 1), "date": time.strftime("%Y-%m-%d")}
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                    "step": step, "config": asdict(cfg), "rewarm_from": rewarm_from}, tmp)
+                    "step": step, "config": asdict(cfg), "rewarm_from": rewarm_from,
+                    "runs": [*earlier_runs, run]}, tmp)
         tmp.replace(ckpt_path)
 
+    first_step = step
     started = time.monotonic()
     last_ckpt = started
     bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
@@ -297,6 +313,10 @@ def export(build_dir: Path, out_dir: Path, max_shard_size: str = "15MB") -> None
         "description": f"Redraft's own small masked-diffusion model ({state['step']} training steps; see README.md)",
         "trained_steps": state["step"],
         "train_config": asdict(cfg),
+        "runs": state.get("runs", []),  # each run (or resumed run) of the training: machine, steps, seconds, date
+        # what it was trained on: documents and tokens per split and source, and the weights windows were drawn with
+        "corpus": json.loads(stats.read_text()) if (stats := build_dir / "corpus_stats.json").exists() else None,
+        "source_weights": dict(SOURCE_WEIGHTS),
     }
     model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
     fast = PreTrainedTokenizerFast.from_pretrained(build_dir / "tokenizer", local_files_only=True)

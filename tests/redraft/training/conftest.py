@@ -16,12 +16,14 @@ import random
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from redraft.training import corpus
 from redraft.training.corpus import Document
+from redraft.training.train import TrainConfig, export, train
 
 # Written into held-out documents only: a tokenizer that never saw held-out text has no merge for its two bytes.
 HELD_OUT_MARK = "þþþ"
@@ -213,3 +215,34 @@ def module_corpus(tmp_path_factory) -> Iterator[list[Document]]:
 @pytest.fixture(scope="session")
 def held_out_mark() -> str:
     return HELD_OUT_MARK
+
+
+@pytest.fixture(scope="module")
+def trained(module_corpus, tmp_path_factory):
+    """(build dir, exported model dir) of a tiny ModernBERT trained for two steps on the tiny corpus, which stays
+    installed for the module (the report reads held-out sentences from it)."""
+    root = tmp_path_factory.mktemp("report")
+    cfg = TrainConfig(
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        seq_len=32,
+        batch_size=4,
+        steps=2,
+        warmup_steps=1,
+        eval_every=1000,
+        gather_multiple=16,
+    )
+    train(root / "build", cfg)
+    export(root / "build", root / "model")
+    # a second model on the same tokenizer: the first one resumed for a third step
+    train(root / "build", replace(cfg, steps=3))
+    export(root / "build", root / "later")
+    return root / "build", root / "model"
+
+
+@pytest.fixture(scope="module")
+def later(trained):
+    """The model after a third training step (same tokenizer, other weights)."""
+    return trained[1].parent / "later"

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from redraft.training.corpus import SOURCES
 from redraft.errors import TrainingError
+from redraft.training.corpus import SOURCES
 from redraft.training.data import SOURCE_WEIGHTS, SpecialIds, Streams, mdlm_batch, pack, prepare, unpack
 from redraft.training.tokenizer import save_tokenizer, train_tokenizer
 

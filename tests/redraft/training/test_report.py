@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -46,35 +45,10 @@ from redraft.training.report import (
     word_tokens,
     written_tokens,
 )
-from redraft.training.train import TrainConfig, export, heldout_windows, masked_accuracy, train
+from redraft.training.train import heldout_windows, masked_accuracy
 
 GAP = "[[gap:4]]"
 README = Path(__file__).resolve().parents[3] / "README.md"
-
-
-@pytest.fixture(scope="module")
-def trained(module_corpus, tmp_path_factory):
-    """(build dir, exported model dir) of a tiny ModernBERT trained for two steps on the tiny corpus, which stays
-    installed for the module (the report reads held-out sentences from it)."""
-    root = tmp_path_factory.mktemp("report")
-    cfg = TrainConfig(
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=64,
-        seq_len=32,
-        batch_size=4,
-        steps=2,
-        warmup_steps=1,
-        eval_every=1000,
-        gather_multiple=16,
-    )
-    train(root / "build", cfg)
-    export(root / "build", root / "model")
-    # a second model on the same tokenizer: the first one resumed for a third step
-    train(root / "build", replace(cfg, steps=3))
-    export(root / "build", root / "later")
-    return root / "build", root / "model"
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +56,6 @@ def twin(trained):
     """The two-step model again, copied under another directory name."""
     _, model = trained
     return Path(shutil.copytree(model, model.parent / "twin"))
-
-
-@pytest.fixture(scope="module")
-def later(trained):
-    """The model after a third training step (same tokenizer, other weights)."""
-    return trained[1].parent / "later"
 
 
 def test_train_counts_count_the_training_streams_only(trained, held_out_mark):
