@@ -319,14 +319,43 @@ def min_length_tokens(automaton: TokenAutomaton) -> int:
     return automaton._min_length
 
 
-def require_fits(automaton: TokenAutomaton, n_positions: int) -> None:
-    """ConstraintError (422) unless some accepted sequence fits in a slot of ``n_positions``, and the slot
-    decoder's memory per step for that slot stays within ``max_dp_bytes`` (``redraft.constraints.budget.dp_step_bytes``)."""
+def accepted_lengths(automaton: TokenAutomaton, n: int) -> np.ndarray:
+    """(n + 1,) bool: which lengths 0..n (real tokens) some accepted sequence has (layered reachability over the
+    automaton's state pairs: n passes over them)."""
+    c = automaton.classes
+    src, dst = np.asarray(c.src, dtype=np.int64), np.asarray(c.dst, dtype=np.int64)
+    final = np.asarray(automaton.final, dtype=bool)
+    reach = np.zeros(automaton.n_states, dtype=bool)
+    reach[automaton.initial] = True
+    out = np.zeros(n + 1, dtype=bool)
+    out[0] = final[automaton.initial]
+    for k in range(1, n + 1):
+        nxt = np.zeros_like(reach)
+        nxt[dst[reach[src]]] = True
+        if not nxt.any():
+            break
+        reach = nxt
+        out[k] = bool((reach & final).any())
+    return out
+
+
+def require_fits(automaton: TokenAutomaton, n_positions: int, min_tokens: int = 0) -> None:
+    """ConstraintError (422) unless some accepted sequence fits in a slot of ``n_positions`` with at least
+    ``min_tokens`` real tokens, and the slot decoder's memory per step for that slot stays within
+    ``max_dp_bytes`` (``redraft.constraints.budget.dp_step_bytes``)."""
     k = min_length_tokens(automaton)
     if k > n_positions:
         raise ConstraintError(
             f"shortest match of {shown(automaton.pattern)} needs {k} tokens but the slot has {n_positions}"
         )
+    if min_tokens > k:
+        lengths = accepted_lengths(automaton, n_positions)
+        if not lengths[min_tokens:].any():
+            longest = int(np.flatnonzero(lengths).max())
+            raise ConstraintError(
+                f"min_tokens={min_tokens}, but no match of {shown(automaton.pattern)} that fits the slot's "
+                f"{n_positions} tokens has more than {longest}; give min_tokens of at most {longest}"
+            )
     c = automaton.classes
     require_dp_fits(automaton.pattern, n_positions, c.n_class_tokens, c.n_pairs, automaton.n_states, k)
 

@@ -36,14 +36,14 @@ def compile_generate(pieces: list[str | SlotSpec], tokenizer: Tokenizer, info: M
             continue
         target = piece.target or (("regex", ANY_TEXT) if piece.min_tokens else None)
         if target is not None:
+            if piece.min_tokens > piece.max_tokens:
+                raise InvalidRequest(f"slot {piece.name!r}: min_tokens exceeds max_tokens")
             automaton = compile_target(target, tokenizer, info.eos_id, special)
             try:
-                require_fits(automaton, piece.max_tokens)
+                require_fits(automaton, piece.max_tokens, piece.min_tokens)
             except ConstraintError:
                 discard(automaton)  # a refused request leaves nothing behind in the cache
                 raise
-            if piece.min_tokens > piece.max_tokens:
-                raise InvalidRequest(f"slot {piece.name!r}: min_tokens exceeds max_tokens")
         builder.slot(piece.name, piece.max_tokens, piece.min_tokens, target, piece.vocab)
     return builder.build(require_slot)
 

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import redraft.constraints.automaton as automaton_module
 from redraft.constraints.automaton import (
     TokenAutomaton,
+    accepted_lengths,
     accepts,
     compile_choices,
     compile_json_schema,
@@ -168,6 +169,33 @@ def test_min_length_and_require_fits(pattern):
     require_fits(a, k)
     with pytest.raises(ConstraintError, match=f"needs {k} tokens but the slot has {k - 1}"):
         require_fits(a, k - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n_states=st.integers(1, 5), vocab=st.integers(1, 3), n=st.integers(0, 5))
+def test_accepted_lengths_are_the_lengths_of_accepted_sequences(data, n_states, vocab, n):
+    """On small random automata, against every token sequence of length 0..n (the oracle: ``accepts``)."""
+    import itertools
+
+    table = np.array(data.draw(st.lists(st.lists(st.integers(-1, n_states - 1), min_size=vocab, max_size=vocab),
+                                        min_size=n_states, max_size=n_states)), dtype=np.int32)  # (S, V)
+    final = np.array(data.draw(st.lists(st.booleans(), min_size=n_states, max_size=n_states)))
+    a = TokenAutomaton("random", n_states, 0, final, next_state=table)
+    expected = [any(accepts(a, list(seq)) for seq in itertools.product(range(vocab), repeat=k)) for k in range(n + 1)]
+    assert accepted_lengths(a, n).tolist() == expected
+
+
+@pytest.mark.parametrize("pattern", REGEXES)
+def test_min_tokens_beyond_every_match_in_the_slot_is_refused_with_the_longest(pattern):
+    a = regex(pattern)
+    n = min_length_tokens(a) + 3
+    lengths = accepted_lengths(a, n)
+    longest = int(np.flatnonzero(lengths).max())
+    require_fits(a, n, min_tokens=longest)
+    if longest < n:
+        with pytest.raises(ConstraintError, match=f"min_tokens={longest + 1}, .* more than {longest}; give "
+                                                  f"min_tokens of at most {longest}"):
+            require_fits(a, n, min_tokens=longest + 1)
 
 
 @settings(max_examples=40, deadline=None)

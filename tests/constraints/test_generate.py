@@ -183,6 +183,18 @@ def test_min_tokens_over_max_tokens_is_refused(tiny_model):
             compile_generate(["x ", SlotSpec("a", 2, 3, target)], tokenizer, info)
 
 
+def test_min_tokens_no_match_of_the_target_can_hold_is_refused_before_the_job_is_accepted(tiny_model):
+    """``choices: ["yes"]`` is 1 to 3 tokens ("yes", "y"+"es", ...): asking for 5 was accepted, and the worker's
+    slot decoder then found no path and failed the job."""
+    info, tokenizer = tiny_model
+    spec = make_slot("answer", 8, 5, choices=["yes"], limit=64)
+    with pytest.raises(ConstraintError, match=r"min_tokens=5, but no match .* has more than 3; give min_tokens of at "
+                                              r"most 3"):
+        compile_generate(["Q: ", spec], tokenizer, info)
+    canvas = compile_generate(["Q: ", make_slot("answer", 8, 3, choices=["yes"], limit=64)], tokenizer, info)
+    assert canvas.slots[0].min_tokens == 3
+
+
 def test_text_alone_is_refused_unless_no_slot_is_required(tiny_model):
     info, tokenizer = tiny_model
     with pytest.raises(InvalidRequest, match="nothing to generate"):
