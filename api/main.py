@@ -18,7 +18,7 @@ from redraft.api import metrics
 from redraft.api.limits import BodyLimit, NoNulInUrl
 from redraft.api.openai import mount_openai
 from redraft.api.routes import drafts, jobs, system, templates
-from redraft.api.web import docs_page, mount_web
+from redraft.api.web import EVERY_RESPONSE, docs_page, mount_web
 from redraft.errors import RedraftError
 from redraft.settings import get_settings
 
@@ -91,6 +91,15 @@ def create_app() -> FastAPI:
         log.warning("database unavailable: %s", type(exc).__name__)
         return JSONResponse({"detail": "the database is not answering right now; retry in a few seconds",
                              "code": "database_unavailable"}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug, not a bad request. Starlette's outermost ServerErrorMiddleware sends this answer (outside every
+        # middleware added here, so the security headers are set on it here) and re-raises for the server's log.
+        log.error("unhandled %s while answering a request", type(exc).__name__, exc_info=exc)
+        return JSONResponse({"detail": "the server failed on this request (an internal error, logged); retry, and "
+                             "report it if it persists", "code": "internal_error"}, status_code=500,
+                            headers=EVERY_RESPONSE)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

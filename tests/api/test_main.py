@@ -105,3 +105,23 @@ def test_the_docs_pages_draw_the_api_with_no_internet(browser, service, path, ti
         assert [e for e in errors if not (refused and REDOC_LOGO in e)] == []
     finally:
         context.close()
+
+
+def test_an_unexpected_failure_is_a_500_in_the_error_shape_with_the_security_headers(caplog):
+    """A bug in a route (here one added for the test) answers in the API's one error shape, with the headers
+    every answer carries; before, Starlette's plain-text 500 came from outside the middleware that sets them."""
+    from redraft.api.main import create_app
+    from redraft.api.web import EVERY_RESPONSE
+
+    app = create_app()
+
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/v1/boom", boom)
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.get("/v1/boom")
+    assert r.status_code == 500
+    assert r.json()["code"] == "internal_error" and "a bug" not in r.text  # nothing of the failure leaks
+    assert {k.lower(): v for k, v in EVERY_RESPONSE.items()}.items() <= dict(r.headers).items()
+    assert any("unhandled RuntimeError" in rec.getMessage() for rec in caplog.records)
