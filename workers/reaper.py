@@ -43,8 +43,9 @@ def reap_once(settings: Settings, client: redis.Redis | None = None) -> list[str
     requeued = _resend(unsent, "it was not in the queue")
     with session_scope() as s:
         lost = repo.jobs_sent_before(s, epoch)
-    requeued += _resend(lost, "Redis lost its messages")
-    requeued += _reap_receipts(settings, client)
+    # a job this pass sent already is not sent again for another reason (a lost job whose receipt is an orphan)
+    requeued += _resend([j for j in lost if j[0] not in requeued], "Redis lost its messages")
+    requeued += _reap_receipts(settings, client, set(requeued))
     return requeued
 
 
@@ -81,8 +82,9 @@ def _resend(jobs: list[tuple[str, datetime | None]], why: str) -> list[str]:
     return sent
 
 
-def _reap_receipts(settings: Settings, client: redis.Redis) -> list[str]:
-    """Re-send queued jobs received by a worker that is dead or no longer holds them."""
+def _reap_receipts(settings: Settings, client: redis.Redis, sent: set[str] = frozenset()) -> list[str]:
+    """Re-send queued jobs received by a worker that is dead or no longer holds them (but those in ``sent``, sent
+    earlier in this pass: their orphaned receipts are only taken)."""
     keys = Keys(settings.queue_name)
     receipts = client.hgetall(keys.receipts)
     if not receipts:
@@ -96,7 +98,7 @@ def _reap_receipts(settings: Settings, client: redis.Redis) -> list[str]:
         if delete_if(client, keys.receipts, job_id, raw.decode()):  # only one reaper takes it
             orphans.append(job_id)
     with session_scope() as s:
-        still_queued = repo.queued_sent_at(s, orphans)
+        still_queued = repo.queued_sent_at(s, [j for j in orphans if j not in sent])
     resent = _resend(still_queued, "the worker that received it died or dropped it")
     dead = {m.decode() for m in client.smembers(keys.workers)} - set(beats)
     if dead:

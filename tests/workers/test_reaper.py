@@ -151,6 +151,20 @@ def test_a_received_job_nobody_will_run_is_sent_again(reaping, session, broker, 
     assert broker.smembers(keys.workers) == {b"live"}  # the dead worker is forgotten
 
 
+def test_a_job_lost_with_redis_and_received_by_a_dead_worker_is_sent_once_in_a_pass(reaping, session, broker, queue):
+    """Two reasons to resend one job in one pass (its message was sent before Redis lost its data, and the worker
+    whose receipt it holds is dead): one send, and the orphaned receipt is gone."""
+    keys = Keys(queue)
+    job = make_job(session)
+    enqueue(job.id)
+    broker.delete(queue, keys.epoch)  # Redis restarted empty...
+    broker.hset(keys.receipts, job.id, json.dumps({"worker": "dead", "task": "t", "at": time.time() - 60}))
+    broker.sadd(keys.workers, "dead")  # ...but a receipt of a worker that died is still there
+    assert reap_once(pass_settings()) == [job.id]
+    assert sent(broker, queue) == [job.id]
+    assert not broker.hexists(keys.receipts, job.id) and reap_once(pass_settings()) == []
+
+
 def test_racing_passes_send_each_job_once(reaping, session, broker, queue):
     keys = Keys(queue)
     stale, unsent, lost, orphan = (make_job(session) for _ in range(4))
