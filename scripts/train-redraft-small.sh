@@ -22,6 +22,13 @@ case "${1:-}" in
   prepare)
     bash scripts/install.sh
     .venv/bin/pip install -q -e ".[train]"
+    # the corpus's Debian sources (redraft/training/corpus.py), system-wide, where missing
+    debs=(wordnet-base fortunes dict-foldoc dict-jargon dict-devil bible-kjv bible-kjv-text debian-handbook)
+    missing=$(for d in "${debs[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || echo "$d"; done)
+    if [ -n "$missing" ]; then
+      echo "installing the corpus's Debian packages with apt-get:" $missing
+      apt-get install -y -qq $missing >/dev/null
+    fi
     .venv/bin/python -m redraft.cli train --size small --build-dir build/small --tokenizer-from models/redraft-tiny \
       --prepare-only --pack "$PACK"
     ls -l "$PACK"
