@@ -156,3 +156,59 @@ def test_a_rows_experts_output_is_its_output_alone(experts_layer, rows, width, s
         batched = experts_by_row(fn)(experts, hidden, index, weights)
     assert torch.equal(batched, alone)
     assert torch.equal(experts_by_row(fn)(experts, hidden, index, weights), fn(experts, hidden, index, weights))
+
+
+# ------------------------------------------------------------------ a masked model's LM head at the masks only
+
+
+@pytest.fixture(scope="module", params=["tiny-random", "redraft-tiny"])
+def masked_adapter(request, tiny_model_dir):
+    """A ModernBERT 1 x 32 (random) and the shipped one, 4 x 256: two widths, two sets of CPU kernels."""
+    from redraft.workers.adapters import get_adapter
+
+    return get_adapter(request.param, tiny_model_dir if request.param == "tiny-random" else DEFAULT_MODEL_DIR, "cpu")
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 5), length=st.sampled_from([16, 32, 64]), density=st.floats(0, 1), seed=st.integers(0, 99))
+def test_logits_at_the_masks_are_the_whole_passes_logits_there_bit_for_bit(masked_adapter, rows, length, density,
+                                                                          seed):
+    """However few masks a pass holds (one, two: the shapes whose matmuls round differently unpadded), each masked
+    position's logits are exactly what the whole forward pass gives there, alone or beside other rows."""
+    a = masked_adapter
+    assert a.sparse_head
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(5, a.info.vocab_size, (rows, length), generator=g)
+    x[torch.rand(rows, length, generator=g) < density] = a.info.mask_id
+    need = x == a.info.mask_id
+    a._taken = 0
+    sparse = a._logits_at_masks(x, None)
+    assert sparse.shape == (rows, length, a.info.vocab_size) and sparse.dtype == torch.float32
+    assert torch.equal(sparse[need], a.logits(x)[need])
+    kept = sparse.clone()
+    for j in range(rows):  # each row alone: the same values at its masks as in the batch
+        a._taken = 0
+        assert torch.equal(a._logits_at_masks(x[j:j + 1], None)[0][need[j]], kept[j][need[j]])
+
+
+def test_the_groups_of_a_step_get_their_own_buffers_and_the_next_step_reuses_them(masked_adapter):
+    from redraft.workers.sampler import Row, SamplerConfig
+
+    a = masked_adapter
+    mask = a.info.mask_id
+
+    def row(length: int, masks: int) -> Row:
+        x = torch.full((length,), 7)
+        x[:masks] = mask
+        return Row(x, x != mask, SamplerConfig(steps=4), torch.Generator().manual_seed(0), mask)
+
+    rows = [row(16, 3), row(32, 5), row(16, 2)]
+    groups = a.forward_groups(rows)
+    assert sorted(m for members, _ in groups for m in members) == [0, 1, 2] and len(groups) == 2
+    ptrs = {raw.data_ptr() for _, raw in groups}
+    assert len(ptrs) == 2  # two groups in one step never share memory
+    for members, raw in groups:
+        x = torch.stack([rows[i].x for i in members])
+        assert torch.equal(raw[x == mask], a.logits(x)[x == mask])
+    again = a.forward_groups(rows)
+    assert {raw.data_ptr() for _, raw in again} == ptrs  # no new V-wide buffers step after step
