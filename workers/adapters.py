@@ -318,7 +318,8 @@ class DiffusionGemmaAdapter(Adapter):
                 decoder_attention_mask=torch.ones((len(members), encoded + width), dtype=torch.bool, device=self.device))
             with rows_of(width):
                 logits = model(decoder_input_ids=canvas, self_conditioning_logits=sc, self_conditioning_mask=sc_mask,
-                               decoder_attention_mask=masks, cache=cache, decoder_position_ids=positions).logits  # (b, W, V)
+                               decoder_attention_mask=masks, cache=cache,
+                               decoder_position_ids=positions).logits  # (b, W, V)
             out.append((members, logits.float()))
         return out
 
