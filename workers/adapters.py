@@ -85,8 +85,9 @@ class MaskedLMAdapter(Adapter):
         super().__init__(info, model, device)
         self.sparse_head = type(model).__name__ == "ModernBertForMaskedLM" and all(
             hasattr(model, a) for a in ("model", "head", "decoder"))
-        self._buffers: list[torch.Tensor] = []  # (b, L, V) logits of a step's groups, reused from step to step
-        self._taken = 0  # buffers handed out in the current step
+        # Per thread (an engine's step loop, or a caller stepping rows itself), the (b, L, V) logits of a step's
+        # groups, reused from step to step, and how many of them the current step has handed out.
+        self._local = threading.local()
 
     @torch.no_grad()
     def _logits_at_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -106,14 +107,23 @@ class MaskedLMAdapter(Adapter):
         out[need] = head
         return out
 
+    @property
+    def _taken(self) -> int:
+        return getattr(self._local, "taken", 0)
+
+    @_taken.setter
+    def _taken(self, n: int) -> None:
+        self._local.taken = n
+
     def _buffer(self, numel: int) -> torch.Tensor:
         """The step's next (numel,) float32 buffer: one per group of a step, kept (and grown) for later steps."""
-        if self._taken == len(self._buffers):
-            self._buffers.append(torch.empty(0, device=self.device))
-        if self._buffers[self._taken].numel() < numel:
-            self._buffers[self._taken] = torch.empty(numel, device=self.device)
+        buffers = self._local.__dict__.setdefault("buffers", [])
+        if self._taken == len(buffers):
+            buffers.append(torch.empty(0, device=self.device))
+        if buffers[self._taken].numel() < numel:
+            buffers[self._taken] = torch.empty(numel, device=self.device)
         self._taken += 1
-        return self._buffers[self._taken - 1][:numel]
+        return buffers[self._taken - 1][:numel]
 
     @torch.no_grad()
     def forward_groups(self, rows) -> list[tuple[list[int], torch.Tensor]]:

@@ -212,3 +212,33 @@ def test_the_groups_of_a_step_get_their_own_buffers_and_the_next_step_reuses_the
         assert torch.equal(raw[x == mask], a.logits(x)[x == mask])
     again = a.forward_groups(rows)
     assert {raw.data_ptr() for _, raw in again} == ptrs  # no new V-wide buffers step after step
+
+
+def test_threads_stepping_rows_on_one_adapter_never_share_logits(masked_adapter):
+    """The process-wide adapter may be stepped from two threads at once (an engine's loop and a caller of
+    ``sampler.step``): each thread's logits live in its own buffers."""
+    import threading
+
+    a = masked_adapter
+    mask = a.info.mask_id
+    x = torch.full((2, 16), 7)
+    x[:, :4] = mask
+    ptrs, results = {}, {}
+
+    def work(name: str, seed: int) -> None:
+        xs = x.clone()
+        xs[:, 5] = 100 + seed
+        with torch.no_grad():
+            a._taken = 0
+            out = a._logits_at_masks(xs, None)
+        ptrs[name] = out.data_ptr()
+        results[name] = (xs, out[xs == mask].clone())
+
+    threads = [threading.Thread(target=work, args=(f"t{i}", i)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ptrs["t0"] != ptrs["t1"]
+    for xs, got in results.values():
+        assert torch.equal(got, a.logits(xs)[xs == mask])
