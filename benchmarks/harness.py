@@ -185,12 +185,25 @@ def throughput_table(device: str, database_url: str, redis_url: str,
                     f"{eng.advance_s / batched:.0%} |")
     rows.append(f"\nEach job: two 16-token gaps, 16 steps, temperature 0.7, canvas {length} tokens (padded to "
                 f"{padded}); step rows in {database_url.split(':')[0]}, "
-                f"{'events on Redis' if redis_url else 'no event bus (no Redis on this host)'}. The ceiling runs "
+                f"{'events on Redis' if _answers(redis_url) else 'no event bus (no Redis on this host)'}. "
+                f"The ceiling runs "
                 f"as many bare forward passes of shape ({'n'}, {padded}) as the batched run made (whole logits, "
                 f"as before 2026-12-02); the engine computes the LM head at masked positions only, so the like-for-like "
                 f"ceiling runs those passes with the head at a schedule's masks (32 per job, down evenly over the "
                 f"steps).")
     return rows
+
+
+def _answers(redis_url: str | None) -> bool:
+    """Whether a Redis answers at ``redis_url`` (the worker path runs without its event bus where none does)."""
+    if not redis_url:
+        return False
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
 
 
 def service_throughput(url: str, key: str, n: int) -> float:
