@@ -9,7 +9,7 @@
 #                                                      # models/redraft-small and prints `redraft model-report`
 #
 # The GPU step needs only python3 with torch, transformers, tokenizers and tqdm (no install, no corpus packages,
-# no network): it trains `--size small` (ModernBERT 8 x 512, ~28.5M parameters; redraft/training/train.py SIZES)
+# no network): it trains `--size small` (ModernBERT 4 x 512, 16.5M parameters; redraft/training/train.py SIZES)
 # on a fixed token budget (TOKENS, default 200M: ~6,100 steps of 256 x 128 tokens), stops early at MINUTES
 # (default 10) whatever the budget, and writes the fp16 export in shards of at most 15 MB plus the training log to
 # $OUT (or build/small-out), within what a device run brings back (8 files, 16 MiB each). DEVICE=cpu runs the same

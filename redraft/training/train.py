@@ -47,11 +47,14 @@ class TrainConfig:
         return self.batch_size * self.seq_len
 
 
-# The model sizes `redraft train --size` knows. "small": ~28.5M parameters (57 MB in fp16), ModernBERT 8 x 512;
-# the step count is set from a token budget (`--token-budget`), the rest is the recipe of redraft-tiny scaled up.
+# The model sizes `redraft train --size` knows. "small": ModernBERT 4 x 512, 16.5M parameters (33 MB in fp16); the
+# step count is set from a token budget (`--token-budget`), the rest is the recipe of redraft-tiny scaled up. Its
+# depth is set by issue 16's CPU latency goal (the README's first job at most 2x redraft-tiny's), measured on the
+# project's 2-core machine with random weights of each shape (`report.latency_table`, 2026-12-02, median of 7):
+# 8 x 512 (28.6M) 3.1x, 6 x 512 2.4x, 8 x 384 2.2x, 5 x 512 2.8x, 4 x 576 2.3-3.1x, 4 x 512 1.9-2.2x.
 SIZES = {
     "tiny": TrainConfig(),
-    "small": TrainConfig(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1280, batch_size=256,
+    "small": TrainConfig(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=1280, batch_size=256,
                          steps=10_000, lr=1e-3, warmup_steps=500, eval_every=1000, checkpoint_minutes=2.0,
                          gather_multiple=4096),
 }
