@@ -14,7 +14,9 @@
    table's jobs submitted N at a time over HTTP, submit → last result (the whole service's throughput).
 
     python benchmarks/harness.py [--device cpu|cuda] [--markdown docs/benchmarks.md]
-        [--tables decoding,throughput,queue] [--concurrency 1,4,16,32]
+        [--tables decoding,throughput,queue] [--concurrency 1,4,16,32] [--torch-compile off|default|reduce-overhead]
+
+``--torch-compile`` sets REDRAFT_TORCH_COMPILE for the worker path, the service and the like-for-like ceiling.
 
 Runs unchanged on CUDA (``--device cuda``); on these 2-core CPUs it takes a few minutes.
 """
@@ -35,10 +37,14 @@ import time
 from datetime import date
 from pathlib import Path
 
+from typing import get_args
+
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from redraft.settings import CompileMode  # noqa: E402
 
 SAMPLE = REPO / "tests" / "data" / "heldout_sample.jsonl"
 THRESHOLDS = (0.9, 0.8, 0.7, 0.5, 0.3)
@@ -106,7 +112,7 @@ def throughput_table(device: str, database_url: str, redis_url: str,
     settings = get_settings()
     upgrade(database_url)
     info = resolve_model(None, settings)
-    adapter = get_adapter(info.name, settings.models[info.name], device)
+    adapter = get_adapter(info.name, settings.models[info.name], device, settings.torch_compile)
     req = InfillJobCreate(kind="infill", text=THROUGHPUT_TEXT, steps=16, temperature=0.7)
 
     def make_jobs(n: int) -> list[str]:
@@ -291,13 +297,17 @@ def main() -> None:
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
     parser.add_argument("--tables", default="decoding,throughput,queue", help="which tables, comma-separated")
     parser.add_argument("--concurrency", default="1,4,16,32", help="concurrent jobs of the throughput table")
+    parser.add_argument("--torch-compile", default=os.environ.get("REDRAFT_TORCH_COMPILE", "off"),
+                        choices=get_args(CompileMode),
+                        help="REDRAFT_TORCH_COMPILE for the worker path and the service (default: as set, or off)")
     args = parser.parse_args()
+    os.environ["REDRAFT_TORCH_COMPILE"] = args.torch_compile
     tables = set(args.tables.split(","))
     concurrency = tuple(int(n) for n in args.concurrency.split(","))
     database_url = args.database_url or f"sqlite:///{tempfile.mkdtemp(prefix='redraft-bench-')}/bench.db"
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else \
         f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    out = [f"Measured {date.today()} on {device_name}, model redraft-tiny, "
+    out = [f"Measured {date.today()} on {device_name}, model redraft-tiny, torch.compile {args.torch_compile}, "
            f"`python benchmarks/harness.py {' '.join(sys.argv[1:])}`.", ""]
     if "decoding" in tables:
         out += ["### 1. Decoding schedules (held-out infill)", "", *decoding_table(args.device), ""]

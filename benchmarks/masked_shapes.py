@@ -18,6 +18,7 @@ passes and the group step, and (``--json``) the structure processor's share of t
 
     python benchmarks/masked_shapes.py --shape tiny --device cpu --batches 1,4
     python benchmarks/masked_shapes.py --shape llada8b --device cuda --batches 1,8,16,32 [--json]   # < 12 min
+        [--torch-compile reduce-overhead]   # the engine's passes under torch.compile with CUDA graphs
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ import time
 from datetime import date
 from pathlib import Path
 
+from typing import get_args
+
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from redraft.settings import CompileMode  # noqa: E402
 
 SHAPES = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
@@ -46,7 +51,7 @@ SCHEMA = {"type": "object", "properties": {"title": {"type": "string", "maxLengt
 WORDS = "The committee met on Tuesday to review the proposal and recorded its decision as follows. "
 
 
-def build(shape: str, device: str, context: int, workdir: Path):
+def build(shape: str, device: str, context: int, workdir: Path, torch_compile: str = "off"):
     """(adapter, info, tokenizer): a random ModernBERT of ``shape`` on ``device`` with Redraft's tokenizer."""
     from transformers import AutoConfig, ModernBertForMaskedLM
 
@@ -63,7 +68,7 @@ def build(shape: str, device: str, context: int, workdir: Path):
     torch.manual_seed(0)
     with torch.device(device):
         model = ModernBertForMaskedLM(AutoConfig.from_pretrained(path, local_files_only=True)).to(dtype)
-    return MaskedLMAdapter(info, model, torch.device(device)), info, load_tokenizer(path)
+    return MaskedLMAdapter(info, model, torch.device(device), torch_compile), info, load_tokenizer(path)
 
 
 def make_rows(n: int, adapter, info, tokenizer, canvas_tokens: int, answer: int, steps: int, with_json: bool,
@@ -107,16 +112,19 @@ def main() -> None:
     parser.add_argument("--answer", type=int, default=64, help="answer tokens (the slot)")
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="a JSON-schema target on every answer")
+    parser.add_argument("--torch-compile", default="off", choices=get_args(CompileMode),
+                        help="REDRAFT_TORCH_COMPILE for the engine's passes (the ceiling stays as written)")
     args = parser.parse_args()
 
     from redraft.workers.engine import BatchEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        adapter, info, tokenizer = build(args.shape, args.device, max(512, args.canvas), Path(tmp))
+        adapter, info, tokenizer = build(args.shape, args.device, max(512, args.canvas), Path(tmp), args.torch_compile)
         device = adapter.device
         sync(device)
-        print(f"built {args.shape} on {device} in {time.perf_counter() - t0:.1f} s "
+        print(f"built {args.shape} on {device} (torch.compile {args.torch_compile}, compiled when built) in "
+              f"{time.perf_counter() - t0:.1f} s "
               f"({sum(p.numel() for p in adapter.model.parameters()) / 1e9:.2f}B parameters)", flush=True)
         what = "JSON-schema answer" if args.json else "free-text answer"
         name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"

@@ -11,6 +11,9 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# How a worker runs its model's forward pass: as written ("off"), or under torch.compile in one of its modes
+# ("reduce-overhead" also records CUDA graphs on a GPU). workers/adapters.py::compiled says what is compiled.
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "redraft-tiny"
 
 
@@ -48,6 +51,10 @@ class Settings(BaseSettings):
     worker_restart_delay_s: float = Field(1.0, gt=0)
     worker_restart_max_delay_s: float = Field(60.0, gt=0)  # at least the delay
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when present)
+    # torch.compile for the forward pass of masked models (REDRAFT_TORCH_COMPILE; not the constraint compiles of
+    # compile_* below): off by default, since a worker then compiles for ~10-30 s when it loads the model
+    # (docs/benchmarks.md has what it gains, README when to use it).
+    torch_compile: CompileMode = "off"
     # Jobs a worker process denoises together (continuous batching: its Celery thread pool has this
     # many threads, and one engine thread steps all their canvases between forward passes).
     worker_batch_size: int = Field(16, ge=1, le=256)

@@ -58,6 +58,8 @@ bench "A masked LM at LLaDA-8B's width and depth (random bf16 weights)" 120 \
   python3 benchmarks/masked_shapes.py --shape "$ms" --device "$dev" --batches 1,8,16,32
 bench "The same with a JSON-schema target on every job" 100 \
   python3 benchmarks/masked_shapes.py --shape "$ms" --device "$dev" --batches 1,8,16,32 --json
+bench "The LLaDA-8B-shaped LM under torch.compile with CUDA graphs (REDRAFT_TORCH_COMPILE=reduce-overhead)" 150 \
+  python3 benchmarks/masked_shapes.py --shape "$ms" --device "$dev" --batches 1,16 --torch-compile reduce-overhead
 bench "The group steps at DiffusionGemma's width and vocabulary (no model)" 60 \
   python3 benchmarks/step_loop.py --device "$dev" --shapes "$shapes"
 bench "Structure targets at V = 262,144" 90 python3 benchmarks/constraint_cost_262k.py --lengths "$lengths" --repeats 1

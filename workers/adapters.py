@@ -8,6 +8,7 @@ shifted, like Dream, are re-aligned here, so the sampler never knows).
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,6 +21,8 @@ from redraft.errors import ModelError
 from redraft.families import ModelInfo, load_model_info
 from redraft.workers import prefix_cache
 
+log = logging.getLogger(__name__)
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -27,17 +30,71 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class Forward:
+    """A module's forward pass as the step loop calls it, ``(input_ids (b, L), attention_mask (b, L) bool | None) ->
+    tensor``: the output's ``output`` field (``logits``, or a trunk's ``last_hidden_state``), run as written or
+    under ``torch.compile`` (``mode``, the setting REDRAFT_TORCH_COMPILE).
+
+    Compiled, shapes are dynamic (past a first graph and one for a single row, every batch size and canvas length
+    share one graph: canvases come in many lengths) and an attention mask is always passed (all true where the
+    rows have none, unless ``fill_mask`` is false: a family whose code wants none then), so a row reads the same graph
+    alone or batched. Under "reduce-overhead" on a GPU each shape's
+    graph is also recorded as a CUDA graph, whose outputs the next replay overwrites: they are copied out. If
+    compiling fails (no C++ compiler for a CPU build, an unsupported operation) the pass runs as written, with a
+    warning: a worker that was asked to be faster must not fail its jobs instead."""
+
+    def __init__(self, module: torch.nn.Module, output: str, mode: str = "off", device: torch.device | None = None,
+                 warm_up: tuple[int, int] | None = None, fill_mask: bool = True) -> None:
+        self.module, self.output, self.mode, self.fill_mask = module, output, mode, fill_mask
+        self.cuda_graphs = mode == "reduce-overhead" and device is not None and device.type == "cuda"
+        self._run = module if mode == "off" else torch.compile(module, mode=mode, dynamic=True)
+        if mode != "off" and warm_up is not None:
+            self.warm_up(device, *warm_up)
+
+    @property
+    def compiled(self) -> bool:
+        return self._run is not self.module
+
+    @torch.no_grad()  # always: a graph compiled without gradients is not reused with them
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if not self.compiled:
+            return getattr(self.module(input_ids=input_ids, attention_mask=attention_mask), self.output)
+        if attention_mask is None and self.fill_mask:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            return getattr(self._run(input_ids=input_ids, attention_mask=attention_mask), self.output).clone()
+        return getattr(self._run(input_ids=input_ids, attention_mask=attention_mask), self.output)
+
+    @torch.no_grad()
+    def warm_up(self, device: torch.device, token: int, length: int) -> None:
+        """Compile now (one row, then two: the two graphs every later shape reuses), not during a job's first step;
+        on failure fall back to the module as written, with a warning that says why."""
+        try:
+            for rows in (1, 2):
+                self(torch.full((rows, length), token, device=device), None)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: run as written instead
+            log.warning("torch.compile (REDRAFT_TORCH_COMPILE=%s) failed; the model runs as written: %s: %s",
+                        self.mode, type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+            self._run = self.module
+
+
 class Adapter:
     """Base adapter: wraps a loaded ``torch.nn.Module`` whose forward returns ``.logits``."""
 
-    def __init__(self, info: ModelInfo, model: torch.nn.Module, device: torch.device) -> None:
+    def __init__(self, info: ModelInfo, model: torch.nn.Module, device: torch.device, torch_compile: str = "off") -> None:
         self.info = info
         self.model = model.eval()
         self.device = device
         self.positions_read = 0  # canvas positions the model has read, over all forward passes (a prefix cache reads fewer)
+        self.net = self._net(torch_compile)
+
+    def _net(self, torch_compile: str) -> Forward:
+        """The forward pass ``_forward`` runs (compiled or not: :class:`Forward`)."""
+        return Forward(self.model, "logits", torch_compile, self.device, (self.info.mask_id, 16))
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.net(input_ids, attention_mask)
 
     def forward_groups(self, rows) -> list[tuple[list[int], torch.Tensor]]:
         """The sampler's rows' logits, one forward pass (b, L, V) per group of rows of equal length."""
@@ -81,20 +138,31 @@ class MaskedLMAdapter(Adapter):
     sampler's rows a ModernBERT computes its LM head at undecided positions only (``HEAD_MIN_ROWS``); the other
     positions of the logits it returns hold whatever an earlier step left there, which nothing reads."""
 
-    def __init__(self, info: ModelInfo, model: torch.nn.Module, device: torch.device) -> None:
-        super().__init__(info, model, device)
+    def __init__(self, info: ModelInfo, model: torch.nn.Module, device: torch.device, torch_compile: str = "off") -> None:
         self.sparse_head = type(model).__name__ == "ModernBertForMaskedLM" and all(
             hasattr(model, a) for a in ("model", "head", "decoder"))
+        super().__init__(info, model, device, torch_compile)
         # Per thread (an engine's step loop, or a caller stepping rows itself), the (b, L, V) logits of a step's
         # groups, reused from step to step, and how many of them the current step has handed out.
         self._local = threading.local()
+
+    def _net(self, torch_compile: str) -> Forward:
+        """With the head at the masks only, the trunk's pass (the one that is compiled); else the whole model's."""
+        if not self.sparse_head:
+            return super()._net(torch_compile)
+        return Forward(self.model.model, "last_hidden_state", torch_compile, self.device, (self.info.mask_id, 16))
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.sparse_head:  # the net is the trunk: the whole logits, for callers outside the sampler's rows
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.net(input_ids, attention_mask)
 
     @torch.no_grad()
     def _logits_at_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """``logits`` where ``input_ids`` holds the mask token; elsewhere stale values (a reused buffer)."""
         self.positions_read += input_ids.numel()
         m = self.model
-        hidden = m.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (b, L, H)
+        hidden = self.net(input_ids, attention_mask)  # (b, L, H)
         need = input_ids == self.info.mask_id  # (b, L)
         picked = hidden[need]  # (N, H)
         n = picked.shape[0]
@@ -144,7 +212,7 @@ class MaskedLMAdapter(Adapter):
         return out
 
     @classmethod
-    def load(cls, info: ModelInfo, device: torch.device) -> MaskedLMAdapter:
+    def load(cls, info: ModelInfo, device: torch.device, torch_compile: str = "off") -> MaskedLMAdapter:
         from transformers import AutoConfig, AutoModelForMaskedLM
 
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
@@ -156,21 +224,21 @@ class MaskedLMAdapter(Adapter):
             torch.manual_seed(0)
             config = AutoConfig.from_pretrained(info.path, local_files_only=True)
             model = AutoModelForMaskedLM.from_config(config, dtype=dtype)
-        return cls(info, model.to(device), device)
+        return cls(info, model.to(device), device, torch_compile)
 
 
 class RemoteCodeAdapter(Adapter):
     """LLaDA and Dream: ``AutoModel`` with ``trust_remote_code`` from a local directory (GPU hosts)."""
 
     @classmethod
-    def load(cls, info: ModelInfo, device: torch.device) -> RemoteCodeAdapter:
+    def load(cls, info: ModelInfo, device: torch.device, torch_compile: str = "off") -> RemoteCodeAdapter:
         from transformers import AutoModel
 
         if not info.weights_present:
             raise ModelError(f"model {info.name!r}: {info.path} has no weights")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = AutoModel.from_pretrained(info.path, trust_remote_code=True, local_files_only=True, dtype=dtype)
-        return cls(info, model.to(device), device)
+        return cls(info, model.to(device), device, torch_compile)
 
 
 class LLaDAAdapter(RemoteCodeAdapter):
@@ -180,11 +248,14 @@ class LLaDAAdapter(RemoteCodeAdapter):
 class DreamAdapter(RemoteCodeAdapter):
     """Dream: predicts the token at i+1 from position i (shift 1, applied by ``Adapter.logits``)."""
 
+    def _net(self, torch_compile: str) -> Forward:
+        return Forward(self.model, "logits", torch_compile, self.device, None, fill_mask=False)
+
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         # Dream's remote code wants an additive-style mask or "full"; with no padding pass none.
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.net(input_ids, attention_mask)
 
 
 # What stands in for DiffusionGemma's vision tower when only text is served: a one-layer, 8-wide Gemma-4 vision
@@ -262,7 +333,7 @@ class DiffusionGemmaAdapter(Adapter):
     """
 
     @classmethod
-    def load(cls, info: ModelInfo, device: torch.device) -> DiffusionGemmaAdapter:
+    def load(cls, info: ModelInfo, device: torch.device, torch_compile: str = "off") -> DiffusionGemmaAdapter:
         from transformers import AutoConfig, DiffusionGemmaForBlockDiffusion
         from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationConfig
 
@@ -280,7 +351,15 @@ class DiffusionGemmaAdapter(Adapter):
                 model.generation_config = DiffusionGemmaGenerationConfig.from_pretrained(info.path, local_files_only=True)
         if device.type == "cpu":
             split_experts_by_row(model)
-        return cls(info, model.to(device), device)
+        return cls(info, model.to(device), device, torch_compile)
+
+    def _net(self, torch_compile: str) -> Forward:
+        # Not compiled: each step's decoder pass reads a cache built per row and stacked per group, of a length that
+        # grows canvas by canvas (new shapes all the time) and, on the CPU, its experts split row by row.
+        if torch_compile != "off":
+            log.warning("REDRAFT_TORCH_COMPILE=%s applies to masked models; %s (DiffusionGemma) runs as written",
+                        torch_compile, self.info.name)
+        return Forward(self.model, "logits")
 
     def _encode(self, row) -> EncoderContext:
         model = self.model
@@ -355,17 +434,17 @@ def stack_caches(caches: list):
 ADAPTERS: dict[str, type[Adapter]] = {"masked_lm": MaskedLMAdapter, "llada": LLaDAAdapter, "dream": DreamAdapter,
                                       "diffusion_gemma": DiffusionGemmaAdapter}
 
-_cache: dict[tuple[str, str, str], Adapter] = {}
+_cache: dict[tuple[str, str, str, str], Adapter] = {}
 _lock = threading.Lock()
 
 
-def get_adapter(name: str, path: Path, device: str = "auto") -> Adapter:
-    """The process-wide adapter for a model: loaded once per worker process, on first use (per name, directory
-    and device: the same name given another directory loads that one)."""
+def get_adapter(name: str, path: Path, device: str = "auto", torch_compile: str = "off") -> Adapter:
+    """The process-wide adapter for a model: loaded once per worker process, on first use (per name, directory,
+    device and ``torch_compile`` mode (:class:`Forward`): the same name given another directory loads that one)."""
     dev = resolve_device(device)
-    key = (name, str(Path(path).resolve()), str(dev))
+    key = (name, str(Path(path).resolve()), str(dev), torch_compile)
     with _lock:
         if key not in _cache:
             info = load_model_info(name, Path(path))
-            _cache[key] = ADAPTERS[info.family].load(info, dev)
+            _cache[key] = ADAPTERS[info.family].load(info, dev, torch_compile)
         return _cache[key]

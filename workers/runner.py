@@ -42,7 +42,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> str:
     try:  # any failure here fails the job below (after the claim), never loses it
         if model not in settings.models:
             raise RedraftError(f"this worker does not serve model {model!r}", code="unknown_model")
-        adapter = get_adapter(model, settings.models[model], settings.device)
+        adapter = get_adapter(model, settings.models[model], settings.device, settings.torch_compile)
     except Exception as exc:
         load_error = exc
     with session_scope() as s:

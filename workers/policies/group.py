@@ -9,13 +9,34 @@ V-wide passes over the candidates run in chunks that stay in cache on a CPU, all
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # On a CPU the V-wide work of a step runs over this many bytes of logits at a time, so each chunk stays in cache
 # through its passes (copy, normaliser, maximum, CDF, search); a GPU takes a step's candidates at once.
 CPU_CHUNK_BYTES = 2 * 1024 * 1024
+
+
+_pinned = threading.local()  # per thread (an engine loop, a caller stepping rows): its pinned host buffers, by use
+
+
+def to_host(t: torch.Tensor, use: str) -> np.ndarray:
+    """One of a step's host reads: ``t`` as a host array, read before the step goes on. On the CPU, ``t`` itself; from
+    a GPU, through this thread's page-locked buffer for ``use`` (grown as needed, kept step to step), which the GPU
+    writes directly rather than through a staging copy. The array is valid until the thread's next read for ``use``."""
+    if t.device.type == "cpu":
+        return t.numpy()
+    buffers = _pinned.__dict__.setdefault("buffers", {})
+    key = (use, t.dtype)
+    if key not in buffers or buffers[key].numel() < t.numel():
+        buffers[key] = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+    out = buffers[key][: t.numel()].view(t.shape)
+    out.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return out.numpy()
 
 
 @dataclass(eq=False)
@@ -36,7 +57,8 @@ class Candidates:
     def of(cls, cand: torch.Tensor, raw: torch.Tensor) -> Candidates:
         """From the (b, W) candidate mask of a group whose logits are ``raw`` (b, W, V): one host read."""
         b, width, vocab = raw.shape
-        ri_h, pi_h = cand.cpu().nonzero(as_tuple=True)  # (N,) row and position of each candidate, row after row
+        ri_h, pi_h = torch.from_numpy(to_host(cand, "candidates")).nonzero(as_tuple=True)  # (N,) each candidate's
+        # row and position, row after row
         counts = torch.bincount(ri_h, minlength=b).tolist()
         starts = [0]
         for n in counts:

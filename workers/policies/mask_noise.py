@@ -21,6 +21,7 @@ from redraft.workers.policies.group import (
     own_distribution,
     own_logit,
     ranks,
+    to_host,
 )
 
 
@@ -198,7 +199,7 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     # The host's second read: the step's outcome as one (7, b, L) block (commits with their tokens, order and
     # confidence; re-masks with what they held; the masks left in each row's block), unpacked on the host.
     left = (x == mask_id) & free & in_block  # (b, L)
-    outcome = torch.stack([take, held, rank, conf_bl, remask, held_conf, left]).double().cpu().numpy()  # (7, b, L)
+    outcome = to_host(torch.stack([take, held, rank, conf_bl, remask, held_conf, left]).double(), "outcome")  # (7, b, L)
     t_rows, t_pos = np.nonzero(outcome[0])
     r_rows, r_pos = np.nonzero(outcome[4])
     commits: list[list[tuple[int, int, int, float]]] = [[] for _ in range(b)]  # (rank, position, token, conf)

@@ -45,6 +45,7 @@ from redraft.workers.policies.group import (
     own_distribution,
     own_logit,
     ranks,
+    to_host,
 )
 
 
@@ -329,7 +330,8 @@ def step_group(rows, raw: torch.Tensor) -> list[BaseException | None]:
     # The host's second read: the step's outcome, unpacked per row.
     outcome = torch.stack([shown, new_shown, conf_bl, proposal_bl, allowed_bl, greedy_bl, c.padded(best_ok, False, b),
                            c.padded(best_conf, 0.0, b), (stable & confident).unsqueeze(1).expand(b, width)]
-                          ).double().cpu().numpy()  # (9, b, W)
+                          ).double()
+    outcome = to_host(outcome, "outcome")  # (9, b, W)
     for j, (r, n) in enumerate(zip(rows, noises)):
         if errors[j] is not None:
             continue
