@@ -36,7 +36,6 @@ import threading
 import time
 from datetime import date
 from pathlib import Path
-
 from typing import get_args
 
 import torch
@@ -44,7 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from redraft.settings import CompileMode  # noqa: E402
+from redraft.settings import CompileMode
 
 SAMPLE = REPO / "tests" / "data" / "heldout_sample.jsonl"
 THRESHOLDS = (0.9, 0.8, 0.7, 0.5, 0.3)

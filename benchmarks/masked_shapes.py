@@ -31,7 +31,6 @@ import threading
 import time
 from datetime import date
 from pathlib import Path
-
 from typing import get_args
 
 import torch
@@ -40,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from redraft.settings import CompileMode  # noqa: E402
+from redraft.settings import CompileMode
 
 SHAPES = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},

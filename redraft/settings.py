@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # How a worker runs its model's forward pass: as written ("off"), or under torch.compile in one of its modes
-# ("reduce-overhead" also records CUDA graphs on a GPU). workers/adapters.py::compiled says what is compiled.
+# ("reduce-overhead" also records CUDA graphs on a GPU). workers/adapters.py::Forward says what is compiled.
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "redraft-tiny"
 

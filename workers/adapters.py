@@ -57,14 +57,12 @@ class Forward:
 
     @torch.no_grad()  # always: a graph compiled without gradients is not reused with them
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if not self.compiled:
-            return getattr(self.module(input_ids=input_ids, attention_mask=attention_mask), self.output)
-        if attention_mask is None and self.fill_mask:
+        if self.compiled and attention_mask is None and self.fill_mask:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-            return getattr(self._run(input_ids=input_ids, attention_mask=attention_mask), self.output).clone()
-        return getattr(self._run(input_ids=input_ids, attention_mask=attention_mask), self.output)
+        out = getattr(self._run(input_ids=input_ids, attention_mask=attention_mask), self.output)
+        return out.clone() if self.cuda_graphs else out
 
     @torch.no_grad()
     def warm_up(self, device: torch.device, token: int, length: int) -> None:
@@ -76,7 +74,7 @@ class Forward:
         except Exception as exc:  # noqa: BLE001 - any compiler failure: run as written instead
             log.warning("torch.compile (REDRAFT_TORCH_COMPILE=%s) failed; the model runs as written: %s: %s",
                         self.mode, type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
-            self._run = self.module
+            self._run, self.cuda_graphs = self.module, False
 
 
 class Adapter:

@@ -79,7 +79,7 @@ def test_without_a_working_compiler_the_model_runs_as_written(tiny_model_dir, tm
         print("compiled", a.net.compiled, "masks left", int((out.tokens == a.info.mask_id).sum()))
     """)
     env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "compiled False masks left 0" in done.stdout
     assert "REDRAFT_TORCH_COMPILE=default" in done.stderr and "runs as written" in done.stderr
