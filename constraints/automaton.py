@@ -52,6 +52,7 @@ from redraft.constraints.budget import (
     shown,
     timed_compile,
 )
+from redraft.constraints.json_schema import prepare, string_contents, strip_anchors, unsafe_contents
 from redraft.errors import ConstraintError
 from redraft.families import token_bytes
 
@@ -251,6 +252,7 @@ def compile_json_schema(schema: dict, tokenizer: Tokenizer, eos_id: int | None, 
     if not isinstance(schema, dict):
         raise ConstraintError(f"a JSON schema must be an object, not {type(schema).__name__}")
     check_schema_depth(schema)
+    schema = prepare(schema)  # refused where outlines-core would not enforce it, rewritten where it writes it wrongly
     try:
         spec = json.dumps(schema)  # key order kept: it is the order of the fields in the output
     except (TypeError, ValueError) as exc:
@@ -503,12 +505,15 @@ def _build(source: tuple[str, str], vocabulary: outlines_core.Vocabulary, V: int
     """The construction, in the bounded child: the schema's regex, outlines-core's index, pruning, sparse edges."""
     kind, pattern = source
     if kind == "json_schema":
+        schema = json.loads(pattern)
         try:
+            for where, what, string in string_contents(schema):
+                _check_string_contents(build_regex_from_schema(json.dumps(string)), where, what)
             pattern = build_regex_from_schema(pattern)
         except (ValueError, TypeError, KeyError) as exc:
             raise ConstraintError(f"the JSON schema cannot be turned into a constraint: {exc}") from exc
         check_pattern(pattern, generated=True)
-    inner = _strip_anchors(pattern)
+    inner = strip_anchors(pattern)
     try:
         # The pattern alone parses ("a)(b" would not), and its byte automaton is cheap next to the token one:
         # its size refuses an automaton with too many states before the expensive build. (The byte automaton of a
@@ -597,24 +602,53 @@ def _byte_vocabulary() -> outlines_core.Vocabulary:
     return outlines_core.Vocabulary(256, {bytes([b]): [b] for b in range(256)})
 
 
+@lru_cache(maxsize=1)
+def _marked_byte_vocabulary() -> outlines_core.Vocabulary:
+    """One token per byte, and token 256 spelling the end marker (``_END_BYTES``)."""
+    return outlines_core.Vocabulary(257, {**{bytes([b]): [b] for b in range(256)}, _END_BYTES: [256]})
+
+
+# Bytes a JSON string's text cannot hold raw: the quote that would end it, the backslash that starts an escape,
+# and the control characters (U+0000-U+001F). None is part of a multi-byte UTF-8 sequence.
+_NOT_IN_STRINGS = frozenset({0x22, 0x5C, *range(0x20)})
+
+
+def _check_string_contents(regex: str, where: str, what: str) -> None:
+    """Refuse a string schema whose regex (outlines-core's ``"..."`` for it) can write a byte of ``_NOT_IN_STRINGS``
+    between its quotes: the byte automaton of what is inside (with the end marker, as ``_build``), any such byte on
+    a transition that can still reach the end."""
+    if regex.startswith('("') and regex.endswith('")'):  # a pattern comes bracketed, a format bare
+        regex = regex[1:-1]
+    inner = regex[1:-1] if len(regex) >= 2 and regex[0] == regex[-1] == '"' else regex
+    try:
+        index = outlines_core.Index(f"(?:{inner})\\x{{10FFFF}}", _marked_byte_vocabulary())
+    except ValueError as exc:
+        raise ConstraintError(
+            f"the JSON schema's {what} at {'the schema' if where == '#' else where} cannot be compiled ({exc}); not "
+            "supported: look-around, backreferences, anchors other than at the start and end of a branch",
+            code="unsupported_schema") from exc
+    transitions = index.get_transitions()
+    accepting = set(index.get_final_states())
+    finals = [s for s, trans in transitions.items() if trans.get(256) in accepting]  # the marker ends a match
+    preds: dict[int, set[int]] = {}
+    for s, trans in transitions.items():
+        for d in trans.values():
+            preds.setdefault(d, set()).add(s)
+    live, queue = set(finals), deque(finals)
+    while queue:
+        for p in preds.get(queue.popleft(), ()):
+            if p not in live:
+                live.add(p)
+                queue.append(p)
+    bad = sorted({b for s, trans in transitions.items() for b, d in trans.items()
+                  if b < 256 and b in _NOT_IN_STRINGS and d in live})
+    if bad:
+        raise unsafe_contents(where, what, bad)
+
+
+
 def _end_id(tokenizer: Tokenizer) -> int:
     return tokenizer.get_vocab_size(with_added_tokens=True)
-
-
-def _strip_anchors(pattern: str) -> str:
-    """Drop a leading ``^``/``\\A`` and a trailing unescaped ``$``/``\\z``: a slot fullmatches anyway,
-    and outlines-core cannot start from a ``^`` inside a group nor end before the end marker.
-    (Anchors elsewhere in the pattern are rejected or make their branch unmatchable.)"""
-    for anchor in ("^", "\\A"):
-        if pattern.startswith(anchor):
-            pattern = pattern[len(anchor):]
-            break
-    for anchor in ("$", "\\z"):
-        if pattern.endswith(anchor):
-            head = pattern[: -len(anchor)]
-            if (len(head) - len(head.rstrip("\\"))) % 2 == 0:
-                return head
-    return pattern
 
 
 def _escape(text: str) -> str:
