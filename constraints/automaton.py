@@ -7,7 +7,9 @@ decoder does not walk left to right: it finds the best *whole-slot* assignment c
 positions committed so far (``redraft.workers.slot_decoder.best_path``, the torch side).
 
 Compilation (slow, cached per (kind, spec, tokenizer)) uses outlines-core: the regex becomes a DFA
-over bytes, walked by every token's exact bytes. The result is kept as :class:`EdgeClasses`: the
+over bytes, walked by every token's exact bytes. A JSON schema is first prepared by
+:mod:`redraft.constraints.json_schema` (refused where outlines-core would not enforce it, rewritten where it would
+write it wrongly); its strings' patterns and formats are checked in the bounded build (``_check_string_contents``). The result is kept as :class:`EdgeClasses`: the
 (source, destination) state pairs and the distinct token sets they read, a few MB even at V = 262,144
 where a dense ``(S, V)`` table would take hundreds (it is built only when asked for, ``next_state``);
 capped at ``MAX_STATES`` states and ``MAX_TABLE_ENTRIES`` entries.

@@ -202,10 +202,10 @@ def test_a_bad_key_is_a_401_in_openais_shape(service):
 @pytest.mark.parametrize("kw,status,code,param,says", [
     ({"model": "gpt-5"}, 404, "model_not_found", "model", "unknown model 'gpt-5'"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {"type": "string"}}}}},
-     400, "invalid_constraint", "response_format", "Unsupported JSON Schema structure"),
+     400, "unsupported_schema", "response_format", "`not` at the schema's root cannot be enforced while decoding"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}}}},
-     400, "invalid_constraint", "response_format", "invalid regex"),
+     400, "invalid_constraint", "response_format", "not valid at #.properties.a.pattern: '((' is not a 'regex'"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": BOOK}}, "max_tokens": 2},
      400, "invalid_constraint", "response_format", "but the slot has 2"),
     ({"messages": [{"role": "user", "content": "word " * 400}]}, 400, "context_length_exceeded", "messages",
