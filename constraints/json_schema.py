@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import jsonschema
@@ -88,7 +89,9 @@ def prepare(schema: Any) -> dict[str, Any]:
     except SchemaError as exc:
         where = exc.json_path.replace("$", "#", 1) if getattr(exc, "json_path", None) else "#"
         raise ConstraintError(f"the JSON schema is not valid at {_where(where)}: {exc.message}") from None
-    return _Prepare(schema).node(schema, "#")
+    prep = _Prepare(schema)
+    prep.no_recursion()
+    return prep.node(schema, "#")
 
 
 class _Prepare:
@@ -127,6 +130,15 @@ class _Prepare:
                 out[key] = [self.node(value[0], f"{path}/allOf/0")]
             elif key == "pattern" and isinstance(value, str):
                 out[key] = bracketed(value)
+            elif key in ("enum", "const"):
+                for v in value if key == "enum" else [value]:
+                    _check_value(v, f"{path}/{key}")
+                if key == "enum" and not value:
+                    raise ConstraintError(f"the JSON schema's `enum` at {_where(path)} is empty: no value can match it",
+                                          code="unsupported_schema")
+                out[key] = value
+            elif key in _COUNTS and isinstance(value, float) and value.is_integer():
+                out[key] = int(value)  # outlines-core reads only an integer count (2.0 would be ignored)
             else:
                 out[key] = value
         if isinstance(out.get("properties"), dict):  # outlines-core writes a name as given, unescaped
@@ -148,7 +160,7 @@ class _Prepare:
                 properties[name] = dict(ANY_VALUE) if others is True else others
         if "oneOf" in out:
             self.exclusive(schema["oneOf"], path)
-        return out
+        return _one_reading(out, path)
 
     # ------------------------------------------------------------------------------------------ oneOf exclusivity
 
@@ -166,6 +178,48 @@ class _Prepare:
                 target = target[part]
             schema, seen = target, seen + 1
         return schema
+
+    def no_recursion(self) -> None:
+        """Refuse a ``$ref`` that leads back to itself: outlines-core cuts recursion at depth 3 and, where the cut
+        property is required, writes the comma before it anyway (``{"v": 1, }``)."""
+        def refs(node: Any) -> set[str]:
+            found, stack = set(), [node]
+            while stack:
+                n = stack.pop()
+                if isinstance(n, dict):
+                    if isinstance(n.get("$ref"), str):
+                        found.add(n["$ref"])
+                    stack.extend(v for k, v in n.items() if k not in ("$defs", "definitions"))
+                elif isinstance(n, list):
+                    stack.extend(n)
+            return found
+
+        graph: dict[str, set[str]] = {}
+        todo = list(refs(self.root))
+        while todo:
+            ref = todo.pop()
+            if ref in graph:
+                continue
+            target = self.resolve({"$ref": ref})
+            graph[ref] = refs(target) if isinstance(target, dict) and target.get("$ref") != ref else {ref}
+            todo.extend(graph[ref])
+        state: dict[str, int] = {}
+
+        def visit(ref: str) -> None:
+            state[ref] = 1
+            for nxt in graph.get(ref, ()):
+                if state.get(nxt) == 1:
+                    raise ConstraintError(
+                        f"the JSON schema is recursive (`$ref` {nxt!r} leads back to itself); outlines-core cuts "
+                        "recursion at depth 3 and can write broken JSON there: unroll it to a fixed depth",
+                        code="unsupported_schema")
+                if nxt not in state:
+                    visit(nxt)
+            state[ref] = 2
+
+        for ref in list(graph):
+            if ref not in state:
+                visit(ref)
 
     def exclusive(self, branches: list[Any], path: str) -> None:
         shapes = [_Shape.of(self.resolve(b), self) for b in branches]
@@ -189,6 +243,10 @@ def _integer_range(schema: dict[str, Any], path: str) -> dict[str, Any]:
     the bounds. Anything else with bounds is left for the keyword check to refuse."""
     if schema.get("type") != "integer" or not any(k in schema for k in _BOUNDS):
         return schema
+    bounds = [schema.get(k) for k in _BOUNDS if isinstance(schema.get(k), float)]
+    if not all(math.isfinite(b) for b in bounds):
+        raise ConstraintError(f"the JSON schema's integer bounds at {_where(path)} are not finite numbers",
+                              code="unsupported_schema")
     lo = hi = None
     if isinstance(schema.get("minimum"), (int, float)):
         lo = math.ceil(schema["minimum"])
@@ -216,6 +274,90 @@ def _integer_range(schema: dict[str, Any], path: str) -> dict[str, Any]:
                               code="unsupported_schema")
     kept = {k: v for k, v in schema.items() if k not in _BOUNDS and k not in ("enum", "const")}
     return {**kept, "enum": values}
+
+
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
+# outlines-core reads the first of these a node has and ignores the rest (json_schema/parsing.rs, 0.2.14).
+_DISPATCH = ("properties", "allOf", "anyOf", "oneOf", "prefixItems", "enum", "const", "$ref")
+# What a node's `type` reads, which a dispatch key above hides.
+_TYPED = ("minLength", "maxLength", "pattern", "format", "items", "minItems", "maxItems", "additionalProperties",
+          "required")
+_KEY = r"[A-Za-z0-9_ ]*"
+
+
+def _one_reading(out: dict[str, Any], path: str) -> dict[str, Any]:
+    """Refuse a node that outlines-core would read only part of: two dispatch keys side by side, a ``type`` or a
+    type's keyword beside one that hides it, a string's length beside its ``pattern``/``format`` (outlines-core
+    keeps the length, drops the pattern), ``prefixItems`` whose count its ``minItems``/``maxItems`` exclude. A
+    ``type`` beside ``enum``/``const`` filters the values instead (exact)."""
+    def refuse(what: str, fix: str) -> ConstraintError:
+        return ConstraintError(f"the JSON schema at {_where(path)} has {what}: outlines-core would enforce only part "
+                               f"of it; {fix}", code="unsupported_schema")
+
+    present = [k for k in _DISPATCH if k in out]
+    if len(present) > 1:
+        raise refuse(f"`{present[0]}` beside `{present[1]}`",
+                     "nest one inside the other (e.g. give each `anyOf` branch its `properties`)")
+    t = out.get("type")
+    types = {t} if isinstance(t, str) else set(t) if isinstance(t, list) else None
+    if present and present[0] in ("enum", "const") and types is not None:
+        values = out["enum"] if present[0] == "enum" else [out["const"]]
+        kept = [v for v in values if _has_type(v, types)]
+        if not kept:
+            raise refuse(f"a `type` that none of its `{present[0]}` values has", "make them agree")
+        out = {k: v for k, v in out.items() if k not in ("type", "const")}
+        out["enum"] = kept
+        present, types = ["enum"], None
+    hidden = [k for k in _TYPED if k in out]
+    if present:
+        allowed = {"properties": ("object", {"required", "additionalProperties"}),
+                   "prefixItems": ("array", {"items", "minItems", "maxItems"})}.get(present[0])
+        if types is not None and (allowed is None or types != {allowed[0]}):
+            raise refuse(f"`type` beside `{present[0]}`", f"put the type inside `{present[0]}`, or drop it")
+        extra = [k for k in hidden if allowed is None or k not in allowed[1]]
+        if extra:
+            raise refuse(f"`{extra[0]}` beside `{present[0]}`", f"move it inside `{present[0]}`")
+        if present[0] == "prefixItems":
+            n = len(out["prefixItems"])
+            if not out.get("minItems", 0) <= n <= out.get("maxItems", n):
+                raise refuse(f"`prefixItems` of {n} beside `minItems`/`maxItems` that exclude {n} items "
+                             "(outlines-core writes exactly the prefix)", "make them agree")
+    if ("pattern" in out or "format" in out) and ("minLength" in out or "maxLength" in out):
+        raise refuse("a string length beside its `pattern` or `format` (outlines-core would drop the pattern)",
+                     "put the length in the pattern (e.g. ^[a-z]{1,10}$)")
+    return out
+
+
+def _has_type(value: Any, types: set[str]) -> bool:
+    """``value`` is of one of the JSON Schema ``types`` (1.0 is an integer there)."""
+    kind = _json_type(value)
+    if kind == "number":
+        return "number" in types or ("integer" in types and float(value).is_integer())
+    return kind in types
+
+
+def _check_value(value: Any, path: str) -> None:
+    """An ``enum``/``const`` value outlines-core writes correctly: object keys it need not escape (it writes them
+    raw, unescaped for JSON and for the regex), integers within 64 bits (beyond, it writes a float)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            bad = [k for k in v if not re.fullmatch(_KEY, k)]
+            if bad:
+                raise ConstraintError(
+                    f"the JSON schema's value at {_where(path)} has the object key {bad[0]!r}; outlines-core writes a "
+                    "value's keys unescaped, so only letters, digits, '_' and spaces are held: spell the object with "
+                    "`properties` and a `const` for each", code="unsupported_schema")
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63:
+            raise ConstraintError(f"the JSON schema's value at {_where(path)} is an integer beyond 64 bits, which "
+                                  "outlines-core writes as a float: give it as a string", code="unsupported_schema")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ConstraintError(f"the JSON schema's value at {_where(path)} is not a finite number",
+                                  code="unsupported_schema")
 
 
 def _escaped(name: str) -> str:
@@ -326,8 +468,7 @@ _NOT_IN_STRING = '"\\\\\\x00-\\x1F'
 # JSON Schema's patterns are ECMA-262's, where ``\\d`` and ``\\w`` are ASCII; outlines-core's (Rust's) are Unicode
 # (``\\d`` takes digits of scripts added after this Python's Unicode, which jsonschema's ``re`` would refuse).
 # Escape -> (outside a class, inside one).
-_ECMA_CLASSES = {"\\d": ("[0-9]", "0-9"), "\\w": ("[A-Za-z0-9_]", "A-Za-z0-9_"),
-                 "\\D": ('[^0-9"\\\\\\x00-\\x1F]', "\\D"), "\\W": ('[^A-Za-z0-9_"\\\\\\x00-\\x1F]', "\\W")}
+_ECMA_CLASSES = {"\\d": ("[0-9]", "0-9"), "\\w": ("[A-Za-z0-9_]", "A-Za-z0-9_")}  # \\D, \\W: left as written
 
 
 def json_safe(pattern: str) -> str:
@@ -336,21 +477,33 @@ def json_safe(pattern: str) -> str:
     raw JSON between the quotes, where they would end or break the string. ``\\d`` and ``\\w`` are ASCII, as in
     ECMA-262 (``_ECMA_CLASSES``). Narrower than the pattern, so still
     valid; what else can write them (``\\s``, ``[ -~]``) is refused by the compile's check (:func:`string_contents`)."""
-    out, i, n, in_class = [], 0, len(pattern), False
+    out, i, n, in_class, negated = [], 0, len(pattern), False, False
     while i < n:
         c = pattern[i]
         if c == "\\" and i + 1 < n:
             escape = pattern[i:i + 2]
-            out.append(_ECMA_CLASSES[escape][in_class] if escape in _ECMA_CLASSES else escape)
+            # Inside a negated class the Unicode \\d of outlines-core excludes more than Python's: still valid.
+            if in_class and negated and escape in ("\\W", "\\D", "\\S"):
+                raise ConstraintError(  # [^\\W] is \\w, and Rust's Unicode \\w holds letters Python's does not
+                    f"the JSON schema's `pattern` {pattern!r} has {escape} inside a negated class, which reads "
+                    "Unicode tables newer than the validator's: list what the class allows instead (e.g. [A-Za-z])",
+                    code="unsupported_schema")
+            ascii_ok = escape in _ECMA_CLASSES and not (in_class and negated)
+            out.append(_ECMA_CLASSES[escape][in_class] if ascii_ok else escape)
             i += 2
             continue
         if in_class:
             if c == "]":
                 in_class = False
+            elif pattern.startswith(("[:", "&&", "--", "~~"), i):
+                raise ConstraintError(
+                    f"the JSON schema's `pattern` {pattern!r} uses {pattern[i:i + 2]!r} inside a class, which Rust's "
+                    "regex (outlines-core) reads as a class operation and JSON Schema's regex as two characters: "
+                    "write the class out (e.g. [A-Za-z] for [[:alpha:]]), or escape them", code="unsupported_schema")
             out.append(c)
         elif c == "[":
-            in_class = True
-            if pattern.startswith("[^", i):
+            in_class, negated = True, pattern.startswith("[^", i)
+            if negated:
                 out.append("[^" + _NOT_IN_STRING)
                 i += 2
                 if i < n and pattern[i] == "]":  # a leading ] is a member

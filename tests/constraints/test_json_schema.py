@@ -204,10 +204,47 @@ def test_keywords_outlines_core_ignores_are_refused_by_name(keyword):
         {"type": "object", "properties": {"k": {"enum": ["b", "a"]}}, "required": ["k"]}]}}},
      "`oneOf` at #/properties/v"),
     ("not a schema", "must be an object"),
+    # Found by review (outlines-core reads one dispatch key of a node and drops its siblings, and more):
+    ({"type": "string", "pattern": "^[a-z]+$", "maxLength": 10}, "a string length beside its `pattern`"),
+    ({"type": "string", "format": "uuid", "minLength": 1}, "a string length beside its `pattern` or `format`"),
+    ({"type": "object", "properties": {"a": {"type": "integer"}},
+      "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}, "`properties` beside `anyOf`"),
+    ({"type": "object", "properties": {"a": {"type": "integer"}}, "allOf": [{"required": ["a"]}]},
+     "`properties` beside `allOf`"),
+    ({"required": ["a"], "anyOf": [{"type": "object"}, {"type": "null"}]}, "`properties` beside `anyOf`"),
+    ({"type": "string", "enum": ["a", "b"], "maxLength": 2}, "`maxLength` beside `enum`"),
+    ({"type": "integer", "const": "x"}, "a `type` that none of its `const` values has"),
+    ({"type": "string", "anyOf": [{"maxLength": 2}, {"type": "integer"}]}, "`type` beside `anyOf`"),
+    ({"$defs": {"s": {"type": "string"}}, "$ref": "#/$defs/s", "maxLength": 2}, "`maxLength` beside `$ref`"),
+    ({"type": "array", "prefixItems": [{"type": "integer"}], "minItems": 3}, "`prefixItems` of 1 beside"),
+    ({"type": "string", "properties": {"a": {}}}, "`type` beside `properties`"),
+    ({"$defs": {"N": {"type": "object", "properties": {"v": {"type": "integer"}, "next": {
+        "anyOf": [{"$ref": "#/$defs/N"}, {"type": "null"}]}}, "required": ["v", "next"]}}, "$ref": "#/$defs/N"},
+     "recursive (`$ref` '#/$defs/N' leads back to itself)"),
+    ({"type": "string", "pattern": "^[[:alpha:]]+$"}, "uses '[:' inside a class"),
+    ({"type": "string", "pattern": "[a-z&&[^x]]+"}, "uses '&&' inside a class"),
+    ({"type": "string", "pattern": "^[^\\W\\d]+$"}, "inside a negated class"),
+    ({"enum": [{"a\"b": 1}]}, "the object key 'a\"b'"),
+    ({"const": {"a.b": 1}}, "the object key 'a.b'"),
+    ({"enum": [12345678901234567890123]}, "an integer beyond 64 bits"),
+    ({"enum": []}, "is empty"),
+    ({"type": "integer", "minimum": 0, "maximum": float("inf")}, "not finite numbers"),
 ])
 def test_schemas_that_cannot_hold_are_refused_with_where(schema, message):
     with pytest.raises(ConstraintError, match=re.escape(message)):
         prepare(schema)
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "enum": ["a", "b", None]},  # the type filters the values: null is not written
+    {"type": ["integer", "null"], "enum": [1, 2.0, 2.5, "x", None]},
+    {"type": "string", "minLength": 2.0, "maxLength": 3.0},  # whole-number floats are counts
+    {"type": "array", "items": {"type": "integer"}, "maxItems": 1.0},
+    {"type": "string", "pattern": "^[^\\d]x$"},  # Unicode \\d inside a negated class: narrower, so it holds
+])
+def test_what_review_found_outlines_core_dropping_now_holds(schema):
+    for text in accepted_texts(prepare(schema), random.Random(3), 60):
+        jsonschema.validate(json.loads(text), schema)
 
 
 def test_harmless_values_of_ignored_keywords_are_accepted():
@@ -215,8 +252,7 @@ def test_harmless_values_of_ignored_keywords_are_accepted():
 
 
 def test_an_integer_bounded_on_both_sides_is_held_as_its_values():
-    assert prepare({"type": "integer", "exclusiveMinimum": 0.5, "maximum": 9, "multipleOf": 3}) == {
-        "type": "integer", "enum": [3, 6, 9]}
+    assert prepare({"type": "integer", "exclusiveMinimum": 0.5, "maximum": 9, "multipleOf": 3}) == {"enum": [3, 6, 9]}
     assert prepare({"type": "integer", "minimum": -1, "maximum": 1, "enum": [1, 5, 0, "x"]})["enum"] == [0, 1]
 
 
