@@ -224,23 +224,25 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
     for s in slots:
         bases.append(total)
         total += s.S + 1
-    src = torch.cat([s.g.src + b for s, b in zip(slots, bases)])  # (P_all,)
-    dst = torch.cat([s.g.dst + b for s, b in zip(slots, bases)])  # (P_all,)
-    moves = torch.full((n_max, int(src.shape[0])), neg_inf, dtype=torch.float64, device=device)  # (n_max, P_all)
-    ending = torch.full((n_max, len(slots)), neg_inf, dtype=torch.float64, device=device)  # (n_max, slots)
-    finals, final_slot, may_end = [], [], torch.zeros((n_max, len(slots)), dtype=torch.bool)
-    at = 0
-    for k, (s, b) in enumerate(zip(slots, bases)):
-        p = s.moves.shape[1]
+    # Ending is a move too: from each final state to its slot's END (allowed after min_tokens real tokens) and from
+    # END to itself, both adding what EMPTY adds there; so a position is one gather, one add, one scatter-max.
+    # (max(a, b) + c and max(a + c, b + c) round alike, so the scores are those of ending apart.)
+    ends = [b + s.S for s, b in zip(slots, bases)]  # the END states
+    src = torch.cat([s.g.src + b for s, b in zip(slots, bases)]
+                    + [s.g.final_states + b for s, b in zip(slots, bases)]
+                    + [torch.tensor(ends, device=device)])  # (P_all + F_all + slots,)
+    dst = torch.cat([s.g.dst + b for s, b in zip(slots, bases)]
+                    + [torch.full_like(s.g.final_states, e) for s, e in zip(slots, ends)]
+                    + [torch.tensor(ends, device=device)])
+    n_pairs = sum(int(s.g.src.shape[0]) for s in slots)
+    moves = torch.full((n_max, int(src.shape[0])), neg_inf, dtype=torch.float64, device=device)  # (n_max, all)
+    at, at_final = 0, n_pairs
+    for k, s in enumerate(slots):
+        p, f = s.moves.shape[1], int(s.g.final_states.shape[0])
         moves[:s.n, at:at + p] = s.moves
-        ending[:s.n, k] = s.ending
-        at += p
-        finals.append(s.g.final_states + b)
-        final_slot.append(torch.full_like(s.g.final_states, k))
-        may_end[s.min_tokens:, k] = True  # a final state may end the slot only after min_tokens real tokens
-    finals_all, final_slot_all = torch.cat(finals), torch.cat(final_slot)  # (F_all,)
-    may_end_f = may_end.to(device)[:, final_slot_all]  # (n_max, F_all)
-    ends = torch.tensor([b + s.S for s, b in zip(slots, bases)], device=device)  # (slots,) the END states
+        moves[s.min_tokens:s.n, at_final:at_final + f] = s.ending[s.min_tokens:, None]  # a final state may end
+        moves[:s.n, src.shape[0] - len(slots) + k] = s.ending  # stay ended
+        at, at_final = at + p, at_final + f
 
     # Forward: scores[i, s] is the best score of a prefix of i positions ending in state s (END: ended).
     # Only scores are kept; the way back recomputes which move reached each score (the same float additions).
@@ -248,13 +250,7 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
     for s, b in zip(slots, bases):
         scores[0, b + s.automaton.initial] = 0.0
     for i in range(n_max):
-        prev, nxt = scores[i], scores[i + 1]
-        nxt.scatter_reduce_(0, dst, prev.index_select(0, src) + moves[i], reduce="amax")
-        end = prev.index_select(0, ends)  # (slots,) stay ended, or end now from a final state
-        if finals_all.numel():
-            from_final = torch.where(may_end_f[i], prev.index_select(0, finals_all), neg_inf)  # (F_all,)
-            end = end.scatter_reduce(0, final_slot_all, from_final, reduce="amax")
-        nxt[ends] = end + ending[i]
+        scores[i + 1].scatter_reduce_(0, dst, scores[i].index_select(0, src) + moves[i], reduce="amax")
     sc_all = scores.cpu().numpy()  # (n_max+1, states) for the ways back, on the host
     return [_way_back(s, sc_all[:s.n + 1, b:b + s.S + 1]) for s, b in zip(slots, bases)]
 
