@@ -9,10 +9,10 @@ positions committed so far (``redraft.workers.slot_decoder.best_path``, the torc
 Compilation (slow, cached per (kind, spec, tokenizer)) uses outlines-core: the regex becomes a DFA
 over bytes, walked by every token's exact bytes. A JSON schema is first prepared by
 :mod:`redraft.constraints.json_schema` (refused where outlines-core would not enforce it, rewritten where it would
-write it wrongly); its strings' patterns and formats are checked in the bounded build (``_check_string_contents``). The result is kept as :class:`EdgeClasses`: the
-(source, destination) state pairs and the distinct token sets they read, a few MB even at V = 262,144
-where a dense ``(S, V)`` table would take hundreds (it is built only when asked for, ``next_state``);
-capped at ``MAX_STATES`` states and ``MAX_TABLE_ENTRIES`` entries.
+write it wrongly); its strings' patterns and formats are checked in the bounded build
+(``_check_string_contents``). The result is kept as :class:`EdgeClasses`: the (source, destination) state
+pairs and the distinct token sets they read, a few MB even at V = 262,144 where a dense ``(S, V)`` table
+would take hundreds (it is built only when asked for, ``next_state``); capped at ``MAX_STATES`` states and ``MAX_TABLE_ENTRIES`` entries.
 Special tokens (and EOS, and the tokenizer's added special tokens, EMPTY among them) are never
 real tokens: their columns are -1. outlines-core 0.2.14's index drops some valid transitions; the
 compiler works around it with an end marker (see ``_END_BYTES``), and the tests check acceptance
@@ -57,6 +57,7 @@ from redraft.constraints.budget import (
 from redraft.constraints.json_schema import prepare, string_contents, strip_anchors, unsafe_contents
 from redraft.errors import ConstraintError
 from redraft.families import token_bytes
+from redraft.settings import get_settings
 
 MAX_STATES = 8192  # automaton states (after pruning); its byte automaton is checked against twice this first
 MAX_TABLE_ENTRIES = 64 * 1024 * 1024  # entries the automaton keeps: its classes' tokens plus 3 per pair (int32)
@@ -254,13 +255,20 @@ def compile_json_schema(schema: dict, tokenizer: Tokenizer, eos_id: int | None, 
     if not isinstance(schema, dict):
         raise ConstraintError(f"a JSON schema must be an object, not {type(schema).__name__}")
     check_schema_depth(schema)
-    schema = prepare(schema)  # refused where outlines-core would not enforce it, rewritten where it writes it wrongly
     try:
         spec = json.dumps(schema)  # key order kept: it is the order of the fields in the output
     except (TypeError, ValueError) as exc:
         raise ConstraintError(f"the JSON schema is not serialisable JSON: {exc}") from exc
-    key = ("json_schema", spec)
+    key = ("json_schema", _prepared(spec, get_settings().max_alternatives))
     return _cached(key, key, tokenizer, eos_id, special_ids)  # its regex is written in the bounded child
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _prepared(spec: str, max_alternatives: int) -> str:
+    """The schema ``spec`` as outlines-core is handed it (``redraft.constraints.json_schema.prepare``: refused where
+    it would not be enforced, rewritten where it would be written wrongly), once per schema text and the one setting
+    it reads (a bounded integer's values): a refusal raises and is not cached."""
+    return json.dumps(prepare(json.loads(spec)))
 
 
 def compile_choices(choices: list[str], tokenizer: Tokenizer, eos_id: int | None, special_ids: set[int]) -> TokenAutomaton:
@@ -552,17 +560,7 @@ def _build(source: tuple[str, str], vocabulary: outlines_core.Vocabulary, V: int
             if d not in reach:
                 reach.add(d)
                 queue.append(d)
-    preds: dict[int, set[int]] = {}
-    for s in reach:
-        for d in raw.get(s, {}).values():
-            preds.setdefault(d, set()).add(s)
-    live = {s for s in reach if s in finals}
-    queue = deque(live)
-    while queue:
-        for p in preds.get(queue.popleft(), ()):
-            if p not in live:
-                live.add(p)
-                queue.append(p)
+    live = _coreachable({s: raw.get(s, {}) for s in reach}, (s for s in reach if s in finals))
     if initial not in live:
         raise ConstraintError(f"regex {shown(pattern)} matches no text this tokenizer can write")
 
@@ -604,6 +602,22 @@ def _byte_vocabulary() -> outlines_core.Vocabulary:
     return outlines_core.Vocabulary(256, {bytes([b]): [b] for b in range(256)})
 
 
+def _coreachable(edges: dict[int, dict[int, int]], finals) -> set[int]:
+    """The states of ``edges`` (state -> {token: next state}) from which one of ``finals`` can be reached."""
+    preds: dict[int, set[int]] = {}
+    for s, trans in edges.items():
+        for d in trans.values():
+            preds.setdefault(d, set()).add(s)
+    live = set(finals)
+    queue = deque(live)
+    while queue:
+        for p in preds.get(queue.popleft(), ()):
+            if p not in live:
+                live.add(p)
+                queue.append(p)
+    return live
+
+
 @lru_cache(maxsize=1)
 def _marked_byte_vocabulary() -> outlines_core.Vocabulary:
     """One token per byte, and token 256 spelling the end marker (``_END_BYTES``)."""
@@ -632,21 +646,11 @@ def _check_string_contents(regex: str, where: str, what: str) -> None:
     transitions = index.get_transitions()
     accepting = set(index.get_final_states())
     finals = [s for s, trans in transitions.items() if trans.get(256) in accepting]  # the marker ends a match
-    preds: dict[int, set[int]] = {}
-    for s, trans in transitions.items():
-        for d in trans.values():
-            preds.setdefault(d, set()).add(s)
-    live, queue = set(finals), deque(finals)
-    while queue:
-        for p in preds.get(queue.popleft(), ()):
-            if p not in live:
-                live.add(p)
-                queue.append(p)
+    live = _coreachable(transitions, finals)
     bad = sorted({b for s, trans in transitions.items() for b, d in trans.items()
                   if b < 256 and b in _NOT_IN_STRINGS and d in live})
     if bad:
         raise unsafe_contents(where, what, bad)
-
 
 
 def _end_id(tokenizer: Tokenizer) -> int:
