@@ -12,7 +12,8 @@ over bytes, walked by every token's exact bytes. A JSON schema is first prepared
 write it wrongly); its strings' patterns and formats are checked in the bounded build
 (``_check_string_contents``). The result is kept as :class:`EdgeClasses`: the (source, destination) state
 pairs and the distinct token sets they read, a few MB even at V = 262,144 where a dense ``(S, V)`` table
-would take hundreds (it is built only when asked for, ``next_state``); capped at ``MAX_STATES`` states and ``MAX_TABLE_ENTRIES`` entries.
+would take hundreds (it is built only when asked for, ``next_state``); capped at ``MAX_STATES`` states and
+``MAX_TABLE_ENTRIES`` entries.
 Special tokens (and EOS, and the tokenizer's added special tokens, EMPTY among them) are never
 real tokens: their columns are -1. outlines-core 0.2.14's index drops some valid transitions; the
 compiler works around it with an end marker (see ``_END_BYTES``), and the tests check acceptance
