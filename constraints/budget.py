@@ -332,13 +332,14 @@ def dp_step_bytes(n_positions: int, n_class_tokens: int, n_pairs: int, n_states:
 
     - ``10 * n * M``: each free position's log-probabilities at the classes' tokens (n, M) float32 with its NaN mask,
       and at the end the mask and scores picking each path token within its class;
-    - ``36 * n * P``: what each pair adds at each position (n, P), float32 then float64, and its copy in the
-      side-by-side DP of a row's slots (padded to at most twice the slot's positions: 16nP);
+    - ``8 * n * P``: what each move adds at each free position (n, P + F + 1) float64, one gather of the
+      positions' best class tokens (the F + 1 endings are counted with the scores' term below);
     - ``72 * P``: per position, the candidate scores and ``relax``'s (P,) temporaries (float64, int64, bool);
-    - ``16 * n * (S + 1)``: the scores of every prefix (n+1, S+1) float64, and their copy on the host for the way back.
+    - ``24 * (n + 1) * (S + 1)``: the scores of every prefix (n+1, S+1) float64, their copy on the host for the way
+      back, and the endings' moves.
     """
     n = n_positions
-    return 10 * n * n_class_tokens + 36 * n * n_pairs + 72 * n_pairs + 16 * (n + 1) * (n_states + 1)
+    return 10 * n * n_class_tokens + 8 * n * n_pairs + 72 * n_pairs + 24 * (n + 1) * (n_states + 1)
 
 
 def require_dp_fits(pattern: str, n_positions: int, n_class_tokens: int, n_pairs: int, n_states: int,

@@ -3,7 +3,9 @@
 The torch side of :mod:`redraft.constraints.automaton` (which stays torch-free for the API process). A position
 does not score every (state, token) edge: it takes the best token of each of the automaton's token classes
 once (:class:`redraft.constraints.automaton.EdgeClasses`), then relaxes the (source, destination) pairs with those
-maxima, the same optimum for a fraction of the reads. The automaton's arrays are copied to torch once per
+maxima, the same optimum for a fraction of the reads. A committed position relaxes only the pairs that read its
+token (the automaton is deterministic: one move out of each state at most), so as a denoising run commits tokens
+the decoder's work shrinks with the free positions; nothing is built per committed position. The automaton's arrays are copied to torch once per
 (automaton, device) and cached for the automaton's lifetime (a ``WeakKeyDictionary`` keyed by the
 automaton), so the per-step calls of a denoising run do not rebuild them.
 """
@@ -26,19 +28,24 @@ _pairs: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, Pairs]] = weakref.We
 
 
 class Pairs(NamedTuple):
-    """:class:`redraft.constraints.automaton.EdgeClasses` as int64 tensors on one device."""
+    """:class:`redraft.constraints.automaton.EdgeClasses` as int64 tensors on one device, with the slot's ending
+    as moves: from each final state to END (state S) and from END to itself, each reading EMPTY."""
 
-    src: torch.Tensor  # (P,) source state of each pair
-    dst: torch.Tensor  # (P,) its destination
-    cls: torch.Tensor  # (P,) the token class it reads
+    src: torch.Tensor  # (P + F + 1,) source state of each move: the P pairs, then the F final states, then END
+    dst: torch.Tensor  # (P + F + 1,) its destination (END for the last F + 1)
+    cls: torch.Tensor  # (P + F + 1,) the column of a position's move scores it adds: the pair's token class;
+    #                    K (EMPTY after a final state) for the F, K + 1 (EMPTY once ended) for the last
+    n_pairs: int  # P
     tokens: torch.Tensor  # (M,) the classes' tokens, class after class
     class_of: torch.Tensor  # (M,) the class of each entry of ``tokens``
     n_classes: int  # K
-    final_states: torch.Tensor  # (F,) the final states
+    ending: dict[bool, tuple[torch.Tensor, torch.Tensor]]  # may end here -> (src, dst) of a committed EMPTY's moves
     # For the way back, on the host: the pairs into each state, ``into[into_ptr[d]:into_ptr[d + 1]]`` (ascending).
     into: np.ndarray  # (P,) int64
     into_ptr: np.ndarray  # (S + 1,) int64
-    by_token: dict[int, torch.Tensor]  # token -> the pairs reading it (filled as committed tokens come up)
+    # token -> the pairs reading it (a committed position's only moves): their ids on the host, (src, dst) here;
+    # filled as committed tokens come up.
+    by_token: dict[int, tuple[np.ndarray, torch.Tensor, torch.Tensor]]
 
 
 def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pairs:
@@ -49,22 +56,30 @@ def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pair
     if hit is not None:
         return hit
     c = automaton.classes
-    as_long = lambda a: torch.from_numpy(a).to(device=device, dtype=torch.long)
-    class_of = torch.repeat_interleave(torch.arange(c.n_classes), torch.from_numpy(c.offsets).diff())  # (M,)
+    S, K = automaton.n_states, c.n_classes
+    finals = np.flatnonzero(automaton.final)
+    src = np.concatenate([c.src, finals, [S]])
+    dst = np.concatenate([c.dst, np.full(finals.size + 1, S)])
+    cls = np.concatenate([c.cls, np.full(finals.size, K), [K + 1]])
+    as_long = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+    class_of = torch.repeat_interleave(torch.arange(K), torch.from_numpy(c.offsets).diff())  # (M,)
     into = np.argsort(c.dst, kind="stable").astype(np.int64)  # (P,) pairs by destination, then pair id
-    into_ptr = np.zeros(automaton.n_states + 1, dtype=np.int64)
-    np.cumsum(np.bincount(c.dst, minlength=automaton.n_states), out=into_ptr[1:])
-    value = Pairs(as_long(c.src), as_long(c.dst), as_long(c.cls), as_long(c.tokens), class_of.to(device), c.n_classes,
-                  torch.from_numpy(np.flatnonzero(automaton.final)).to(device), into, into_ptr, {})
+    into_ptr = np.zeros(S + 1, dtype=np.int64)
+    np.cumsum(np.bincount(c.dst, minlength=S), out=into_ptr[1:])
+    ending = {True: (as_long(src[c.n_pairs:]), as_long(dst[c.n_pairs:])), False: (as_long([S]), as_long([S]))}
+    value = Pairs(as_long(src), as_long(dst), as_long(cls), c.n_pairs, as_long(c.tokens), class_of.to(device), K,
+                  ending, into, into_ptr, {})
     with _lock:
         return _pairs.setdefault(automaton, {}).setdefault(key, value)
 
 
-def pairs_reading(g: Pairs, automaton: TokenAutomaton, token: int) -> torch.Tensor:
-    """The pairs whose class holds ``token`` (a committed position's only moves), cached per token."""
+def pairs_reading(g: Pairs, automaton: TokenAutomaton, token: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The pairs whose class holds ``token``: their ids (host) and their (src, dst) on ``g``'s device, cached."""
     hit = g.by_token.get(token)
     if hit is None:
-        hit = g.by_token[token] = torch.from_numpy(automaton.pairs_reading(token)).to(g.src.device)
+        pp = automaton.pairs_reading(token)
+        at = torch.from_numpy(pp).to(g.src.device)
+        hit = g.by_token[token] = (pp, g.src[at], g.dst[at])
     return hit
 
 
@@ -79,7 +94,8 @@ def best_path(
 
     Viterbi over (position, automaton state) plus one extra state "ended" (the EMPTY tail); each free position
     is one vectorised max-scatter over the automaton's (source, destination) pairs, scored by the best token of
-    each pair's class there (computed for all positions at once). Only scores are kept; the way back finds,
+    each pair's class there (computed for all positions at once); a committed position, over the pairs reading
+    its token. Only scores are kept; the way back finds,
     position by position, the move that reached each score (recomputing the same float additions).
     Score = sum of ``logp[i, token]`` over the *free* positions: committed positions are fixed and
     add nothing (so a committed token whose logp is -inf does not make the slot infeasible). A free
@@ -136,7 +152,7 @@ def best_paths(queries: list[Query]) -> list[list[int] | None]:
 
 @dataclass(eq=False)
 class _Slot:
-    """One query, checked, with its per-position scores (built by ``_prepare``)."""
+    """One query, checked, with its per-position moves (built by ``_prepare``)."""
 
     automaton: TokenAutomaton
     g: Pairs
@@ -145,10 +161,12 @@ class _Slot:
     min_tokens: int
     row_of: dict[int, int]  # free position -> its row in the per-free-position tensors
     lp_class: torch.Tensor  # (f, M) the class tokens' logits at the free positions
-    best_in_class: torch.Tensor  # (f, K)
-    lp_empty: torch.Tensor  # (f,)
-    moves: torch.Tensor  # (n, P) what each pair adds at each position
-    ending: torch.Tensor  # (n,) what ending the slot there adds
+    best_in_class: torch.Tensor  # (f, K) float64
+    lp_empty: torch.Tensor  # (f,) float64
+    # Per position, the moves it relaxes: (src, dst, what each adds, or None for 0). A free position moves along
+    # every pair and ending; a committed one along the pairs reading its token only (or, for EMPTY, the endings):
+    # what the committed tokens already decide is not scored again.
+    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
     @property
     def n(self) -> int:
@@ -160,7 +178,7 @@ class _Slot:
 
     @property
     def device(self) -> torch.device:
-        return self.moves.device
+        return self.lp_empty.device
 
 
 def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int | None], empty_id: int,
@@ -184,73 +202,63 @@ def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int 
 
     # The best token of each class at each free position: one gather and one scatter-max for the whole slot.
     free_at = [i for i, c in enumerate(committed) if c is None]
+    f, M = len(free_at), int(g.tokens.shape[0])
     row_of = {i: r for r, i in enumerate(free_at)}  # position -> row of the free-position tensors
     free_idx = torch.tensor(free_at, dtype=torch.long, device=device)  # (f,)
-    lp_class = logp.index_select(1, g.tokens)  # (n, M): the class tokens' columns, never an (f, V) copy
-    lp_class = (lp_class.index_select(0, free_idx) if len(free_at) < n else lp_class).float()  # (f, M)
+    if f == n:
+        lp_class = logp.index_select(1, g.tokens)  # (n, M)
+    elif f * logp.shape[1] < n * M:  # the free rows first: an (f, V') copy is the smaller one
+        lp_class = logp.index_select(0, free_idx).index_select(1, g.tokens)  # (f, M)
+    else:  # the class tokens' columns first: an (n, M) copy is the smaller one
+        lp_class = logp.index_select(1, g.tokens).index_select(0, free_idx)  # (f, M)
+    lp_class = lp_class.float()
     lp_class.nan_to_num_(nan=neg_inf, posinf=float("inf"), neginf=neg_inf)  # NaN is forbidden, like -inf
-    best_in_class = torch.full((len(free_at), g.n_classes), neg_inf, dtype=torch.float32, device=device)  # (f, K)
+    best_in_class = torch.full((f, g.n_classes), neg_inf, dtype=torch.float32, device=device)  # (f, K)
     best_in_class.scatter_reduce_(1, g.class_of.expand_as(lp_class), lp_class, reduce="amax", include_self=True)
+    best_in_class = best_in_class.double()
     lp_empty = logp[free_idx, empty_id].double()  # (f,)
     lp_empty.masked_fill_(lp_empty.isnan(), neg_inf)
 
-    # What each pair adds at each position (n, P): its class's best token where the position is free, 0 for the
-    # pairs that read a committed token, -inf for every other; and what ending there adds (n,).
-    moves = torch.full((n, int(g.src.shape[0])), neg_inf, dtype=torch.float64, device=device)  # (n, P)
-    if free_at:
-        moves[free_idx] = best_in_class[:, g.cls].double()
-    ending = torch.full((n,), neg_inf, dtype=torch.float64, device=device)  # (n,)
-    if free_at:
-        ending[free_idx] = lp_empty
+    # What each move adds at each free position (f, P + F + 1), one gather: a pair its class's best token there,
+    # an ending what EMPTY adds (from a final state only after min_tokens real tokens).
+    may_end = torch.tensor([i >= min_tokens for i in free_at], dtype=torch.bool, device=device)  # (f,)
+    columns = torch.cat([best_in_class, lp_empty.masked_fill(~may_end, neg_inf)[:, None], lp_empty[:, None]], 1)
+    free_moves = columns.index_select(1, g.cls)  # (f, P + F + 1)
+    steps = []
     for i, c in enumerate(committed):
         if c is None:
-            continue
-        if c == empty_id:
-            ending[i] = 0.0
+            steps.append((g.src, g.dst, free_moves[row_of[i]]))
+        elif c == empty_id:
+            steps.append((*g.ending[i >= min_tokens], None))
         else:
-            pp = pairs_reading(g, automaton, c)
-            if pp.numel():
-                moves[i, pp] = 0.0
-    return _Slot(automaton, g, committed, empty_id, min_tokens, row_of, lp_class, best_in_class, lp_empty, moves,
-                 ending)
+            _, src, dst = pairs_reading(g, automaton, c)
+            steps.append((src, dst, None))
+    return _Slot(automaton, g, committed, empty_id, min_tokens, row_of, lp_class, best_in_class, lp_empty, steps)
 
 
 def _solve(slots: list[_Slot]) -> list[list[int] | None]:
-    """The forward pass for slots side by side (each its S + 1 states, END last), then each slot's way back."""
+    """The forward pass for slots side by side (each its S + 1 states, END last, in one score table), then each
+    slot's way back. A position is one gather, one add (at a free position) and one scatter-max per slot."""
     device = slots[0].device
-    neg_inf = float("-inf")
     n_max = max(s.n for s in slots)
     bases, total = [], 0
     for s in slots:
         bases.append(total)
         total += s.S + 1
-    # Ending is a move too: from each final state to its slot's END (allowed after min_tokens real tokens) and from
-    # END to itself, both adding what EMPTY adds there; so a position is one gather, one add, one scatter-max.
-    # (max(a, b) + c and max(a + c, b + c) round alike, so the scores are those of ending apart.)
-    ends = [b + s.S for s, b in zip(slots, bases)]  # the END states
-    src = torch.cat([s.g.src + b for s, b in zip(slots, bases)]
-                    + [s.g.final_states + b for s, b in zip(slots, bases)]
-                    + [torch.tensor(ends, device=device)])  # (P_all + F_all + slots,)
-    dst = torch.cat([s.g.dst + b for s, b in zip(slots, bases)]
-                    + [torch.full_like(s.g.final_states, e) for s, e in zip(slots, ends)]
-                    + [torch.tensor(ends, device=device)])
-    n_pairs = sum(int(s.g.src.shape[0]) for s in slots)
-    moves = torch.full((n_max, int(src.shape[0])), neg_inf, dtype=torch.float64, device=device)  # (n_max, all)
-    at, at_final = 0, n_pairs
-    for k, s in enumerate(slots):
-        p, f = s.moves.shape[1], int(s.g.final_states.shape[0])
-        moves[:s.n, at:at + p] = s.moves
-        moves[s.min_tokens:s.n, at_final:at_final + f] = s.ending[s.min_tokens:, None]  # a final state may end
-        moves[:s.n, src.shape[0] - len(slots) + k] = s.ending  # stay ended
-        at, at_final = at + p, at_final + f
-
     # Forward: scores[i, s] is the best score of a prefix of i positions ending in state s (END: ended).
     # Only scores are kept; the way back recomputes which move reached each score (the same float additions).
-    scores = torch.full((n_max + 1, total), neg_inf, dtype=torch.float64, device=device)  # (n_max+1, states)
-    for s, b in zip(slots, bases):
-        scores[0, b + s.automaton.initial] = 0.0
+    scores = torch.full((n_max + 1, total), float("-inf"), dtype=torch.float64, device=device)  # (n_max+1, states)
+    views = [scores[:, b:b + s.S + 1] for s, b in zip(slots, bases)]  # each slot's columns
+    for s, v in zip(slots, views):
+        v[0, s.automaton.initial] = 0.0
     for i in range(n_max):
-        scores[i + 1].scatter_reduce_(0, dst, scores[i].index_select(0, src) + moves[i], reduce="amax")
+        for s, v in zip(slots, views):
+            if i < s.n:
+                src, dst, add = s.steps[i]
+                cand = v[i].index_select(0, src)
+                if add is not None:
+                    cand += add
+                v[i + 1].scatter_reduce_(0, dst, cand, reduce="amax")
     sc_all = scores.cpu().numpy()  # (n_max+1, states) for the ways back, on the host
     return [_way_back(s, sc_all[:s.n + 1, b:b + s.S + 1]) for s, b in zip(slots, bases)]
 
@@ -269,7 +277,7 @@ def _way_back(slot: _Slot, sc: np.ndarray) -> list[int] | None:
         return None
     if n == 0:
         return []
-    bic = slot.best_in_class.cpu().numpy().astype(np.float64)  # (f, K): the same float64 values as the moves
+    bic = slot.best_in_class.cpu().numpy()  # (f, K): the same float64 values as the moves
     lpe = slot.lp_empty.cpu().numpy()  # (f,)
     state = END if sc[n, END] >= best_final else int(finals[np.argmax(sc[n, finals])])
     out = [0] * n
@@ -288,14 +296,15 @@ def _way_back(slot: _Slot, sc: np.ndarray) -> list[int] | None:
             p = int(into[np.flatnonzero(prev[src[into]] + bic[row_of[i], cls[into]] == target)[0]])
             taken[i], state = p, int(src[p])
         else:  # the committed token, from the lowest state it takes here
-            pp = automaton.pairs_reading(c)
+            pp = pairs_reading(g, automaton, c)[0]
             pp = pp[automaton.classes.dst[pp] == state]
             state = int(np.min(src[pp][prev[src[pp]] == target]))
             out[i] = c
     if taken:  # each free real position: the best token of its pair's class there (the lowest id on ties)
-        offsets = automaton.classes.offsets
+        offsets, tokens = automaton.classes.offsets, automaton.classes.tokens
+        lp_class = slot.lp_class.numpy() if slot.lp_class.device.type == "cpu" else slot.lp_class  # no copy
         for i, p in taken.items():  # a class's tokens are one run of lp_class's columns: read that run alone
             k = int(cls[p])
-            run = slot.lp_class[row_of[i], offsets[k]:offsets[k + 1]]
-            out[i] = int(g.tokens[offsets[k] + int(run.argmax())])
+            run = lp_class[row_of[i], offsets[k]:offsets[k + 1]]  # argmax: the first maximum, as torch's
+            out[i] = int(tokens[offsets[k] + int(run.argmax())])
     return out
