@@ -31,6 +31,8 @@ and by the workers. Never import torch here.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 import threading
@@ -203,6 +205,15 @@ class EdgeClasses:
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in (self.src, self.dst, self.cls, self.tokens, self.offsets)))
 
+    @functools.cached_property
+    def max_reading(self) -> int:
+        """R, the most pairs that read one token (what a committed position relaxes at most)."""
+        if not self.tokens.size:
+            return 0
+        per_class = np.bincount(self.cls, minlength=self.n_classes)  # (K,) pairs of each class
+        class_of = np.repeat(np.arange(self.n_classes), np.diff(self.offsets))  # (M,)
+        return int(np.bincount(self.tokens, weights=per_class[class_of]).max())
+
 
 def edge_classes(src: np.ndarray, tok: np.ndarray, dst: np.ndarray) -> EdgeClasses:
     """Group the transitions ``(src, tok, dst)`` (E,) each, in any order, into :class:`EdgeClasses`."""
@@ -370,7 +381,8 @@ def require_fits(automaton: TokenAutomaton, n_positions: int, min_tokens: int = 
                 f"{n_positions} tokens has more than {longest}; give min_tokens of at most {longest}"
             )
     c = automaton.classes
-    require_dp_fits(automaton.pattern, n_positions, c.n_class_tokens, c.n_pairs, automaton.n_states, k)
+    require_dp_fits(automaton.pattern, n_positions, c.n_class_tokens, c.n_pairs, automaton.n_states,
+                    c.max_reading, k)
 
 
 # ---------------------------------------------------------------------------------------------- accept

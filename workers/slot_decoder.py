@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from redraft.constraints.automaton import TokenAutomaton
+from redraft.constraints.budget import dp_step_bytes
+from redraft.settings import get_settings
 
 _lock = threading.Lock()
 # automaton -> {str(device): Pairs}; dies with the automaton.
@@ -39,13 +41,13 @@ class Pairs(NamedTuple):
     tokens: torch.Tensor  # (M,) the classes' tokens, class after class
     class_of: torch.Tensor  # (M,) the class of each entry of ``tokens``
     n_classes: int  # K
-    ending: dict[bool, tuple[torch.Tensor, torch.Tensor]]  # may end here -> (src, dst) of a committed EMPTY's moves
+    # On the host, the moves of a committed position: EMPTY's (may end here -> (src, dst)), and each token's
+    # (the pairs reading it: their ids, sources and destinations; filled as committed tokens come up).
+    ending: dict[bool, tuple[np.ndarray, np.ndarray]]
+    by_token: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
     # For the way back, on the host: the pairs into each state, ``into[into_ptr[d]:into_ptr[d + 1]]`` (ascending).
     into: np.ndarray  # (P,) int64
     into_ptr: np.ndarray  # (S + 1,) int64
-    # token -> the pairs reading it (a committed position's only moves): their ids on the host, (src, dst) here;
-    # filled as committed tokens come up.
-    by_token: dict[int, tuple[np.ndarray, torch.Tensor, torch.Tensor]]
 
 
 def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pairs:
@@ -66,20 +68,20 @@ def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pair
     into = np.argsort(c.dst, kind="stable").astype(np.int64)  # (P,) pairs by destination, then pair id
     into_ptr = np.zeros(S + 1, dtype=np.int64)
     np.cumsum(np.bincount(c.dst, minlength=S), out=into_ptr[1:])
-    ending = {True: (as_long(src[c.n_pairs:]), as_long(dst[c.n_pairs:])), False: (as_long([S]), as_long([S]))}
+    ending = {True: (src[c.n_pairs:], dst[c.n_pairs:]), False: (np.array([S]), np.array([S]))}
     value = Pairs(as_long(src), as_long(dst), as_long(cls), c.n_pairs, as_long(c.tokens), class_of.to(device), K,
-                  ending, into, into_ptr, {})
+                  ending, {}, into, into_ptr)
     with _lock:
         return _pairs.setdefault(automaton, {}).setdefault(key, value)
 
 
-def pairs_reading(g: Pairs, automaton: TokenAutomaton, token: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """The pairs whose class holds ``token``: their ids (host) and their (src, dst) on ``g``'s device, cached."""
+def pairs_reading(g: Pairs, automaton: TokenAutomaton, token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs whose class holds ``token``: their ids, sources and destinations (host, int64), cached."""
     hit = g.by_token.get(token)
     if hit is None:
         pp = automaton.pairs_reading(token)
-        at = torch.from_numpy(pp).to(g.src.device)
-        hit = g.by_token[token] = (pp, g.src[at], g.dst[at])
+        c = automaton.classes
+        hit = g.by_token[token] = (pp, c.src[pp].astype(np.int64), c.dst[pp].astype(np.int64))
     return hit
 
 
@@ -131,22 +133,26 @@ Query = tuple  # (automaton, logp (n, V'), committed (n,), empty_id, min_tokens)
 
 
 def best_paths(queries: list[Query]) -> list[list[int] | None]:
-    """``best_path`` for several slots at once (a row's constrained slots): the slots' automata side by side as one
-    state space, so each position index is one relaxation for every slot (slots of similar lengths run together:
-    a slot is padded to at most twice its positions). The same paths as one call per slot."""
+    """``best_path`` for several slots at once (a row's constrained slots, or a whole length group's): the slots of
+    one automaton are one DP, each position one relaxation for all of them (in chunks whose budgeted memory,
+    :func:`redraft.constraints.budget.dp_step_bytes`, stays within ``max_dp_bytes``). The same paths as one call
+    per slot."""
     out: list[list[int] | None] = [None] * len(queries)
-    prepared = []
+    by_automaton: dict[tuple[int, str], list[tuple[int, _Slot]]] = {}
     for q, query in enumerate(queries):
         slot = _prepare(*query)
         if slot is not None:
-            prepared.append((q, slot))
-    prepared.sort(key=lambda e: -e[1].n)
-    while prepared:
-        n_max = prepared[0][1].n
-        group = [e for e in prepared if 2 * e[1].n >= n_max]
-        prepared = [e for e in prepared if 2 * e[1].n < n_max]
-        for (q, _), path in zip(group, _solve([slot for _, slot in group])):
-            out[q] = path
+            by_automaton.setdefault((id(slot.automaton), str(slot.device)), []).append((q, slot))
+    limit = get_settings().max_dp_bytes
+    for group in by_automaton.values():
+        group.sort(key=lambda e: -e[1].n)
+        while group:
+            c = group[0][1].automaton.classes
+            each = dp_step_bytes(group[0][1].n, c.n_class_tokens, c.n_pairs, group[0][1].S, c.max_reading)
+            k = max(1, min(len(group), limit // max(1, each)))  # the longest slot's budget, for each slot of a chunk
+            chunk, group = group[:k], group[k:]
+            for (q, _), path in zip(chunk, _solve([slot for _, slot in chunk])):
+                out[q] = path
     return out
 
 
@@ -163,10 +169,7 @@ class _Slot:
     lp_class: torch.Tensor  # (f, M) the class tokens' logits at the free positions
     best_in_class: torch.Tensor  # (f, K) float64
     lp_empty: torch.Tensor  # (f,) float64
-    # Per position, the moves it relaxes: (src, dst, what each adds, or None for 0). A free position moves along
-    # every pair and ending; a committed one along the pairs reading its token only (or, for EMPTY, the endings):
-    # what the committed tokens already decide is not scored again.
-    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+    columns: torch.Tensor  # (f, K + 2) float64: what a free position's moves add, by column (Pairs.cls)
 
     @property
     def n(self) -> int:
@@ -219,48 +222,82 @@ def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int 
     lp_empty = logp[free_idx, empty_id].double()  # (f,)
     lp_empty.masked_fill_(lp_empty.isnan(), neg_inf)
 
-    # What each move adds at each free position (f, P + F + 1), one gather: a pair its class's best token there,
-    # an ending what EMPTY adds (from a final state only after min_tokens real tokens).
+    # What each move adds at a free position, by column (Pairs.cls): a pair its class's best token there, an ending
+    # what EMPTY adds (from a final state only after min_tokens real tokens).
     may_end = torch.tensor([i >= min_tokens for i in free_at], dtype=torch.bool, device=device)  # (f,)
     columns = torch.cat([best_in_class, lp_empty.masked_fill(~may_end, neg_inf)[:, None], lp_empty[:, None]], 1)
-    free_moves = columns.index_select(1, g.cls)  # (f, P + F + 1)
-    steps = []
-    for i, c in enumerate(committed):
-        if c is None:
-            steps.append((g.src, g.dst, free_moves[row_of[i]]))
-        elif c == empty_id:
-            steps.append((*g.ending[i >= min_tokens], None))
-        else:
-            _, src, dst = pairs_reading(g, automaton, c)
-            steps.append((src, dst, None))
-    return _Slot(automaton, g, committed, empty_id, min_tokens, row_of, lp_class, best_in_class, lp_empty, steps)
+    return _Slot(automaton, g, committed, empty_id, min_tokens, row_of, lp_class, best_in_class, lp_empty, columns)
 
 
 def _solve(slots: list[_Slot]) -> list[list[int] | None]:
-    """The forward pass for slots side by side (each its S + 1 states, END last, in one score table), then each
-    slot's way back. A position is one gather, one add (at a free position) and one scatter-max per slot."""
-    device = slots[0].device
+    """The forward pass for slots of one automaton, all at once, then each slot's way back.
+
+    Scores are (position, slot, state). At each position the slots free there relax every move (one gather of
+    their scores, one add of their move scores, one scatter-max), and the slots committed there only the moves
+    reading their token, as one flat gather and scatter-max over (slot, state) for all of them: what the committed
+    tokens decide is never scored again, and a position costs the same few calls however many slots there are."""
+    g, automaton, device = slots[0].g, slots[0].automaton, slots[0].device
+    B, S1 = len(slots), automaton.n_states + 1
     n_max = max(s.n for s in slots)
-    bases, total = [], 0
-    for s in slots:
-        bases.append(total)
-        total += s.S + 1
-    # Forward: scores[i, s] is the best score of a prefix of i positions ending in state s (END: ended).
-    # Only scores are kept; the way back recomputes which move reached each score (the same float additions).
-    scores = torch.full((n_max + 1, total), float("-inf"), dtype=torch.float64, device=device)  # (n_max+1, states)
-    views = [scores[:, b:b + s.S + 1] for s, b in zip(slots, bases)]  # each slot's columns
-    for s, v in zip(slots, views):
-        v[0, s.automaton.initial] = 0.0
+    neg_inf = float("-inf")
+    # Who moves how at each position, on the host: the free (slot, position)s position-major (so a position's rows
+    # of move scores are one slice), the committed ones' moves as flat (slot * S1 + state) indices.
+    free_slot: list[int] = []  # the slot of each free (slot, position)
+    free_row: list[int] = []  # its row in the slots' columns, stacked slot after slot
+    f_ptr = [0]
+    c_src: list[np.ndarray] = []  # per committed (slot, position): its moves' sources and destinations, flat
+    c_dst: list[np.ndarray] = []
+    c_ptr = [0]
+    rows_before = np.cumsum([0] + [len(s.row_of) for s in slots])
     for i in range(n_max):
-        for s, v in zip(slots, views):
-            if i < s.n:
-                src, dst, add = s.steps[i]
-                cand = v[i].index_select(0, src)
-                if add is not None:
-                    cand += add
-                v[i + 1].scatter_reduce_(0, dst, cand, reduce="amax")
-    sc_all = scores.cpu().numpy()  # (n_max+1, states) for the ways back, on the host
-    return [_way_back(s, sc_all[:s.n + 1, b:b + s.S + 1]) for s, b in zip(slots, bases)]
+        at = c_ptr[-1]
+        for b, s in enumerate(slots):
+            if i >= s.n:
+                continue
+            c = s.committed[i]
+            if c is None:
+                free_slot.append(b)
+                free_row.append(int(rows_before[b]) + s.row_of[i])
+                continue
+            src, dst = g.ending[i >= s.min_tokens] if c == s.empty_id else pairs_reading(g, automaton, c)[1:]
+            c_src.append(src + b * S1 if b else src)
+            c_dst.append(dst + b * S1 if b else dst)
+            at += int(src.size)
+        f_ptr.append(len(free_slot))
+        c_ptr.append(at)
+    as_long = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
+    free_slot_t = as_long(free_slot)
+    moves = None  # (free (slot, position)s, P + F + 1): what each move adds there, position-major
+    if free_row:
+        columns = slots[0].columns if B == 1 else torch.cat([s.columns for s in slots])  # (f_all, K + 2)
+        if free_row != list(range(len(free_row))):
+            columns = columns.index_select(0, as_long(free_row))
+        moves = columns.index_select(1, g.cls)
+    if c_src:
+        flat_src, flat_dst = as_long(np.concatenate(c_src)), as_long(np.concatenate(c_dst))
+
+    # Forward: scores[i, b, s] is slot b's best score of a prefix of i positions ending in state s (END: ended).
+    # Only scores are kept; the way back recomputes which move reached each score (the same float additions).
+    scores = torch.full((n_max + 1, B, S1), neg_inf, dtype=torch.float64, device=device)
+    scores[0, :, automaton.initial] = 0.0
+    flat = scores.view(n_max + 1, B * S1)
+    for i in range(n_max):
+        lo, hi = f_ptr[i], f_ptr[i + 1]
+        if hi > lo:
+            k = hi - lo
+            every = k == B  # every slot is free here: they come in slot order
+            here = scores[i] if every else scores[i].index_select(0, free_slot_t[lo:hi])  # (k, S1)
+            cand = here.index_select(1, g.src)  # (k, P + F + 1)
+            cand += moves[lo:hi]
+            into = scores[i + 1] if every else torch.full((k, S1), neg_inf, dtype=torch.float64, device=device)
+            into.scatter_reduce_(1, g.dst.expand(k, -1), cand, reduce="amax")
+            if not every:
+                scores[i + 1].index_copy_(0, free_slot_t[lo:hi], into)
+        lo, hi = c_ptr[i], c_ptr[i + 1]
+        if hi > lo:
+            flat[i + 1].scatter_reduce_(0, flat_dst[lo:hi], flat[i].index_select(0, flat_src[lo:hi]), reduce="amax")
+    sc_all = scores.cpu().numpy()  # (n_max+1, B, S1) for the ways back, on the host
+    return [_way_back(s, sc_all[:s.n + 1, b]) for b, s in enumerate(slots)]
 
 
 def _way_back(slot: _Slot, sc: np.ndarray) -> list[int] | None:

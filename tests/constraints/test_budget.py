@@ -188,7 +188,7 @@ def test_the_issue_s_regex_of_1000_letters_in_256_tokens_fits_now_that_positions
     a = compile_regex("[a-z]{1000}", TOKENIZER, EOS, SPECIALS)
     c = a.classes
     assert a.n_edges > 2_000_000 and c.n_classes < 20 and c.n_class_tokens < a.n_edges // 100
-    assert budget.dp_step_bytes(256, c.n_class_tokens, c.n_pairs, a.n_states) < 128 * 2**20
+    assert budget.dp_step_bytes(256, c.n_class_tokens, c.n_pairs, a.n_states, c.max_reading) < 128 * 2**20
     # (it decodes to 1000 letters: tests/workers/test_slot_decoder.py::test_a_thousand_letters_in_256_positions)
 
 
@@ -270,7 +270,7 @@ def test_limits_are_documented_settings():
         "template_timeout_s",
     ):
         assert name in fields
-    assert json.dumps(budget.dp_step_bytes(1, 1, 1, 1))
+    assert json.dumps(budget.dp_step_bytes(1, 1, 1, 1, 1))
 
 
 # ---------------------------------------------------------------------------------------------- added: messages
@@ -531,18 +531,19 @@ def test_each_clock_counts_the_compiles_of_its_own_block():
 # ---------------------------------------------------------------------------------------------- added: the DP
 
 
-sizes = st.tuples(st.integers(0, 300), st.integers(0, 10**7), st.integers(0, 10**6), st.integers(0, 10**5))
+sizes = st.tuples(st.integers(0, 300), st.integers(0, 10**7), st.integers(0, 10**6), st.integers(0, 10**5),
+                  st.integers(0, 10**6))
 
 
 @settings(max_examples=200, deadline=None)
 @given(a=sizes, b=sizes)
 def test_dp_bytes_grow_linearly_in_positions_and_with_every_size(a, b):
-    n, m, p, s = a
+    n, m, p, s, r = a
     step = budget.dp_step_bytes
-    assert step(n + b[0], m, p, s) + step(0, m, p, s) == step(n, m, p, s) + step(b[0], m, p, s)
-    assert step(n, m, p, s) >= 16  # at least one state's prefix score
+    assert step(n + b[0], m, p, s, r) + step(0, m, p, s, r) == step(n, m, p, s, r) + step(b[0], m, p, s, r)
+    assert step(n, m, p, s, r) >= 16  # at least one state's prefix score
     bigger = [max(x, y) for x, y in zip(a, b)]
-    assert step(*bigger) >= step(n, m, p, s)
+    assert step(*bigger) >= step(n, m, p, s, r)
 
 
 @settings(max_examples=200, deadline=None)
@@ -551,22 +552,23 @@ def test_dp_bytes_grow_linearly_in_positions_and_with_every_size(a, b):
     m=st.integers(10**5, 10**7),
     p=st.integers(1, 10**6),
     s=st.integers(1, 10**6),
+    r=st.integers(0, 10**6),
     min_tokens=st.integers(0, 256),
 )
-@example(n=256, m=10**7, p=1, s=1, min_tokens=0)  # about 21 positions fit: the advice names them
-@example(n=256, m=10**7, p=1, s=1, min_tokens=200)  # they cannot hold 200 tokens: simplify instead
-def test_the_dp_refusal_names_the_most_positions_that_fit(n, m, p, s, min_tokens):
+@example(n=256, m=10**7, p=1, s=1, r=1, min_tokens=0)  # about 21 positions fit: the advice names them
+@example(n=256, m=10**7, p=1, s=1, r=1, min_tokens=200)  # they cannot hold 200 tokens: simplify instead
+def test_the_dp_refusal_names_the_most_positions_that_fit(n, m, p, s, r, min_tokens):
     """Refused exactly when one step needs more than ``max_dp_bytes``; the advice is the largest slot that fits
     when that slot can still hold ``min_tokens`` (and at least one token), else to simplify the pattern."""
     min_tokens = min(min_tokens, n)
     limit = get_settings().max_dp_bytes
-    if budget.dp_step_bytes(n, m, p, s) <= limit:
-        budget.require_dp_fits("[a-z]+", n, m, p, s, min_tokens)
+    if budget.dp_step_bytes(n, m, p, s, r) <= limit:
+        budget.require_dp_fits("[a-z]+", n, m, p, s, r, min_tokens)
         return
-    exc = refusal(lambda: budget.require_dp_fits("[a-z]+", n, m, p, s, min_tokens))
+    exc = refusal(lambda: budget.require_dp_fits("[a-z]+", n, m, p, s, r, min_tokens))
     assert exc.code == "constraint_too_large" and "REDRAFT_MAX_DP_BYTES" in exc.message
     assert f"a slot of {n} tokens under '[a-z]+'" in exc.message
-    fitting = [k for k in range(n) if budget.dp_step_bytes(k, m, p, s) <= limit]
+    fitting = [k for k in range(n) if budget.dp_step_bytes(k, m, p, s, r) <= limit]
     if fitting and max(fitting) >= max(1, min_tokens):
         assert f"give at most max_tokens={max(fitting)}" in exc.message
     else:

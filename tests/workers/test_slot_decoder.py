@@ -6,8 +6,10 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import os
 import re
 import weakref
+from unittest import mock
 
 import jsonschema
 import numpy as np
@@ -26,6 +28,7 @@ from redraft.constraints.automaton import (
 )
 from redraft.errors import ConstraintError
 from redraft.families import token_bytes
+from redraft.settings import get_settings
 from redraft.workers import slot_decoder
 from redraft.workers.slot_decoder import best_path
 from tests.constraints.test_automaton import (
@@ -71,6 +74,8 @@ def test_device_tensors_are_cached_per_automaton():
         reading = a.pairs_reading(t)
         assert sorted(zip(g.src[reading].tolist(), g.dst[reading].tolist())) == \
             [(s, int(a.next_state[s, t])) for s in range(a.n_states) if a.next_state[s, t] >= 0]
+    # R, what the DP budget counts for a committed position: the most pairs one token is read by.
+    assert a.classes.max_reading == max(a.pairs_reading(t).size for t in range(V))
     path = best_path(a, random_logp(0, 4), [None] * 4, EMPTY)
     check(a, path, 4, [None] * 4)
     assert a in slot_decoder._pairs
@@ -208,6 +213,40 @@ def test_slots_decoded_side_by_side_get_the_paths_they_get_alone(picks, seed, da
         queries.append((a, random_logp(seed + 100 + k, n), committed, EMPTY, min(min_tokens, n + 1)))
     together = slot_decoder.best_paths(queries)
     assert together == [best_path(*q) for q in queries]
+
+
+@settings(max_examples=25, deadline=None)
+@given(pattern=st.sampled_from(REGEXES), slots=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), st.floats(0, 1)),
+                                                        min_size=2, max_size=10),
+       seed=seeds, budget_mib=st.sampled_from([None, 1, 2]), data=st.data())
+def test_a_groups_slots_of_one_automaton_get_the_paths_they_get_alone(pattern, slots, seed, budget_mib, data):
+    """The slots of one automaton (a length group's rows, each with the same target) are one DP: each position
+    relaxes the free slots' moves together and the committed slots' token moves as one flat scatter, in chunks
+    within the DP budget. Each slot gets exactly the path it gets alone, whatever the lengths, the commits (EMPTY
+    ones too), the minimum lengths and the chunking."""
+    a = regex(pattern)
+    queries = []
+    for k, (extra, min_tokens, share) in enumerate(slots):
+        n = min_length_tokens(a) + extra
+        first = best_path(a, random_logp(seed + k, n), [None] * n, EMPTY)
+        committed = [None] * n
+        if first is not None and n:
+            keep = data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
+            committed = [t if u < share else None for t, u in zip(first, keep)]
+        queries.append((a, random_logp(seed + 100 + k, n), committed, EMPTY, min(min_tokens, n + 1)))
+    alone = [best_path(*q) for q in queries]
+    env = {} if budget_mib is None else {"REDRAFT_MAX_DP_BYTES": str(budget_mib * 2**20)}
+    with mock.patch.dict(os.environ, env):
+        get_settings.cache_clear()
+        try:
+            together = slot_decoder.best_paths(queries)
+        finally:
+            get_settings.cache_clear()
+    assert together == alone
+    for (_, _, committed, _, min_tokens), path in zip(queries, together):
+        if path is not None:
+            check(a, path, len(committed), committed)
+            assert len(path) - path.count(EMPTY) >= min_tokens
 
 
 def test_a_thousand_letters_in_256_positions():

@@ -50,8 +50,8 @@ class SlotTargets:
     def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
                  offset: int = 0) -> torch.Tensor:
         width = logits.shape[1]
+        work = []  # (row, slot, positions, free here, in the window, query): the group's slots are decoded together
         for j, row in enumerate(rows):
-            work = []  # (slot, positions, free here, in the window, query): a row's slots are decoded together
             for slot in self.slots_per_row.get(row, ()):
                 pos = torch.tensor(slot.positions, device=logits.device)  # (n,)
                 slot_free = free[j, pos]  # (n,)
@@ -69,18 +69,19 @@ class SlotTargets:
                     logp = torch.zeros(pos.numel(), logits.shape[-1], device=logits.device)  # (n, V)
                     logp[seen] = logits[j, pos[seen] - offset].float()  # the rest of the slot: later windows
                 committed = [None if f else int(t) for f, t in zip(slot_free.tolist(), x[j, pos].tolist())]
-                work.append((slot, pos, slot_free, seen,
+                work.append((j, slot, pos, slot_free, seen,
                              (slot.automaton, logp, committed, self.empty_id, slot.min_tokens)))
-            paths = best_paths([w[-1] for w in work])
-            for (slot, pos, slot_free, seen, _), path in zip(work, paths):
-                if path is None:  # cannot happen from a canvas the API accepted; fail loudly if it does
-                    raise ConstraintError(f"slot {slot.name!r} can no longer satisfy {slot.automaton.pattern!r}")
-                here = slot_free & seen  # (n,)
-                forced = torch.tensor(path, device=logits.device)[here]  # (f,)
-                at = pos[here] - offset  # (f,)
-                # A path token another hard mask forbids here (a safety guard) stays forbidden: the
-                # position waits, and the next step's path goes around it.
-                keep = torch.isfinite(logits[j, at, forced])  # (f,)
-                logits[j, at] = float("-inf")
-                logits[j, at, forced] = torch.where(keep, 0.0, float("-inf"))
+        # The paths are computed before any logits are changed: a slot's logp may be a view of them.
+        paths = best_paths([w[-1] for w in work])
+        for (j, slot, pos, slot_free, seen, _), path in zip(work, paths):
+            if path is None:  # cannot happen from a canvas the API accepted; fail loudly if it does
+                raise ConstraintError(f"slot {slot.name!r} can no longer satisfy {slot.automaton.pattern!r}")
+            here = slot_free & seen  # (n,)
+            forced = torch.tensor(path, device=logits.device)[here]  # (f,)
+            at = pos[here] - offset  # (f,)
+            # A path token another hard mask forbids here (a safety guard) stays forbidden: the
+            # position waits, and the next step's path goes around it.
+            keep = torch.isfinite(logits[j, at, forced])  # (f,)
+            logits[j, at] = float("-inf")
+            logits[j, at, forced] = torch.where(keep, 0.0, float("-inf"))
         return logits
