@@ -31,8 +31,6 @@ and by the workers. Never import torch here.
 
 from __future__ import annotations
 
-import functools
-
 import json
 import re
 import threading
@@ -41,7 +39,7 @@ import weakref
 from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import outlines_core
@@ -205,7 +203,7 @@ class EdgeClasses:
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in (self.src, self.dst, self.cls, self.tokens, self.offsets)))
 
-    @functools.cached_property
+    @cached_property
     def max_reading(self) -> int:
         """R, the most pairs that read one token (what a committed position relaxes at most)."""
         if not self.tokens.size:
