@@ -5,8 +5,9 @@ does not score every (state, token) edge: it takes the best token of each of the
 once (:class:`redraft.constraints.automaton.EdgeClasses`), then relaxes the (source, destination) pairs with those
 maxima, the same optimum for a fraction of the reads. A committed position relaxes only the pairs that read its
 token (the automaton is deterministic: one move out of each state at most), so as a denoising run commits tokens
-the decoder's work shrinks with the free positions; nothing is built per committed position. The automaton's arrays are copied to torch once per
-(automaton, device) and cached for the automaton's lifetime (a ``WeakKeyDictionary`` keyed by the
+the decoder's work shrinks with the free positions. The slots of one automaton in a call (a length group's rows
+under the same target) are one DP, each position a few calls for all of them. The automaton's arrays are copied to
+torch once per (automaton, device) and cached for the automaton's lifetime (a ``WeakKeyDictionary`` keyed by the
 automaton), so the per-step calls of a denoising run do not rebuild them.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -50,6 +52,11 @@ class Pairs(NamedTuple):
     into_ptr: np.ndarray  # (S + 1,) int64
 
 
+def _as_long(a, device: torch.device | str) -> torch.Tensor:
+    """An int64 tensor on ``device`` from an array or list (no copy on the CPU when it is already int64)."""
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+
+
 def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pairs:
     """The automaton's grouped transitions on ``device`` (cached per automaton and device)."""
     key = str(device)
@@ -63,7 +70,7 @@ def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pair
     src = np.concatenate([c.src, finals, [S]])
     dst = np.concatenate([c.dst, np.full(finals.size + 1, S)])
     cls = np.concatenate([c.cls, np.full(finals.size, K), [K + 1]])
-    as_long = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+    as_long = partial(_as_long, device=device)
     class_of = torch.repeat_interleave(torch.arange(K), torch.from_numpy(c.offsets).diff())  # (M,)
     into = np.argsort(c.dst, kind="stable").astype(np.int64)  # (P,) pairs by destination, then pair id
     into_ptr = np.zeros(S + 1, dtype=np.int64)
@@ -237,7 +244,7 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
     reading their token, as one flat gather and scatter-max over (slot, state) for all of them: what the committed
     tokens decide is never scored again, and a position costs the same few calls however many slots there are."""
     g, automaton, device = slots[0].g, slots[0].automaton, slots[0].device
-    B, S1 = len(slots), automaton.n_states + 1
+    B, S1, K2 = len(slots), automaton.n_states + 1, g.n_classes + 2
     n_max = max(s.n for s in slots)
     neg_inf = float("-inf")
     # Who moves how at each position, on the host: the free (slot, position)s position-major (so a position's rows
@@ -265,37 +272,45 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
             at += int(src.size)
         f_ptr.append(len(free_slot))
         c_ptr.append(at)
-    as_long = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
-    free_slot_t = as_long(free_slot)
-    moves = None  # (free (slot, position)s, P + F + 1): what each move adds there, position-major
+    as_long = partial(_as_long, device=device)
+    f_sizes, c_sizes = np.diff(f_ptr).tolist(), np.diff(c_ptr).tolist()
+    # Each position's slices as views made in one call each (a tensor's slicing costs microseconds a time).
+    free_slots = as_long(free_slot).split(f_sizes)  # per position: its free slots
+    columns: tuple[torch.Tensor, ...] = ()  # per position: its free slots' move scores by column (k, K + 2)
     if free_row:
-        columns = slots[0].columns if B == 1 else torch.cat([s.columns for s in slots])  # (f_all, K + 2)
+        table = slots[0].columns if B == 1 else torch.cat([s.columns for s in slots])  # (f_all, K + 2)
         if free_row != list(range(len(free_row))):
-            columns = columns.index_select(0, as_long(free_row))
-        moves = columns.index_select(1, g.cls)
+            table = table.index_select(0, as_long(free_row))  # position-major rows
+        columns = table.split(f_sizes)
     if c_src:
-        flat_src, flat_dst = as_long(np.concatenate(c_src)), as_long(np.concatenate(c_dst))
+        flat_src = as_long(np.concatenate(c_src)).split(c_sizes)
+        flat_dst = as_long(np.concatenate(c_dst)).split(c_sizes)
 
     # Forward: scores[i, b, s] is slot b's best score of a prefix of i positions ending in state s (END: ended).
     # Only scores are kept; the way back recomputes which move reached each score (the same float additions).
     scores = torch.full((n_max + 1, B, S1), neg_inf, dtype=torch.float64, device=device)
     scores[0, :, automaton.initial] = 0.0
-    flat = scores.view(n_max + 1, B * S1)
+    rows, flat = scores.unbind(0), scores.view(n_max + 1, B * S1).unbind(0)
+    local: dict[int, tuple[torch.Tensor, ...]] = {}  # k -> flat (source, destination, column) indices for k slots
     for i in range(n_max):
-        lo, hi = f_ptr[i], f_ptr[i + 1]
-        if hi > lo:
-            k = hi - lo
+        k = f_sizes[i]
+        if k:
+            if k not in local:  # (1-D gathers and scatters: along a row's second dimension they run ~2x slower)
+                ks = torch.arange(k, device=device)[:, None]
+                local[k] = ((ks * S1 + g.src).view(-1), (ks * S1 + g.dst).view(-1), (ks * (K2) + g.cls).view(-1))
+            src, dst, cls = local[k]
             every = k == B  # every slot is free here: they come in slot order
-            here = scores[i] if every else scores[i].index_select(0, free_slot_t[lo:hi])  # (k, S1)
-            cand = here.index_select(1, g.src)  # (k, P + F + 1)
-            cand += moves[lo:hi]
-            into = scores[i + 1] if every else torch.full((k, S1), neg_inf, dtype=torch.float64, device=device)
-            into.scatter_reduce_(1, g.dst.expand(k, -1), cand, reduce="amax")
+            here = flat[i] if every else rows[i].index_select(0, free_slots[i]).view(-1)  # (k * S1,)
+            cand = here.index_select(0, src)  # (k * (P + F + 1),)
+            # what each move adds, made here a position at a time (one (f, P) table for the whole call was up to
+            # 3x slower on the CPU: fresh pages every call)
+            cand += columns[i].view(-1).index_select(0, cls)
+            into = flat[i + 1] if every else torch.full((k * S1,), neg_inf, dtype=torch.float64, device=device)
+            into.scatter_reduce_(0, dst, cand, reduce="amax")
             if not every:
-                scores[i + 1].index_copy_(0, free_slot_t[lo:hi], into)
-        lo, hi = c_ptr[i], c_ptr[i + 1]
-        if hi > lo:
-            flat[i + 1].scatter_reduce_(0, flat_dst[lo:hi], flat[i].index_select(0, flat_src[lo:hi]), reduce="amax")
+                rows[i + 1].index_copy_(0, free_slots[i], into.view(k, S1))
+        if c_sizes[i]:
+            flat[i + 1].scatter_reduce_(0, flat_dst[i], flat[i].index_select(0, flat_src[i]), reduce="amax")
     sc_all = scores.cpu().numpy()  # (n_max+1, B, S1) for the ways back, on the host
     return [_way_back(s, sc_all[:s.n + 1, b]) for b, s in enumerate(slots)]
 
