@@ -27,6 +27,7 @@ from redraft.constraints.budget import dp_step_bytes
 from redraft.settings import get_settings
 
 _lock = threading.Lock()
+_DEVICE_PICKS = False  # tests set it to run the device's way of picking tokens on the CPU
 # automaton -> {str(device): Pairs}; dies with the automaton.
 _pairs: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, Pairs]] = weakref.WeakKeyDictionary()
 
@@ -311,12 +312,56 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
                 rows[i + 1].index_copy_(0, free_slots[i], into.view(k, S1))
         if c_sizes[i]:
             flat[i + 1].scatter_reduce_(0, flat_dst[i], flat[i].index_select(0, flat_src[i]), reduce="amax")
-    sc_all = scores.cpu().numpy()  # (n_max+1, B, S1) for the ways back, on the host
-    return [_way_back(s, sc_all[:s.n + 1, b]) for b, s in enumerate(slots)]
+    # The ways back on the host: one copy of the scores and of the slots' per-position terms for the whole call.
+    sc_all = scores.cpu().numpy()  # (n_max+1, B, S1)
+    bic_all = (slots[0].best_in_class if B == 1 else torch.cat([s.best_in_class for s in slots])).cpu().numpy()
+    lpe_all = (slots[0].lp_empty if B == 1 else torch.cat([s.lp_empty for s in slots])).cpu().numpy()
+    ways = [_way_back(s, sc_all[:s.n + 1, b], bic_all[rows_before[b]:rows_before[b + 1]],
+                      lpe_all[rows_before[b]:rows_before[b + 1]]) for b, s in enumerate(slots)]
+    return _pick_tokens(slots, ways)
 
 
-def _way_back(slot: _Slot, sc: np.ndarray) -> list[int] | None:
-    """At each position, from the last, the lowest move whose score gives the one reached."""
+def _pick_tokens(slots: list[_Slot], ways: list[tuple[list[int], dict[int, int]] | None]) -> list[list[int] | None]:
+    """Each free real position's token: the best of its class there, the lowest id on ties. A class's tokens are one
+    run of ``lp_class``'s columns, ascending: the first column of the run that holds the class's maximum.
+
+    On the host (CPU tensors, read in place) each run is read alone; on a device, a masked argmax per slot over its
+    taken rows and one copy to the host for the call (a read per position would wait on the device each time)."""
+    if slots[0].device.type == "cpu" and not _DEVICE_PICKS:
+        offsets, cls_tokens = slots[0].automaton.classes.offsets, slots[0].automaton.classes.tokens
+        for s, way in zip(slots, ways):
+            if way is None:
+                continue
+            lp_class = s.lp_class.numpy()
+            for i, k in way[1].items():
+                run = lp_class[s.row_of[i], offsets[k]:offsets[k + 1]]  # argmax: the first maximum
+                way[0][i] = int(cls_tokens[offsets[k] + int(run.argmax())])
+        return [None if way is None else way[0] for way in ways]
+    picked = []
+    for s, way in zip(slots, ways):
+        if way is None or not way[1]:
+            continue
+        at, ks = zip(*way[1].items())
+        device = s.device
+        rows = _as_long([s.row_of[i] for i in at], device)  # (T,)
+        k = _as_long(ks, device)  # (T,)
+        best = s.best_in_class[rows, k].float()  # (T,) the float32 maxima, exactly (float64 holds them exactly)
+        lp = s.lp_class.index_select(0, rows)  # (T, M)
+        hit = (lp == best[:, None]) & (s.g.class_of[None, :] == k[:, None])  # (T, M) the maxima of each class
+        picked.append(s.g.tokens[hit.to(torch.uint8).argmax(1)])  # argmax: the first maximum
+    tokens = iter(torch.cat(picked).tolist() if picked else [])  # in the order the taken positions were read
+    for way in ways:
+        if way is not None:
+            for i in way[1]:
+                way[0][i] = next(tokens)
+    return [None if way is None else way[0] for way in ways]
+
+
+def _way_back(slot: _Slot, sc: np.ndarray, bic: np.ndarray,
+              lpe: np.ndarray) -> tuple[list[int], dict[int, int]] | None:
+    """At each position, from the last, the lowest move whose score gives the one reached: the path (committed
+    tokens and EMPTY in place) and, for each free real position, the class its token is to come from; None when
+    no path is accepted. ``bic`` (f, K) and ``lpe`` (f,) are the slot's best class tokens and EMPTY's terms."""
     automaton, g, n, S, committed = slot.automaton, slot.g, slot.n, slot.S, slot.committed
     empty_id, min_tokens, row_of = slot.empty_id, slot.min_tokens, slot.row_of
     neg_inf = float("-inf")
@@ -328,12 +373,10 @@ def _way_back(slot: _Slot, sc: np.ndarray) -> list[int] | None:
     if not max(best_final, sc[n, END]) > neg_inf:
         return None
     if n == 0:
-        return []
-    bic = slot.best_in_class.cpu().numpy()  # (f, K): the same float64 values as the moves
-    lpe = slot.lp_empty.cpu().numpy()  # (f,)
+        return [], {}
     state = END if sc[n, END] >= best_final else int(finals[np.argmax(sc[n, finals])])
     out = [0] * n
-    taken: dict[int, int] = {}  # free position -> the pair its token is read from
+    taken: dict[int, int] = {}  # free real position -> the class its token is read from
     for i in range(n - 1, -1, -1):
         c, target, prev = committed[i], sc[i + 1, state], sc[i]
         if state == END:  # EMPTY at i: from the ended state, else from the lowest final state that gives it
@@ -346,17 +389,10 @@ def _way_back(slot: _Slot, sc: np.ndarray) -> list[int] | None:
         elif c is None:  # a pair into ``state``
             into = g.into[g.into_ptr[state]:g.into_ptr[state + 1]]
             p = int(into[np.flatnonzero(prev[src[into]] + bic[row_of[i], cls[into]] == target)[0]])
-            taken[i], state = p, int(src[p])
+            taken[i], state = int(cls[p]), int(src[p])
         else:  # the committed token, from the lowest state it takes here
             pp = pairs_reading(g, automaton, c)[0]
             pp = pp[automaton.classes.dst[pp] == state]
             state = int(np.min(src[pp][prev[src[pp]] == target]))
             out[i] = c
-    if taken:  # each free real position: the best token of its pair's class there (the lowest id on ties)
-        offsets, tokens = automaton.classes.offsets, automaton.classes.tokens
-        lp_class = slot.lp_class.numpy() if slot.lp_class.device.type == "cpu" else slot.lp_class  # no copy
-        for i, p in taken.items():  # a class's tokens are one run of lp_class's columns: read that run alone
-            k = int(cls[p])
-            run = lp_class[row_of[i], offsets[k]:offsets[k + 1]]  # argmax: the first maximum, as torch's
-            out[i] = int(tokens[offsets[k] + int(run.argmax())])
-    return out
+    return out, taken

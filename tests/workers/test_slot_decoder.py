@@ -216,8 +216,8 @@ def test_slots_decoded_side_by_side_get_the_paths_they_get_alone(picks, seed, da
 
 
 @settings(max_examples=25, deadline=None)
-@given(pattern=st.sampled_from(REGEXES), slots=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), st.floats(0, 1)),
-                                                        min_size=2, max_size=10),
+@given(pattern=st.sampled_from(REGEXES),
+       slots=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), st.floats(0, 1)), min_size=2, max_size=10),
        seed=seeds, budget_mib=st.sampled_from([None, 1, 2]), data=st.data())
 def test_a_groups_slots_of_one_automaton_get_the_paths_they_get_alone(pattern, slots, seed, budget_mib, data):
     """The slots of one automaton (a length group's rows, each with the same target) are one DP: each position
@@ -240,13 +240,44 @@ def test_a_groups_slots_of_one_automaton_get_the_paths_they_get_alone(pattern, s
         get_settings.cache_clear()
         try:
             together = slot_decoder.best_paths(queries)
+            with mock.patch.object(slot_decoder, "_DEVICE_PICKS", True):  # a GPU's way of picking the tokens
+                device_way = slot_decoder.best_paths(queries)
         finally:
             get_settings.cache_clear()
-    assert together == alone
+    assert together == alone == device_way
     for (_, _, committed, _, min_tokens), path in zip(queries, together):
         if path is not None:
             check(a, path, len(committed), committed)
             assert len(path) - path.count(EMPTY) >= min_tokens
+
+
+@settings(max_examples=30, deadline=None)
+@given(pattern=st.sampled_from(REGEXES), seed=seeds, extra=st.integers(0, 4), levels=st.integers(1, 3),
+       data=st.data())
+def test_ties_go_to_the_lowest_token_that_makes_the_same_move(pattern, seed, extra, levels, data):
+    """With logits on a few levels (ties everywhere), each free real token is the lowest id that scores the same
+    there and makes the same move: no lower token of its class at that position ties it (on the host's way of
+    picking tokens and on a device's)."""
+    a = regex(pattern)
+    n = min_length_tokens(a) + extra
+    g = torch.Generator().manual_seed(seed)
+    logp = torch.randint(0, levels, (n, V), generator=g).float()  # (n, V)
+    first = best_path(a, logp, [None] * n, EMPTY)
+    keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    committed = [t if kept and t is not None else None for t, kept in zip(first or [None] * n, keep)]
+    path = best_path(a, logp, committed, EMPTY)
+    with mock.patch.object(slot_decoder, "_DEVICE_PICKS", True):
+        assert best_path(a, logp, committed, EMPTY) == path
+    check(a, path, n, committed)
+    state = a.initial
+    for i, t in enumerate(path):
+        if t == EMPTY:
+            break
+        nxt = a.step(state, t)
+        if committed[i] is None:
+            same = [u for u in range(t) if logp[i, u] == logp[i, t] and a.step(state, u) == nxt]
+            assert not same, (i, t, same[:5])
+        state = nxt
 
 
 def test_a_thousand_letters_in_256_positions():
