@@ -49,39 +49,55 @@ class SlotTargets:
 
     def __call__(self, logits: torch.Tensor, x: torch.Tensor, free: torch.Tensor, rows: list[int],
                  offset: int = 0) -> torch.Tensor:
-        width = logits.shape[1]
-        work = []  # (row, slot, positions, free here, in the window, query): the group's slots are decoded together
-        for j, row in enumerate(rows):
-            for slot in self.slots_per_row.get(row, ()):
-                pos = torch.tensor(slot.positions, device=logits.device)  # (n,)
-                slot_free = free[j, pos]  # (n,)
-                seen = (pos >= offset) & (pos < offset + width)  # (n,) positions these logits are for
-                if not bool((slot_free & seen).any()):
-                    continue
-                # The DP scores a path by the logits themselves: each position adds exactly one term, so the
-                # per-position normaliser of a log-softmax would not change the best path (and costs n x V).
-                # Positions of the slot outside the window (a later canvas of a block-diffusion model) have no
-                # logits yet: they count as "any token" (score 0), so the path stays completable.
-                first = slot.positions[0] - offset
-                if bool(seen.all()) and slot.positions[-1] - slot.positions[0] == len(slot.positions) - 1:
-                    logp = logits[j, first:first + pos.numel()]  # (n, V) the whole slot is in the window: a view
-                else:
-                    logp = torch.zeros(pos.numel(), logits.shape[-1], device=logits.device)  # (n, V)
-                    logp[seen] = logits[j, pos[seen] - offset].float()  # the rest of the slot: later windows
-                committed = [None if f else int(t) for f, t in zip(slot_free.tolist(), x[j, pos].tolist())]
-                work.append((j, slot, pos, slot_free, seen,
-                             (slot.automaton, logp, committed, self.empty_id, slot.min_tokens)))
+        width, device = logits.shape[1], logits.device
+        entries = [(j, slot) for j, row in enumerate(rows) for slot in self.slots_per_row.get(row, ())]
+        if not entries:
+            return logits
+        # Every slot position's state and token, read to the host in one copy for the whole group.
+        js = torch.tensor([j for j, slot in entries for _ in slot.positions], device=device)
+        ps = torch.tensor([p for _, slot in entries for p in slot.positions], device=device)
+        states = torch.stack([free[js, ps].long(), x[js, ps].long()]).tolist()  # (2, sum n): free?, token
+        work = []  # (row, slot, positions decided here, query): the group's slots are decoded together
+        at = 0
+        for j, slot in entries:
+            n = len(slot.positions)
+            slot_free, tokens = states[0][at:at + n], states[1][at:at + n]
+            at += n
+            seen = [offset <= p < offset + width for p in slot.positions]  # positions these logits are for
+            here = [p for p, f, s in zip(slot.positions, slot_free, seen) if f and s]
+            if not here:
+                continue
+            # The DP scores a path by the logits themselves: each position adds exactly one term, so the
+            # per-position normaliser of a log-softmax would not change the best path (and costs n x V).
+            # Positions of the slot outside the window (a later canvas of a block-diffusion model) have no
+            # logits yet: they count as "any token" (score 0), so the path stays completable.
+            first = slot.positions[0] - offset
+            if all(seen) and slot.positions[-1] - slot.positions[0] == n - 1:
+                logp = logits[j, first:first + n]  # (n, V) the whole slot is in the window: a view
+            else:
+                logp = torch.zeros(n, logits.shape[-1], device=device)  # (n, V)
+                inside = [k for k, s in enumerate(seen) if s]
+                if inside:  # the rest of the slot: later windows
+                    logp[inside] = logits[j, [slot.positions[k] - offset for k in inside]].float()
+            committed = [None if f else t for f, t in zip(slot_free, tokens)]
+            work.append((j, slot, here, (slot.automaton, logp, committed, self.empty_id, slot.min_tokens)))
+        if not work:
+            return logits
         # The paths are computed before any logits are changed: a slot's logp may be a view of them.
         paths = best_paths([w[-1] for w in work])
-        for (j, slot, pos, slot_free, seen, _), path in zip(work, paths):
+        rows_at, cols_at, forced = [], [], []  # every decided position of every slot: (row, column, path token)
+        for (j, slot, here, _), path in zip(work, paths):
             if path is None:  # cannot happen from a canvas the API accepted; fail loudly if it does
                 raise ConstraintError(f"slot {slot.name!r} can no longer satisfy {slot.automaton.pattern!r}")
-            here = slot_free & seen  # (n,)
-            forced = torch.tensor(path, device=logits.device)[here]  # (f,)
-            at = pos[here] - offset  # (f,)
-            # A path token another hard mask forbids here (a safety guard) stays forbidden: the
-            # position waits, and the next step's path goes around it.
-            keep = torch.isfinite(logits[j, at, forced])  # (f,)
-            logits[j, at] = float("-inf")
-            logits[j, at, forced] = torch.where(keep, 0.0, float("-inf"))
+            index = {p: k for k, p in enumerate(slot.positions)}  # canvas position -> slot position
+            for p in here:
+                rows_at.append(j)
+                cols_at.append(p - offset)
+                forced.append(path[index[p]])
+        r, c, t = (torch.tensor(v, device=device) for v in (rows_at, cols_at, forced))
+        # A path token another hard mask forbids here (a safety guard) stays forbidden: the
+        # position waits, and the next step's path goes around it.
+        keep = torch.isfinite(logits[r, c, t])  # (f,)
+        logits[r, c] = float("-inf")
+        logits[r, c, t] = torch.where(keep, 0.0, float("-inf"))
         return logits
