@@ -364,7 +364,7 @@ def worker(args: argparse.Namespace) -> None:
     for n in args.lengths:
         logp = (torch.randn(n, V, generator=g) * 3).log_softmax(-1)  # (n, V) float32
         # best_path's own peak (constraints.budget.dp_step_bytes), its (S, V) table on torch, and logp itself.
-        need = budget.dp_step_bytes(n, c.n_class_tokens, c.n_pairs, auto.n_states, c.max_reading) + 4 * auto.n_states * V + 8 * n * V
+        need = budget.dp_step_bytes(n, c.n_class_tokens, c.n_pairs, auto.n_states, auto.max_committed_moves) + 4 * auto.n_states * V + 8 * n * V
         path = None
         for mode in ("none", "half"):
             key = f"best_path n={n} {mode}"

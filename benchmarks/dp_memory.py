@@ -43,7 +43,7 @@ def main() -> int:
             peaks.append(torch.cuda.max_memory_allocated() - base)
         peak = max(peaks)
         c = a.classes
-        bound = budget.dp_step_bytes(n, c.n_class_tokens, c.n_pairs, a.n_states, c.max_reading)
+        bound = budget.dp_step_bytes(n, c.n_class_tokens, c.n_pairs, a.n_states, a.max_committed_moves)
         holds = peak <= bound + 2**20 and bound <= 2 * peak + 2**20  # + the allocator's rounding of small blocks
         ok &= holds
         print(f"{a.pattern[:40]!r:44} n={n:4} class tokens={c.n_class_tokens:9,} pairs={c.n_pairs:7,} "

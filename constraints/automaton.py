@@ -127,6 +127,12 @@ class TokenAutomaton:
     def nbytes(self) -> int:
         return int(self.classes.nbytes + (self._next_state.nbytes if self._next_state is not None else 0))
 
+    @property
+    def max_committed_moves(self) -> int:
+        """The most moves a committed position relaxes in the slot decoder: the pairs reading one token
+        (:attr:`EdgeClasses.max_reading`), or EMPTY's endings (each final state's, and the ended state's own)."""
+        return max(self.classes.max_reading, int(np.count_nonzero(self.final)) + 1)
+
     def pairs_reading(self, token: int) -> np.ndarray:
         """The pairs (indices into ``classes``) whose class holds ``token``, ascending."""
         class_ptr, class_pairs, token_ptr, token_classes = self._tables()
@@ -380,7 +386,7 @@ def require_fits(automaton: TokenAutomaton, n_positions: int, min_tokens: int = 
             )
     c = automaton.classes
     require_dp_fits(automaton.pattern, n_positions, c.n_class_tokens, c.n_pairs, automaton.n_states,
-                    c.max_reading, k)
+                    automaton.max_committed_moves, k)
 
 
 # ---------------------------------------------------------------------------------------------- accept

@@ -324,39 +324,39 @@ def timed_compile() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------- the DP's memory
 
 
-def dp_step_bytes(n_positions: int, n_class_tokens: int, n_pairs: int, n_states: int, max_reading: int) -> int:
-    """Peak bytes of one ``redraft.workers.slot_decoder.best_path`` call on a slot of ``n_positions`` over an automaton whose
-    token classes hold ``n_class_tokens`` entries in all (M), with ``n_pairs`` (source, destination) pairs (P),
-    ``n_states`` states and at most ``max_reading`` pairs reading one token (R;
-    ``redraft.constraints.automaton.EdgeClasses``; its per-automaton caches, the pairs and the (S, V) table, are counted
+def dp_step_bytes(n_positions: int, n_class_tokens: int, n_pairs: int, n_states: int, max_committed: int) -> int:
+    """Peak bytes of the slot decoder (``redraft.workers.slot_decoder.best_paths``) for one slot of ``n_positions``
+    over an automaton whose token classes hold ``n_class_tokens`` entries in all (M), with ``n_pairs`` (source,
+    destination) pairs (P), ``n_states`` states and at most ``max_committed`` moves at a committed position (R:
+    ``TokenAutomaton.max_committed_moves``; the automaton's own caches, the pairs and the (S, V) table, are counted
     once by the compile cache, not here):
 
     - ``10 * n * M``: each free position's log-probabilities at the classes' tokens (n, M) float32 (or the free rows
       first, when that copy is the smaller), and at the end the scores picking each path token within its class;
-    - ``n * max(8 * P, 32 * R)``: a free position's move scores (P + F + 1 float64), or a committed position's moves
-      as flat (source, destination) int64 indices (at most R pairs, on the host and on the device);
-    - ``72 * P``: per position, the candidate scores and ``relax``'s (P,) temporaries (float64, int64, bool);
+    - ``n * max(8 * P, 48 * R)``: a free position's move scores (P + F + 1 float64), or a committed position's moves
+      as flat (source, destination) int64 indices (at most R: on the host, their concatenation, and on the device);
+    - ``72 * P``: per position, the candidate scores, the flat move indices and their temporaries;
     - ``24 * (n + 1) * (S + 1)``: the scores of every prefix (n+1, S+1) float64, their copy on the host for the way
       back, and the endings' moves.
 
-    A DP over several slots of one automaton (a length group's) is chunked so that the chunk's slots, each counted
-    at the longest one's positions, stay within the budget together.
+    The decoder decodes the slots of one automaton in chunks whose slots, each counted at the chunk's longest one
+    (and with any deferred copy of its logits), stay within ``max_dp_bytes`` together.
     """
     n = n_positions
-    return (10 * n * n_class_tokens + n * max(8 * n_pairs, 32 * max_reading) + 72 * n_pairs
+    return (10 * n * n_class_tokens + n * max(8 * n_pairs, 48 * max_committed) + 72 * n_pairs
             + 24 * (n + 1) * (n_states + 1))
 
 
 def require_dp_fits(pattern: str, n_positions: int, n_class_tokens: int, n_pairs: int, n_states: int,
-                    max_reading: int, min_tokens: int) -> None:
+                    max_committed: int, min_tokens: int) -> None:
     """ConstraintError (422) when a slot of ``n_positions`` would need more than ``max_dp_bytes`` per step; the
     message says how many positions would fit, or that the pattern itself is too wide."""
     limit = get_settings().max_dp_bytes
-    need = dp_step_bytes(n_positions, n_class_tokens, n_pairs, n_states, max_reading)
+    need = dp_step_bytes(n_positions, n_class_tokens, n_pairs, n_states, max_committed)
     if need <= limit:
         return
-    fixed = dp_step_bytes(0, n_class_tokens, n_pairs, n_states, max_reading)
-    per_position = dp_step_bytes(1, n_class_tokens, n_pairs, n_states, max_reading) - fixed
+    fixed = dp_step_bytes(0, n_class_tokens, n_pairs, n_states, max_committed)
+    per_position = dp_step_bytes(1, n_class_tokens, n_pairs, n_states, max_committed) - fixed
     fits = max(0, (limit - fixed) // per_position)
     how = (f"give at most max_tokens={fits}" if fits >= max(1, min_tokens)
            else "simplify the pattern (fewer states that admit most tokens: shorter free-text parts, narrower classes)")

@@ -17,7 +17,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -137,30 +137,56 @@ def best_path(
     return best_paths([(automaton, logp, committed, empty_id, min_tokens)])[0]
 
 
-Query = tuple  # (automaton, logp (n, V'), committed (n,), empty_id, min_tokens): one slot, as ``best_path`` takes it
+class Deferred(NamedTuple):
+    """A query's log-probabilities made only when its chunk is decoded (a copy, e.g. of a slot partly outside the
+    logits' window): ``make()`` returns the (n, V') tensor, ``nbytes`` is its size, counted against the budget."""
+
+    make: Callable[[], torch.Tensor]
+    nbytes: int
+    device: torch.device
+
+
+# (automaton, logp (n, V') or Deferred, committed (n,), empty_id, min_tokens): one slot, as ``best_path`` takes it
+Query = tuple
 
 
 def best_paths(queries: list[Query]) -> list[list[int] | None]:
     """``best_path`` for several slots at once (a row's constrained slots, or a whole length group's): the slots of
-    one automaton are one DP, each position one relaxation for all of them (in chunks whose budgeted memory,
-    :func:`redraft.constraints.budget.dp_step_bytes`, stays within ``max_dp_bytes``). The same paths as one call
-    per slot."""
+    one automaton are one DP, each position one relaxation for all of them, in chunks whose budgeted memory
+    (:func:`redraft.constraints.budget.dp_step_bytes` each, counted at the chunk's longest slot, plus any deferred
+    copy) stays within ``max_dp_bytes``; a chunk's slots are prepared when it is decoded and freed after. The same
+    paths as one call per slot."""
     out: list[list[int] | None] = [None] * len(queries)
-    by_automaton: dict[tuple[int, str], list[tuple[int, _Slot]]] = {}
-    for q, query in enumerate(queries):
-        slot = _prepare(*query)
-        if slot is not None:
-            by_automaton.setdefault((id(slot.automaton), str(slot.device)), []).append((q, slot))
+    by_automaton: dict[tuple[int, str], list[int]] = {}
+    for q, (automaton, logp, *_) in enumerate(queries):
+        device = logp.device
+        by_automaton.setdefault((id(automaton), str(device)), []).append(q)
     limit = get_settings().max_dp_bytes
     for group in by_automaton.values():
-        group.sort(key=lambda e: -e[1].n)
+        group.sort(key=lambda q: -len(queries[q][2]))
+        a = queries[group[0]][0]
+        c = a.classes
         while group:
-            c = group[0][1].automaton.classes
-            each = dp_step_bytes(group[0][1].n, c.n_class_tokens, c.n_pairs, group[0][1].S, c.max_reading)
-            k = max(1, min(len(group), limit // max(1, each)))  # the longest slot's budget, for each slot of a chunk
-            chunk, group = group[:k], group[k:]
-            for (q, _), path in zip(chunk, _solve([slot for _, slot in chunk])):
-                out[q] = path
+            each = dp_step_bytes(len(queries[group[0]][2]), c.n_class_tokens, c.n_pairs, a.n_states,
+                                 a.max_committed_moves)
+            chunk, used = [], 0
+            for q in group:  # the longest slot's budget for each slot of the chunk, and its deferred copy
+                logp = queries[q][1]
+                need = each + (logp.nbytes if isinstance(logp, Deferred) else 0)
+                if chunk and used + need > limit:
+                    break
+                chunk.append(q)
+                used += need
+            group = group[len(chunk):]
+            prepared = []
+            for q in chunk:
+                automaton, logp, *rest = queries[q]
+                slot = _prepare(automaton, logp.make() if isinstance(logp, Deferred) else logp, *rest)
+                if slot is not None:
+                    prepared.append((q, slot))
+            if prepared:
+                for (q, _), path in zip(prepared, _solve([slot for _, slot in prepared])):
+                    out[q] = path
     return out
 
 
@@ -292,14 +318,19 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
     scores = torch.full((n_max + 1, B, S1), neg_inf, dtype=torch.float64, device=device)
     scores[0, :, automaton.initial] = 0.0
     rows, flat = scores.unbind(0), scores.view(n_max + 1, B * S1).unbind(0)
-    local: dict[int, tuple[torch.Tensor, ...]] = {}  # k -> flat (source, destination, column) indices for k slots
+    # Flat (source, destination, column) indices of every move for the first k slots: the first k * E entries of
+    # B slots' (1-D gathers and scatters: along a row's second dimension they run ~2x slower).
+    E = int(g.src.shape[0])
+    if free_slot:
+        slot_of = torch.arange(max(f_sizes), device=device)[:, None]
+        flat_moves = ((slot_of * S1 + g.src).view(-1), (slot_of * S1 + g.dst).view(-1), (slot_of * K2 + g.cls).view(-1))
+    prefixes: dict[int, tuple[torch.Tensor, ...]] = {}  # k -> the first k slots' indices (views)
     for i in range(n_max):
         k = f_sizes[i]
         if k:
-            if k not in local:  # (1-D gathers and scatters: along a row's second dimension they run ~2x slower)
-                ks = torch.arange(k, device=device)[:, None]
-                local[k] = ((ks * S1 + g.src).view(-1), (ks * S1 + g.dst).view(-1), (ks * (K2) + g.cls).view(-1))
-            src, dst, cls = local[k]
+            if k not in prefixes:
+                prefixes[k] = tuple(t[:k * E] for t in flat_moves)
+            src, dst, cls = prefixes[k]
             every = k == B  # every slot is free here: they come in slot order
             here = flat[i] if every else rows[i].index_select(0, free_slots[i]).view(-1)  # (k * S1,)
             cand = here.index_select(0, src)  # (k * (P + F + 1),)

@@ -188,7 +188,7 @@ def test_the_issue_s_regex_of_1000_letters_in_256_tokens_fits_now_that_positions
     a = compile_regex("[a-z]{1000}", TOKENIZER, EOS, SPECIALS)
     c = a.classes
     assert a.n_edges > 2_000_000 and c.n_classes < 20 and c.n_class_tokens < a.n_edges // 100
-    assert budget.dp_step_bytes(256, c.n_class_tokens, c.n_pairs, a.n_states, c.max_reading) < 128 * 2**20
+    assert budget.dp_step_bytes(256, c.n_class_tokens, c.n_pairs, a.n_states, a.max_committed_moves) < 128 * 2**20
     # (it decodes to 1000 letters: tests/workers/test_slot_decoder.py::test_a_thousand_letters_in_256_positions)
 
 

@@ -18,6 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from redraft.constraints import budget
 from redraft.constraints.automaton import (
     TokenAutomaton,
     compile_choices,
@@ -278,6 +279,39 @@ def test_ties_go_to_the_lowest_token_that_makes_the_same_move(pattern, seed, ext
             same = [u for u in range(t) if logp[i, u] == logp[i, t] and a.step(state, u) == nxt]
             assert not same, (i, t, same[:5])
         state = nxt
+
+
+def test_deferred_copies_are_made_one_at_a_time_and_chunks_stay_within_the_budget():
+    """A slot partly outside the logits' window passes a deferred copy of its logits: the decoder makes it when the
+    slot's chunk is prepared, and no earlier copy is alive by then; with a budget that fits two slots, no chunk
+    holds more than two. The paths are those of the same tensors given directly."""
+    a = regex(r"[a-z]{1,8}@[a-z]{1,8}\.(com|org)")
+    n = min_length_tokens(a) + 3
+    tensors = [random_logp(k, n) for k in range(6)]
+    made: list[weakref.ref] = []
+    alive_at_make: list[int] = []
+
+    def make(k):
+        alive_at_make.append(sum(r() is not None for r in made))
+        t = tensors[k].clone()
+        made.append(weakref.ref(t))
+        return t
+
+    queries = [(a, slot_decoder.Deferred(lambda k=k: make(k), 4 * n * V, torch.device("cpu")), [None] * n, EMPTY, 0)
+               for k in range(6)]
+    each = budget.dp_step_bytes(n, a.classes.n_class_tokens, a.classes.n_pairs, a.n_states, a.max_committed_moves)
+    chunks: list[int] = []
+    solve = slot_decoder._solve
+    with mock.patch.dict(os.environ, {"REDRAFT_MAX_DP_BYTES": str(max(2**20, 2 * (each + 4 * n * V)))}), \
+            mock.patch.object(slot_decoder, "_solve", lambda slots: chunks.append(len(slots)) or solve(slots)):
+        get_settings.cache_clear()
+        try:
+            paths = slot_decoder.best_paths(queries)
+        finally:
+            get_settings.cache_clear()
+    assert paths == [best_path(a, t, [None] * n, EMPTY) for t in tensors]
+    assert alive_at_make == [0] * 6
+    assert sum(chunks) == 6 and max(chunks) == 2
 
 
 def test_a_thousand_letters_in_256_positions():

@@ -10,6 +10,7 @@ the model's own probability of those tokens, so the most certain parts of the pa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from tokenizers import Tokenizer
@@ -18,7 +19,7 @@ from redraft.constraints.automaton import TokenAutomaton, compile_target
 from redraft.constraints.canvas import Canvas
 from redraft.errors import ConstraintError
 from redraft.families import ModelInfo
-from redraft.workers.slot_decoder import best_paths
+from redraft.workers.slot_decoder import Deferred, best_paths
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ def constrained_slots(canvas: Canvas, tokenizer: Tokenizer, info: ModelInfo, spe
     return out
 
 
+def _window_copy(logits: torch.Tensor, j: int, n: int, inside: list[int], columns: list[int]) -> torch.Tensor:
+    """A slot's (n, V) scores from row ``j`` of the logits where they are in the window, 0 ("any token") elsewhere."""
+    logp = torch.zeros(n, logits.shape[-1], device=logits.device)
+    if inside:
+        logp[inside] = logits[j, columns].float()
+    return logp
+
+
 class SlotTargets:
     """Logits processor: at free positions of constrained slots, allow only the best path's token."""
 
@@ -54,8 +63,8 @@ class SlotTargets:
         if not entries:
             return logits
         # Every slot position's state and token, read to the host in one copy for the whole group.
-        js = torch.tensor([j for j, slot in entries for _ in slot.positions], device=device)
-        ps = torch.tensor([p for _, slot in entries for p in slot.positions], device=device)
+        js = torch.tensor([j for j, slot in entries for _ in slot.positions], dtype=torch.long, device=device)
+        ps = torch.tensor([p for _, slot in entries for p in slot.positions], dtype=torch.long, device=device)
         states = torch.stack([free[js, ps].long(), x[js, ps].long()]).tolist()  # (2, sum n): free?, token
         work = []  # (row, slot, positions decided here, query): the group's slots are decoded together
         at = 0
@@ -64,7 +73,7 @@ class SlotTargets:
             slot_free, tokens = states[0][at:at + n], states[1][at:at + n]
             at += n
             seen = [offset <= p < offset + width for p in slot.positions]  # positions these logits are for
-            here = [p for p, f, s in zip(slot.positions, slot_free, seen) if f and s]
+            here = [(k, p) for k, (p, f, s) in enumerate(zip(slot.positions, slot_free, seen)) if f and s]
             if not here:
                 continue
             # The DP scores a path by the logits themselves: each position adds exactly one term, so the
@@ -74,11 +83,11 @@ class SlotTargets:
             first = slot.positions[0] - offset
             if all(seen) and slot.positions[-1] - slot.positions[0] == n - 1:
                 logp = logits[j, first:first + n]  # (n, V) the whole slot is in the window: a view
-            else:
-                logp = torch.zeros(n, logits.shape[-1], device=device)  # (n, V)
+            else:  # a copy, made when the decoder reaches this slot's chunk (counted against its budget)
                 inside = [k for k, s in enumerate(seen) if s]
-                if inside:  # the rest of the slot: later windows
-                    logp[inside] = logits[j, [slot.positions[k] - offset for k in inside]].float()
+                columns = [slot.positions[k] - offset for k in inside]
+                logp = Deferred(partial(_window_copy, logits, j, n, inside, columns), 4 * n * logits.shape[-1],
+                                device)
             committed = [None if f else t for f, t in zip(slot_free, tokens)]
             work.append((j, slot, here, (slot.automaton, logp, committed, self.empty_id, slot.min_tokens)))
         if not work:
@@ -89,11 +98,10 @@ class SlotTargets:
         for (j, slot, here, _), path in zip(work, paths):
             if path is None:  # cannot happen from a canvas the API accepted; fail loudly if it does
                 raise ConstraintError(f"slot {slot.name!r} can no longer satisfy {slot.automaton.pattern!r}")
-            index = {p: k for k, p in enumerate(slot.positions)}  # canvas position -> slot position
-            for p in here:
+            for k, p in here:
                 rows_at.append(j)
                 cols_at.append(p - offset)
-                forced.append(path[index[p]])
+                forced.append(path[k])
         r, c, t = (torch.tensor(v, device=device) for v in (rows_at, cols_at, forced))
         # A path token another hard mask forbids here (a safety guard) stays forbidden: the
         # position waits, and the next step's path goes around it.
