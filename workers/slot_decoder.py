@@ -45,9 +45,9 @@ class Pairs(NamedTuple):
     class_of: torch.Tensor  # (M,) the class of each entry of ``tokens``
     n_classes: int  # K
     # On the host, the moves of a committed position: EMPTY's (may end here -> (src, dst)), and each token's
-    # (the pairs reading it: their ids, sources and destinations; filled as committed tokens come up).
+    # (the sources and destinations of the pairs reading it; filled as committed tokens come up).
     ending: dict[bool, tuple[np.ndarray, np.ndarray]]
-    by_token: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    by_token: dict[int, tuple[np.ndarray, np.ndarray]]
     # For the way back, on the host: the pairs into each state, ``into[into_ptr[d]:into_ptr[d + 1]]`` (ascending).
     into: np.ndarray  # (P,) int64
     into_ptr: np.ndarray  # (S + 1,) int64
@@ -83,13 +83,13 @@ def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pair
         return _pairs.setdefault(automaton, {}).setdefault(key, value)
 
 
-def pairs_reading(g: Pairs, automaton: TokenAutomaton, token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pairs whose class holds ``token``: their ids, sources and destinations (host, int64), cached."""
+def pairs_reading(g: Pairs, automaton: TokenAutomaton, token: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sources and destinations of the pairs whose class holds ``token`` (host, int64, by pair), cached."""
     hit = g.by_token.get(token)
     if hit is None:
         pp = automaton.pairs_reading(token)
         c = automaton.classes
-        hit = g.by_token[token] = (pp, c.src[pp].astype(np.int64), c.dst[pp].astype(np.int64))
+        hit = g.by_token[token] = (c.src[pp].astype(np.int64), c.dst[pp].astype(np.int64))
     return hit
 
 
@@ -293,7 +293,7 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
                 free_slot.append(b)
                 free_row.append(int(rows_before[b]) + s.row_of[i])
                 continue
-            src, dst = g.ending[i >= s.min_tokens] if c == s.empty_id else pairs_reading(g, automaton, c)[1:]
+            src, dst = g.ending[i >= s.min_tokens] if c == s.empty_id else pairs_reading(g, automaton, c)
             c_src.append(src + b * S1 if b else src)
             c_dst.append(dst + b * S1 if b else dst)
             at += int(src.size)
@@ -422,8 +422,8 @@ def _way_back(slot: _Slot, sc: np.ndarray, bic: np.ndarray,
             p = int(into[np.flatnonzero(prev[src[into]] + bic[row_of[i], cls[into]] == target)[0]])
             taken[i], state = int(cls[p]), int(src[p])
         else:  # the committed token, from the lowest state it takes here
-            pp = pairs_reading(g, automaton, c)[0]
-            pp = pp[automaton.classes.dst[pp] == state]
-            state = int(np.min(src[pp][prev[src[pp]] == target]))
+            froms, tos = pairs_reading(g, automaton, c)
+            froms = froms[tos == state]
+            state = int(np.min(froms[prev[froms] == target]))
             out[i] = c
     return out, taken
