@@ -110,8 +110,8 @@ def best_path(
     Score = sum of ``logp[i, token]`` over the *free* positions: committed positions are fixed and
     add nothing (so a committed token whose logp is -inf does not make the slot infeasible). A free
     token whose logp is -inf (or NaN) is forbidden. Logits do as well as log-probabilities: every position adds
-    exactly one term (a token or EMPTY), so a constant per position never changes which path is best. Ties go to the ended state, the lowest source state / pair,
-    then the lowest token.
+    exactly one term (a token or EMPTY), so a constant per position never changes which path is best. Ties go to
+    the ended state, the lowest source state / pair, then the lowest token.
 
     Contract, as a reference loop (exponential; the same best score, up to ties)::
 
