@@ -340,8 +340,9 @@ class DiffusionGemmaAdapter(Adapter):
         config.vision_config = type(config.vision_config)(**TEXT_ONLY_VISION) if config.vision_config is not None \
             else None
         if info.weights_present:
-            model = DiffusionGemmaForBlockDiffusion.from_pretrained(
-                info.path, config=config, local_files_only=True, dtype=dtype, ignore_mismatched_sizes=True)
+            model = DiffusionGemmaForBlockDiffusion.from_pretrained(info.path, local_files_only=True,  # a directory
+                                                                    config=config, dtype=dtype,
+                                                                    ignore_mismatched_sizes=True)
         else:
             torch.manual_seed(0)  # a config without weights: deterministic random init (tests and demos)
             model = DiffusionGemmaForBlockDiffusion(config).to(dtype)
