@@ -201,9 +201,9 @@ class _Slot:
     min_tokens: int
     row_of: dict[int, int]  # free position -> its row in the per-free-position tensors
     lp_class: torch.Tensor  # (f, M) the class tokens' logits at the free positions
-    best_in_class: torch.Tensor  # (f, K) float64
-    lp_empty: torch.Tensor  # (f,) float64
-    columns: torch.Tensor  # (f, K + 2) float64: what a free position's moves add, by column (Pairs.cls)
+    # (f, K + 2) float64, what a free position's moves add by column (Pairs.cls): each class's best token (K), EMPTY
+    # after a final state (-inf before min_tokens), EMPTY once ended
+    columns: torch.Tensor
 
     @property
     def n(self) -> int:
@@ -215,7 +215,7 @@ class _Slot:
 
     @property
     def device(self) -> torch.device:
-        return self.lp_empty.device
+        return self.columns.device
 
 
 def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int | None], empty_id: int,
@@ -252,15 +252,15 @@ def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int 
     lp_class.nan_to_num_(nan=neg_inf, posinf=float("inf"), neginf=neg_inf)  # NaN is forbidden, like -inf
     best_in_class = torch.full((f, g.n_classes), neg_inf, dtype=torch.float32, device=device)  # (f, K)
     best_in_class.scatter_reduce_(1, g.class_of.expand_as(lp_class), lp_class, reduce="amax", include_self=True)
-    best_in_class = best_in_class.double()
     lp_empty = logp[free_idx, empty_id].double()  # (f,)
     lp_empty.masked_fill_(lp_empty.isnan(), neg_inf)
 
     # What each move adds at a free position, by column (Pairs.cls): a pair its class's best token there, an ending
     # what EMPTY adds (from a final state only after min_tokens real tokens).
     may_end = torch.tensor([i >= min_tokens for i in free_at], dtype=torch.bool, device=device)  # (f,)
-    columns = torch.cat([best_in_class, lp_empty.masked_fill(~may_end, neg_inf)[:, None], lp_empty[:, None]], 1)
-    return _Slot(automaton, g, committed, empty_id, min_tokens, row_of, lp_class, best_in_class, lp_empty, columns)
+    after_final = lp_empty.masked_fill(~may_end, neg_inf)  # (f,)
+    columns = torch.cat([best_in_class.double(), after_final[:, None], lp_empty[:, None]], 1)
+    return _Slot(automaton, g, committed, empty_id, min_tokens, row_of, lp_class, columns)
 
 
 def _solve(slots: list[_Slot]) -> list[list[int] | None]:
@@ -303,9 +303,10 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
     f_sizes, c_sizes = np.diff(f_ptr).tolist(), np.diff(c_ptr).tolist()
     # Each position's slices as views made in one call each (a tensor's slicing costs microseconds a time).
     free_slots = as_long(free_slot).split(f_sizes)  # per position: its free slots
+    stacked = slots[0].columns if B == 1 else torch.cat([s.columns for s in slots])  # (f_all, K + 2), slot-major
     columns: tuple[torch.Tensor, ...] = ()  # per position: its free slots' move scores by column (k, K + 2)
     if free_row:
-        table = slots[0].columns if B == 1 else torch.cat([s.columns for s in slots])  # (f_all, K + 2)
+        table = stacked
         if free_row != list(range(len(free_row))):
             table = table.index_select(0, as_long(free_row))  # position-major rows
         columns = table.split(f_sizes)
@@ -343,12 +344,12 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
                 rows[i + 1].index_copy_(0, free_slots[i], into.view(k, S1))
         if c_sizes[i]:
             flat[i + 1].scatter_reduce_(0, flat_dst[i], flat[i].index_select(0, flat_src[i]), reduce="amax")
-    # The ways back on the host: one copy of the scores and of the slots' per-position terms for the whole call.
+    # The ways back on the host: one copy of the scores and one of the slots' move columns for the whole call.
     sc_all = scores.cpu().numpy()  # (n_max+1, B, S1)
-    bic_all = (slots[0].best_in_class if B == 1 else torch.cat([s.best_in_class for s in slots])).cpu().numpy()
-    lpe_all = (slots[0].lp_empty if B == 1 else torch.cat([s.lp_empty for s in slots])).cpu().numpy()
-    ways = [_way_back(s, sc_all[:s.n + 1, b], bic_all[rows_before[b]:rows_before[b + 1]],
-                      lpe_all[rows_before[b]:rows_before[b + 1]]) for b, s in enumerate(slots)]
+    col_all = stacked.cpu().numpy()  # (f_all, K + 2)
+    K = g.n_classes
+    ways = [_way_back(s, sc_all[:s.n + 1, b], col_all[rows_before[b]:rows_before[b + 1], :K],
+                      col_all[rows_before[b]:rows_before[b + 1], K + 1]) for b, s in enumerate(slots)]
     return _pick_tokens(slots, ways)
 
 
@@ -376,7 +377,7 @@ def _pick_tokens(slots: list[_Slot], ways: list[tuple[list[int], dict[int, int]]
         device = s.device
         rows = _as_long([s.row_of[i] for i in at], device)  # (T,)
         k = _as_long(ks, device)  # (T,)
-        best = s.best_in_class[rows, k].float()  # (T,) the float32 maxima, exactly (float64 holds them exactly)
+        best = s.columns[rows, k].float()  # (T,) the float32 maxima, exactly (float64 holds them exactly)
         lp = s.lp_class.index_select(0, rows)  # (T, M)
         hit = (lp == best[:, None]) & (s.g.class_of[None, :] == k[:, None])  # (T, M) the maxima of each class
         picked.append(s.g.tokens[hit.to(torch.uint8).argmax(1)])  # argmax: the first maximum
