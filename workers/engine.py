@@ -148,34 +148,55 @@ class BatchEngine:
                 groups = [([handles[i] for i in members], raw) for members, raw in self.forward([h.row for h in handles])]
         except Exception:
             log.exception("a batched forward pass failed; retrying its rows one by one")
-            groups = []
-            for h in handles:
-                try:
-                    with torch.no_grad():
-                        groups.extend(([h], raw) for _, raw in self.forward([h.row]))
-                except Exception as exc:
-                    h.error = exc
-                    h.done.set()
+            self._step_one_by_one(handles, t0)
+            return
         self.steps += 1
         t1 = time.perf_counter()
-        self.forward_s += t1 - t0
-        self._forward_seconds.observe(t1 - t0)
+        self._forwarded(t1 - t0)
         for members, raw in groups:
+            self._advance(members, raw)
+        self.advance_s += time.perf_counter() - t1
+        self._step_seconds.observe(time.perf_counter() - t0)
+
+    def _step_one_by_one(self, handles: list[Handle], t0: float) -> None:
+        """The step after a failed batched pass: each row's own pass, and the row advanced on it before the next
+        pass runs (an adapter may hand a pass's logits out of buffers that its next call reuses). A row whose own
+        pass fails fails alone."""
+        self.steps += 1
+        for h in handles:
+            t1 = time.perf_counter()
             try:
                 with torch.no_grad():
-                    errors = advance_group([h.row for h in members], raw)
-            except Exception as exc:  # a failure of the group step itself: its rows fail, the others go on
-                log.exception("a group step failed; failing its %d rows", len(members))
-                errors = [exc] * len(members)
-            for h, error in zip(members, errors):
-                if error is None:
-                    self.rows_stepped += 1
-                else:  # this row's failure is this row's alone
-                    h.error = error
-                    h.done.set()
-        t2 = time.perf_counter()
-        self.advance_s += t2 - t1
-        self._step_seconds.observe(t2 - t0)
+                    own = self.forward([h.row])
+            except Exception as exc:
+                h.error = exc
+                h.done.set()
+                continue
+            t2 = time.perf_counter()
+            self._forwarded(t2 - t1)
+            for _, raw in own:
+                self._advance([h], raw)
+            self.advance_s += time.perf_counter() - t2
+        self._step_seconds.observe(time.perf_counter() - t0)
+
+    def _forwarded(self, seconds: float) -> None:
+        self.forward_s += seconds
+        self._forward_seconds.observe(seconds)
+
+    def _advance(self, members: list[Handle], raw: torch.Tensor) -> None:
+        """Advance the rows of one forward pass on its logits; a row's error ends that row only."""
+        try:
+            with torch.no_grad():
+                errors = advance_group([h.row for h in members], raw)
+        except Exception as exc:  # a failure of the group step itself: its rows fail, the others go on
+            log.exception("a group step failed; failing its %d rows", len(members))
+            errors = [exc] * len(members)
+        for h, error in zip(members, errors):
+            if error is None:
+                self.rows_stepped += 1
+            else:  # this row's failure is this row's alone
+                h.error = error
+                h.done.set()
 
 
 def _drain(q: queue.SimpleQueue) -> list:

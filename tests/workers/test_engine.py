@@ -221,3 +221,36 @@ def test_rows_beyond_the_batch_size_wait_their_turn_and_finish(tiny_adapter, tin
     engine = BatchEngine(tiny_adapter.logits, max_batch=2, start=False)
     together = run_together(tiny_adapter, tokenizer, jobs, engine)
     assert [t[0] for t in together] == alone
+
+
+class BatchedPassFails:
+    """A real adapter whose forward pass fails whenever it is asked for more than one row on every other call (a GPU
+    that runs out of memory at the batch's size, say): the engine then runs that step's rows one at a time."""
+
+    def __init__(self, adapter):
+        self.adapter, self.info, self.calls, self.failed = adapter, adapter.info, 0, 0
+
+    def forward_groups(self, rows):
+        self.calls += 1
+        if len(rows) > 1 and self.calls % 2:
+            self.failed += 1
+            raise RuntimeError("CUDA out of memory (as if)")
+        return self.adapter.forward_groups(rows)
+
+
+def test_rows_retried_one_by_one_after_a_failed_pass_read_their_own_logits():
+    """A masked adapter hands a step's logits out of buffers it reuses from call to call (``MaskedLMAdapter``): rows
+    retried one at a time must each be advanced on their own pass's logits, not the last one's. (The shipped model:
+    the tiny random one's logits barely depend on the context, and its texts came out the same either way.)"""
+    from redraft.families import load_tokenizer
+    from redraft.settings import DEFAULT_MODEL_DIR
+    from redraft.workers.adapters import get_adapter
+
+    adapter = get_adapter("redraft-tiny", DEFAULT_MODEL_DIR, "cpu")
+    tokenizer = load_tokenizer(adapter.info.path)
+    jobs = [{"text": t, "steps": 6, "seed": i, "temperature": 0.8} for i, t in enumerate(TEXTS)]
+    alone = [drafting(adapter, tokenizer, p).run("infill")[0] for p in jobs]
+    failing = BatchedPassFails(adapter)
+    together = run_together(adapter, tokenizer, jobs, BatchEngine(failing, max_batch=len(jobs), start=False))
+    assert failing.failed > 0, "batched passes did fail and were retried"
+    assert [t[0] for t in together] == alone
