@@ -168,7 +168,7 @@ class BatchEngine:
             try:
                 with torch.no_grad():
                     own = self.forward([h.row])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - this row's pass failed: this row fails alone
                 h.error = exc
                 h.done.set()
                 continue
