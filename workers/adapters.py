@@ -330,6 +330,10 @@ class DiffusionGemmaAdapter(Adapter):
     batched; on a GPU they run batched, as transformers runs them, and agree to rounding.
     """
 
+    def __init__(self, info: ModelInfo, model: torch.nn.Module, device: torch.device, torch_compile: str = "off") -> None:
+        super().__init__(info, model, device, torch_compile)
+        self._local = threading.local()  # per thread: the self-conditioning buffer (``_self_conditioning``)
+
     @classmethod
     def load(cls, info: ModelInfo, device: torch.device, torch_compile: str = "off") -> DiffusionGemmaAdapter:
         from transformers import AutoConfig, DiffusionGemmaForBlockDiffusion
@@ -392,14 +396,7 @@ class DiffusionGemmaAdapter(Adapter):
         for (encoded, width), members in groups.items():
             canvas = torch.stack([rows[i].model_input() for i in members]).to(self.device)  # (b, W)
             cache = stack_caches([rows[i].context.cache for i in members])
-            feedback = [rows[i].noise.logits for i in members]
-            sc, sc_mask = None, None
-            if any(f is not None for f in feedback):
-                vocab = model.config.text_config.vocab_size
-                sc = torch.stack([f.to(dtype) if f is not None else torch.zeros(width, vocab, dtype=dtype, device=self.device)
-                                  for f in feedback])  # (b, W, V)
-                if not all(f is not None for f in feedback):
-                    sc_mask = torch.tensor([f is not None for f in feedback], device=self.device)  # (b,)
+            sc, sc_mask = self._self_conditioning([rows[i].noise.logits for i in members], width, dtype)
             positions = torch.arange(encoded, encoded + width, dtype=torch.int32, device=self.device).unsqueeze(0)
             masks = model.model.decoder.create_diffusion_decoder_attention_mask(
                 config=model.config, inputs_embeds=canvas.unsqueeze(-1), cache=cache,
@@ -410,6 +407,35 @@ class DiffusionGemmaAdapter(Adapter):
                                decoder_position_ids=positions).logits  # (b, W, V)
             out.append((members, logits.float()))
         return out
+
+    def _self_conditioning(self, feedback: list[torch.Tensor | None], width: int,
+                           dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The decoder's self-conditioning input (b, W, V) in the embeddings' ``dtype`` (as ``generate`` converts it)
+        and its mask (b,) (None: every row has one), from each row's previous step's logits (W, V) (None: the
+        window's first step). No (b, W, V) tensor is made per step: where the feedback is the rows of one earlier
+        pass, in order and already in ``dtype`` (the CPU, once a group steps on), it is that pass's logits; otherwise
+        it is written into this thread's buffer, kept from step to step and grown as needed (zeros for a row without
+        feedback, which the mask then ignores)."""
+        if all(f is None for f in feedback):
+            return None, None
+        b, vocab = len(feedback), self.model.config.text_config.vocab_size
+        whole = all(f is not None for f in feedback)
+        mask = None if whole else torch.tensor([f is not None for f in feedback], device=self.device)  # (b,)
+        base = feedback[0]._base if whole else None
+        one_pass = base is not None and base.shape == (b, width, vocab) and base.is_contiguous() and all(
+            f.shape == (width, vocab) and f.data_ptr() == base[j].data_ptr() for j, f in enumerate(feedback))
+        if one_pass and base.dtype == dtype:
+            return base, None
+        buf = getattr(self._local, "feedback", None)
+        if buf is None or buf.dtype != dtype or buf.numel() < b * width * vocab:
+            buf = self._local.feedback = torch.empty(b * width * vocab, dtype=dtype, device=self.device)
+        sc = buf[: b * width * vocab].view(b, width, vocab)
+        if one_pass:
+            sc.copy_(base)
+        else:
+            for j, f in enumerate(feedback):
+                sc[j].zero_() if f is None else sc[j].copy_(f)
+        return sc, mask
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         raise ModelError(f"model {self.info.name!r} ({self.info.family}) denoises canvases with an encoder cache; "

@@ -82,6 +82,13 @@ def eos_adapter(adapter):
     return DiffusionGemmaAdapter(adapter.info, model, adapter.device)
 
 
+@pytest.fixture(scope="module")
+def bf16_adapter(adapter):
+    """The same model in bfloat16, as it runs on a GPU: its self-conditioning input is converted to the embeddings'
+    dtype from the float32 logits the sampler keeps (``generate`` converts the same way)."""
+    return DiffusionGemmaAdapter(adapter.info, copy.deepcopy(adapter.model).to(torch.bfloat16), adapter.device)
+
+
 def reference_config(info, **override) -> SamplerConfig:
     """Redraft's sampler config for the model's own defaults (what ``generate`` runs with)."""
     d = info.defaults
@@ -124,6 +131,19 @@ def test_redraft_writes_what_generate_writes(adapter, seed, canvases, prompt):
     info = adapter.info
     prompt = [info.bos_id, *prompt]
     n = canvases * info.canvas_length
+    ref = reference_answer(adapter, prompt, n, seed)
+    assert len(ref) == n  # no EOS: every canvas was generated
+    assert redraft_answer(adapter, prompt, n, seed) == ref
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_redraft_writes_what_generate_writes_in_bfloat16_too(bf16_adapter, seed):
+    """A GPU's dtype: the fed-back logits are rounded to bfloat16 as ``generate`` rounds them (feeding the float32
+    logits back unrounded changed 6-12 of 32 tokens for each of these seeds)."""
+    adapter = bf16_adapter
+    info = adapter.info
+    prompt = [info.bos_id, *PROMPT_IDS]
+    n = 2 * info.canvas_length
     ref = reference_answer(adapter, prompt, n, seed)
     assert len(ref) == n  # no EOS: every canvas was generated
     assert redraft_answer(adapter, prompt, n, seed) == ref
@@ -481,6 +501,36 @@ def test_stacked_windows_read_as_they_read_alone(adapter):
     alone = [adapter.forward_rows([r])[0] for r in rows]
     for a, t in zip(alone, adapter.forward_rows(rows)):
         assert torch.equal(t, a)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_the_self_conditioning_input_is_each_rows_feedback_in_the_embeddings_dtype(adapter, data, dtype):
+    """Whatever the group's rows fed back (one earlier pass's rows in order, some of them, another order, rows of two
+    passes, none for some), the decoder gets each row's logits in ``dtype`` and zeros where the mask is false; and
+    from the first call on, no new (b, W, V) tensor: the previous pass itself, or the one kept buffer."""
+    vocab, width = adapter.info.vocab_size, adapter.info.canvas_length
+    passes = [torch.randn(data.draw(st.integers(1, 4)), width, vocab) for _ in range(2)]
+    views = [(p, j) for p, t in enumerate(passes) for j in range(t.shape[0])]
+    picks = data.draw(st.lists(st.sampled_from(views + [None]), min_size=1, max_size=6, unique=True))
+    feedback = [None if v is None else passes[v[0]][v[1]] for v in picks]
+    want = torch.stack([torch.zeros(width, vocab) if f is None else f for f in feedback]).to(dtype)
+    adapter._self_conditioning([passes[0][0]] * 6, width, dtype)  # the buffer exists (grown to six rows)
+    kept = adapter._local.feedback.data_ptr()
+    sc, mask = adapter._self_conditioning(feedback, width, dtype)
+    if all(f is None for f in feedback):
+        assert sc is None and mask is None
+        return
+    assert sc.dtype == dtype and torch.equal(sc, want)
+    assert (mask is None) == all(f is not None for f in feedback)
+    if mask is not None:
+        assert mask.tolist() == [f is not None for f in feedback]
+    first = picks[0]
+    one_pass = first is not None and picks == [(first[0], j) for j in range(passes[first[0]].shape[0])]
+    if one_pass and dtype == torch.float32:
+        assert sc is passes[first[0]]
+    else:
+        assert sc.data_ptr() == kept == adapter._local.feedback.data_ptr()
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
