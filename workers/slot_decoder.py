@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, NamedTuple
@@ -27,6 +28,9 @@ from redraft.constraints.budget import dp_step_bytes
 from redraft.settings import get_settings
 
 _lock = threading.Lock()
+# Between two calls each automaton keeps at most this many bytes of committed tokens' moves on the host, per device
+# (``CommittedMoves``; least recently read go first); a call holds the moves it reads until it ends.
+COMMITTED_MOVES_BYTES = 8 * 1024 * 1024
 _DEVICE_PICKS = False  # tests set it to run the device's way of picking tokens on the CPU
 # automaton -> {str(device): Pairs}; dies with the automaton.
 _pairs: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, Pairs]] = weakref.WeakKeyDictionary()
@@ -44,10 +48,9 @@ class Pairs(NamedTuple):
     tokens: torch.Tensor  # (M,) the classes' tokens, class after class
     class_of: torch.Tensor  # (M,) the class of each entry of ``tokens``
     n_classes: int  # K
-    # On the host, the moves of a committed position: EMPTY's (may end here -> (src, dst)), and each token's
-    # (the sources and destinations of the pairs reading it; filled as committed tokens come up).
+    # On the host, the moves of a committed position: EMPTY's (may end here -> (src, dst)), and each token's.
     ending: dict[bool, tuple[np.ndarray, np.ndarray]]
-    by_token: dict[int, tuple[np.ndarray, np.ndarray]]
+    by_token: CommittedMoves
     # For the way back, on the host: the pairs into each state, ``into[into_ptr[d]:into_ptr[d + 1]]`` (ascending).
     into: np.ndarray  # (P,) int64
     into_ptr: np.ndarray  # (S + 1,) int64
@@ -78,19 +81,47 @@ def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pair
     np.cumsum(np.bincount(c.dst, minlength=S), out=into_ptr[1:])
     ending = {True: (src[c.n_pairs:], dst[c.n_pairs:]), False: (np.array([S]), np.array([S]))}
     value = Pairs(as_long(src), as_long(dst), as_long(cls), c.n_pairs, as_long(c.tokens), class_of.to(device), K,
-                  ending, {}, into, into_ptr)
+                  ending, CommittedMoves(), into, into_ptr)
     with _lock:
         return _pairs.setdefault(automaton, {}).setdefault(key, value)
 
 
-def pairs_reading(g: Pairs, automaton: TokenAutomaton, token: int) -> tuple[np.ndarray, np.ndarray]:
-    """The sources and destinations of the pairs whose class holds ``token`` (host, int64, by pair), cached."""
-    hit = g.by_token.get(token)
-    if hit is None:
-        pp = automaton.pairs_reading(token)
-        c = automaton.classes
-        hit = g.by_token[token] = (c.src[pp].astype(np.int64), c.dst[pp].astype(np.int64))
-    return hit
+class CommittedMoves:
+    """The moves of committed tokens, per automaton and device, on the host: for each token the sources and
+    destinations of the pairs that read it (int64, by pair), worked out when a call first needs them and kept for
+    later calls (a denoising run commits the same tokens step after step) within ``COMMITTED_MOVES_BYTES``: the
+    tokens a run has committed would otherwise grow it up to 16 bytes an edge of the automaton."""
+
+    Moves = dict[int, tuple[np.ndarray, np.ndarray]]
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = COMMITTED_MOVES_BYTES if limit is None else limit
+        self._kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # oldest read first
+        self.nbytes = 0
+        self._lock = threading.Lock()  # engines of two models on one device may share an automaton
+
+    def read(self, automaton: TokenAutomaton, tokens) -> Moves:
+        """The moves of each of ``tokens`` (the caller's to keep for its call), then the kept ones trimmed to the
+        limit, least recently read first."""
+        out: CommittedMoves.Moves = {}
+        with self._lock:
+            for t in tokens:
+                hit = self._kept.get(t)
+                if hit is None:
+                    pp = automaton.pairs_reading(t)
+                    c = automaton.classes
+                    hit = self._kept[t] = (c.src[pp].astype(np.int64), c.dst[pp].astype(np.int64))
+                    self.nbytes += hit[0].nbytes + hit[1].nbytes
+                else:
+                    self._kept.move_to_end(t)
+                out[t] = hit
+            while self.nbytes > self.limit:
+                _, (src, dst) = self._kept.popitem(last=False)
+                self.nbytes -= src.nbytes + dst.nbytes
+        return out
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 def best_path(
@@ -283,6 +314,7 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
     c_dst: list[np.ndarray] = []
     c_ptr = [0]
     rows_before = np.cumsum([0] + [len(s.row_of) for s in slots])
+    moves = g.by_token.read(automaton, {c for s in slots for c in s.committed if c is not None and c != s.empty_id})
     for i in range(n_max):
         at = c_ptr[-1]
         for b, s in enumerate(slots):
@@ -293,7 +325,7 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
                 free_slot.append(b)
                 free_row.append(int(rows_before[b]) + s.row_of[i])
                 continue
-            src, dst = g.ending[i >= s.min_tokens] if c == s.empty_id else pairs_reading(g, automaton, c)
+            src, dst = g.ending[i >= s.min_tokens] if c == s.empty_id else moves[c]
             c_src.append(src + b * S1 if b else src)
             c_dst.append(dst + b * S1 if b else dst)
             at += int(src.size)
@@ -349,7 +381,7 @@ def _solve(slots: list[_Slot]) -> list[list[int] | None]:
     col_all = stacked.cpu().numpy()  # (f_all, K + 2)
     K = g.n_classes
     ways = [_way_back(s, sc_all[:s.n + 1, b], col_all[rows_before[b]:rows_before[b + 1], :K],
-                      col_all[rows_before[b]:rows_before[b + 1], K + 1]) for b, s in enumerate(slots)]
+                      col_all[rows_before[b]:rows_before[b + 1], K + 1], moves) for b, s in enumerate(slots)]
     return _pick_tokens(slots, ways)
 
 
@@ -389,11 +421,12 @@ def _pick_tokens(slots: list[_Slot], ways: list[tuple[list[int], dict[int, int]]
     return [None if way is None else way[0] for way in ways]
 
 
-def _way_back(slot: _Slot, sc: np.ndarray, bic: np.ndarray,
-              lpe: np.ndarray) -> tuple[list[int], dict[int, int]] | None:
+def _way_back(slot: _Slot, sc: np.ndarray, bic: np.ndarray, lpe: np.ndarray,
+              moves: CommittedMoves.Moves) -> tuple[list[int], dict[int, int]] | None:
     """At each position, from the last, the lowest move whose score gives the one reached: the path (committed
     tokens and EMPTY in place) and, for each free real position, the class its token is to come from; None when
-    no path is accepted. ``bic`` (f, K) and ``lpe`` (f,) are the slot's best class tokens and EMPTY's terms."""
+    no path is accepted. ``bic`` (f, K) and ``lpe`` (f,) are the slot's best class tokens and EMPTY's terms,
+    ``moves`` the committed tokens' (``CommittedMoves.read``)."""
     automaton, g, n, S, committed = slot.automaton, slot.g, slot.n, slot.S, slot.committed
     empty_id, min_tokens, row_of = slot.empty_id, slot.min_tokens, slot.row_of
     neg_inf = float("-inf")
@@ -423,7 +456,7 @@ def _way_back(slot: _Slot, sc: np.ndarray, bic: np.ndarray,
             p = int(into[np.flatnonzero(prev[src[into]] + bic[row_of[i], cls[into]] == target)[0]])
             taken[i], state = int(cls[p]), int(src[p])
         else:  # the committed token, from the lowest state it takes here
-            froms, tos = pairs_reading(g, automaton, c)
+            froms, tos = moves[c]
             froms = froms[tos == state]
             state = int(np.min(froms[prev[froms] == target]))
             out[i] = c

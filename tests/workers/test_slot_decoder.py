@@ -357,3 +357,29 @@ def test_best_path_is_the_maximum(pattern, seed, n, min_tokens, data):
         check(a, path, n, committed)
         assert len(path) - path.count(EMPTY) >= min_tokens
         assert free_score(path, logp, committed) == pytest.approx(best_score, abs=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(limit=st.sampled_from([0, 2_000, 20_000, 2**40]), steps=st.integers(1, 4), seed=seeds, data=st.data())
+def test_the_committed_tokens_moves_kept_stay_within_their_limit_and_the_paths_do_not_change(limit, steps, seed,
+                                                                                              data):
+    """Each step of a run commits more tokens; the moves kept for them between calls (``CommittedMoves``) stay
+    within the limit (least recently read first out), a call still reads every move it needs, and the paths are the
+    ones found with nothing dropped."""
+    a = regex("[a-z]{40}")  # a letter is read from 40 states: 640 bytes of moves a token
+    n = 24
+    first = best_path(a, random_logp(seed, n), [None] * n, EMPTY)
+    moves = slot_decoder.pairs(a).by_token
+    keep = data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
+    for step in range(1, steps + 1):
+        committed = [t if u < step / (steps + 1) else None for t, u in zip(first, keep)]
+        queries = [(a, random_logp(seed + 10 * step + k, n), committed, EMPTY) for k in range(2)]
+        with mock.patch.object(moves, "limit", limit):
+            bounded = slot_decoder.best_paths(queries)
+            assert moves.nbytes <= limit
+            assert moves.nbytes == sum(s.nbytes + d.nbytes for s, d in moves._kept.values())
+        with mock.patch.object(moves, "limit", 2**40):  # nothing dropped: every token's moves kept from now on
+            assert bounded == slot_decoder.best_paths(queries)
+            assert set(moves._kept) >= {t for t in committed if t is not None and t != EMPTY}
+        for path in bounded:
+            check(a, path, n, committed)
