@@ -38,6 +38,7 @@ import time
 import weakref
 from array import array
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -90,6 +91,9 @@ class TokenAutomaton:
         self.compile_seconds = compile_seconds  # wall-clock time its compile took
         self._min_length: int | None = None
         self._lookup: tuple[np.ndarray, ...] | None = None
+        # What other modules keep on this automaton's behalf (the slot decoder's copies per device), by key: a
+        # function giving its bytes now, counted by ``nbytes``.
+        self._held: dict[str, Callable[[], int]] = {}
 
     def __repr__(self) -> str:
         return f"TokenAutomaton(pattern={self.pattern!r}, n_states={self.n_states}, initial={self.initial})"
@@ -125,7 +129,15 @@ class TokenAutomaton:
 
     @property
     def nbytes(self) -> int:
-        return int(self.classes.nbytes + (self._next_state.nbytes if self._next_state is not None else 0))
+        """The bytes kept for this automaton, what the compile cache's byte budget counts: its classes, the dense
+        table and the lookup tables once built, and what other modules keep for it (``hold``)."""
+        built = [self._next_state] if self._next_state is not None else []
+        built += list(self._lookup) if self._lookup is not None else []
+        return int(self.classes.nbytes + sum(a.nbytes for a in built) + sum(f() for f in list(self._held.values())))
+
+    def hold(self, key: str, nbytes: Callable[[], int]) -> None:
+        """Count in ``nbytes`` what ``nbytes()`` says another module keeps for this automaton, under ``key``."""
+        self._held[key] = nbytes
 
     @property
     def max_committed_moves(self) -> int:

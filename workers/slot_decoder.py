@@ -62,7 +62,8 @@ def _as_long(a, device: torch.device | str) -> torch.Tensor:
 
 
 def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pairs:
-    """The automaton's grouped transitions on ``device`` (cached per automaton and device)."""
+    """The automaton's grouped transitions on ``device`` (cached per automaton and device, and counted in its
+    ``nbytes``, which the compile cache's byte budget reads)."""
     key = str(device)
     with _lock:
         hit = _pairs.get(automaton, {}).get(key)
@@ -83,7 +84,12 @@ def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pair
     value = Pairs(as_long(src), as_long(dst), as_long(cls), c.n_pairs, as_long(c.tokens), class_of.to(device), K,
                   ending, CommittedMoves(), into, into_ptr)
     with _lock:
-        return _pairs.setdefault(automaton, {}).setdefault(key, value)
+        value = _pairs.setdefault(automaton, {}).setdefault(key, value)
+    fixed = sum(t.numel() * t.element_size() for t in (value.src, value.dst, value.cls, value.tokens, value.class_of))
+    fixed += value.into.nbytes + value.into_ptr.nbytes + sum(a.nbytes for m in value.ending.values() for a in m)
+    moves = value.by_token
+    automaton.hold(f"slot decoder on {key}", lambda: fixed + moves.nbytes)  # counted by the compile cache
+    return value
 
 
 class CommittedMoves:

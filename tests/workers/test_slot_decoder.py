@@ -383,3 +383,26 @@ def test_the_committed_tokens_moves_kept_stay_within_their_limit_and_the_paths_d
             assert set(moves._kept) >= {t for t in committed if t is not None and t != EMPTY}
         for path in bounded:
             check(a, path, n, committed)
+
+
+def test_what_the_decoder_keeps_for_an_automaton_counts_in_its_bytes():
+    """The compile cache's byte budget reads ``TokenAutomaton.nbytes``: the decoder's copies of an automaton (per
+    device) and the committed tokens' moves it keeps count there, as do the lookup tables once built."""
+    letters = [TOKENIZER.token_to_id(c) for c in "abc"]
+    table = np.full((3, V), -1, dtype=np.int32)
+    for s in range(3):
+        table[s, letters] = min(s + 1, 2)
+    a = TokenAutomaton(pattern="[abc]{2,}", n_states=3, initial=0, final=np.array([False, False, True]),
+                       next_state=table)
+    bare = a.nbytes
+    a.pairs_reading(letters[0])  # the lookup tables
+    assert a.nbytes > bare
+    looked_up = a.nbytes
+    g = slot_decoder.pairs(a)
+    copies = sum(t.numel() * t.element_size() for t in (g.src, g.dst, g.cls, g.tokens, g.class_of))
+    assert a.nbytes - looked_up >= copies
+    with_pairs = a.nbytes
+    assert g.by_token.nbytes == 0
+    path = best_path(a, random_logp(2, 5), [letters[1], None, letters[2], None, None], EMPTY)
+    assert path is not None and g.by_token.nbytes > 0
+    assert a.nbytes - with_pairs == g.by_token.nbytes
