@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,8 +72,8 @@ def main() -> int:
                ("one pass, rows reordered", [raw[j] for j in reversed(range(b))])]
     for name, feedback in layouts:
         for dtype in (torch.float32, torch.bfloat16):
-            ours = median_ms(lambda: adapter._self_conditioning(feedback, width, dtype), args.device)
-            stack = median_ms(lambda: stacked(feedback, dtype), args.device)
+            ours = median_ms(partial(adapter._self_conditioning, feedback, width, dtype), args.device)
+            stack = median_ms(partial(stacked, feedback, dtype), args.device)
             print(f"| {name} | {str(dtype).removeprefix('torch.')} | {ours:.1f} | {stack:.1f} |")
     return 0
 
