@@ -45,9 +45,9 @@ bench() {  # bench NAME CAP_SECONDS COMMAND...
   echo; } >> "$report"
 
 if [ "${SMOKE:-0}" = 1 ]; then
-  dev=cpu; dg=tiny; ms=tiny; shapes=1x16x8192; sc_shape=4x16x8192; docs=2; lengths=64
+  dev=cpu; dg=tiny; ms=tiny; shapes=1x16x8192; sc_shape=4x16x8192; ctx_shape=2x64; docs=2; lengths=64
 else
-  dev=cuda; dg=released; ms=llada8b; shapes=1x256x262144,8x256x262144,16x256x262144; sc_shape=16x256x262144
+  dev=cuda; dg=released; ms=llada8b; shapes=1x256x262144,8x256x262144,16x256x262144; sc_shape=16x256x262144; ctx_shape=16x2048
   docs=64; lengths=64,256
 fi
 dead_redis=redis://127.0.0.1:1/0  # no Redis on the device: the worker path runs without its event bus
@@ -67,6 +67,6 @@ bench "Structure targets at V = 262,144" 90 python3 benchmarks/constraint_cost_2
 bench "Slot decoder memory" 30 python3 benchmarks/dp_memory.py
 bench "Prefix cache (opt-in), quality and speed" 60 \
   python3 benchmarks/prefix_cache.py --device "$dev" --docs "$docs"
-bench "DiffusionGemma's self-conditioning input at its width and vocabulary (no model)" 30 \
-  python3 benchmarks/self_conditioning.py --device "$dev" --shape "$sc_shape"
+bench "What the DiffusionGemma adapter assembles a step: self-conditioning input, stacked encoder caches (no model)" 30 \
+  python3 benchmarks/decoder_inputs.py --device "$dev" --shape "$sc_shape" --context "$ctx_shape"
 cat "$report"

@@ -332,7 +332,8 @@ class DiffusionGemmaAdapter(Adapter):
 
     def __init__(self, info: ModelInfo, model: torch.nn.Module, device: torch.device, torch_compile: str = "off") -> None:
         super().__init__(info, model, device, torch_compile)
-        self._local = threading.local()  # per thread: the self-conditioning buffer (``_self_conditioning``)
+        # per thread: the self-conditioning buffer (``_self_conditioning``), the groups' stacked caches (``_group_cache``)
+        self._local = threading.local()
 
     @classmethod
     def load(cls, info: ModelInfo, device: torch.device, torch_compile: str = "off") -> DiffusionGemmaAdapter:
@@ -393,9 +394,11 @@ class DiffusionGemmaAdapter(Adapter):
             groups.setdefault((ctx.encoded, row.model_input().numel()), []).append(i)
         out = []
         dtype = model.model.decoder.embed_tokens.weight.dtype
+        stacks = self._local.__dict__.setdefault("stacks", {})
+        used: set[tuple[int, ...]] = set()
         for (encoded, width), members in groups.items():
             canvas = torch.stack([rows[i].model_input() for i in members]).to(self.device)  # (b, W)
-            cache = stack_caches([rows[i].context.cache for i in members])
+            cache = self._group_cache([rows[i].context for i in members], used)
             sc, sc_mask = self._self_conditioning([rows[i].noise.logits for i in members], width, dtype)
             positions = torch.arange(encoded, encoded + width, dtype=torch.int32, device=self.device).unsqueeze(0)
             masks = model.model.decoder.create_diffusion_decoder_attention_mask(
@@ -406,7 +409,30 @@ class DiffusionGemmaAdapter(Adapter):
                                decoder_attention_mask=masks, cache=cache,
                                decoder_position_ids=positions).logits  # (b, W, V)
             out.append((members, logits.float()))
+        for key in [k for k in stacks if k not in used]:  # groups that did not step now: their stacks go
+            del stacks[key]
         return out
+
+    def _group_cache(self, contexts: list[EncoderContext], used: set):
+        """The encoder cache of a group's decoder pass: the rows' key/value tensors stacked along the batch. The rows'
+        own caches then become views of the stack (it takes no memory beyond theirs), and while the group's rows
+        and their cached lengths stay as they were (every step of their windows but the first) the same stack
+        serves again, as it is: no per-step copy of the context. ``used`` collects the stacks this call read."""
+        if len(contexts) == 1:
+            return contexts[0].cache
+        stacks = self._local.stacks
+        key = tuple(id(c) for c in contexts)
+        used.add(key)
+        lengths = tuple(c.encoded for c in contexts)
+        hit = stacks.get(key)
+        if hit is not None and hit[1] == lengths and all(a is b for a, b in zip(hit[0], contexts)):
+            return hit[2]
+        cache = stack_caches([c.cache for c in contexts])
+        for j, c in enumerate(contexts):
+            for own, layer in zip(c.cache.layers, cache.layers):
+                own.keys, own.values = layer.keys[j:j + 1], layer.values[j:j + 1]
+        stacks[key] = (tuple(contexts), lengths, cache)  # the contexts held: their ids stay theirs
+        return cache
 
     def _self_conditioning(self, feedback: list[torch.Tensor | None], width: int,
                            dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:

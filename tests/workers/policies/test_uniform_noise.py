@@ -36,7 +36,7 @@ from redraft.workers.adapters import TEXT_ONLY_VISION, DiffusionGemmaAdapter, ge
 from redraft.workers.drafting import Drafting, sampler_config
 from redraft.workers.engine import BatchEngine
 from redraft.workers.runner import parent_source
-from redraft.workers.sampler import Row, SamplerConfig, step
+from redraft.workers.sampler import Row, SamplerConfig, advance_group, step
 from redraft.workers.steps import MemorySink
 from tests.utils.models import make_tiny_diffusion_gemma
 from tests.utils.waiting import until
@@ -501,6 +501,30 @@ def test_stacked_windows_read_as_they_read_alone(adapter):
     alone = [adapter.forward_rows([r])[0] for r in rows]
     for a, t in zip(alone, adapter.forward_rows(rows)):
         assert torch.equal(t, a)
+
+
+def test_a_groups_stacked_context_serves_every_step_of_its_window(adapter):
+    """A group's encoder caches are stacked once a window: the next steps read the same stack (no copy of the context
+    a step), the rows' own caches are views of it, and each row's logits are still the ones it gets alone."""
+    info = adapter.info
+    torch.manual_seed(0)
+    rows = [answer_row(info, [info.bos_id, *PROMPT_IDS], 2 * info.canvas_length) for _ in range(3)]
+    assert all(r.active for r in rows)
+    seen = []
+    for _ in range(3):
+        (members, raw), = adapter.forward_groups(rows)
+        (_, _, stack), = adapter._local.stacks.values()
+        seen.append(stack)
+        for j, r in enumerate(rows):
+            for own, layer in zip(r.context.cache.layers, stack.layers):
+                assert own.keys.data_ptr() == layer.keys[j].data_ptr()
+                assert own.values.data_ptr() == layer.values[j].data_ptr()
+        assert not any(advance_group(rows, raw))
+        assert all(r.noise.open for r in rows), "still the same window: the same cached context"
+    assert seen[0] is seen[1] is seen[2]
+    batched = adapter.forward_rows(rows)
+    for r, t in zip(rows, batched):
+        assert torch.equal(adapter.forward_rows([r])[0], t)
 
 
 @settings(max_examples=40, deadline=None)
