@@ -104,10 +104,9 @@ def context_table(adapter, shape: str, device: torch.device) -> None:
             layer.update(torch.randn(kv, dtype=dtype, device=device), torch.randn(kv, dtype=dtype, device=device))
         contexts.append(EncoderContext(cache, tokens))
     nbytes = sum(t.numel() * t.element_size() for c in contexts for lay in c.cache.layers for t in (lay.keys, lay.values))
-    adapter._local.stacks = {}
     first = median_ms(lambda: stack_caches([c.cache for c in contexts]), device.type)
-    adapter._group_cache(contexts, set())  # the window's first step: stacked, the rows' caches now views of it
-    later = median_ms(partial(adapter._group_cache, contexts, set()), device.type)
+    adapter._group_cache(contexts)  # the window's first step: stacked, the rows' caches now views of it
+    later = median_ms(partial(adapter._group_cache, contexts), device.type)
     print(f"\n| encoder caches ({b} rows x {tokens} tokens, {str(dtype).removeprefix('torch.')}) | ms a step |")
     print("|---|---|")
     print(f"| stacked every step (`stack_caches`, {nbytes / 2**20:,.0f} MiB copied) | {first:.1f} |")

@@ -315,13 +315,25 @@ class EncoderContext:
 
     cache: object  # a transformers DynamicCache
     encoded: int = 0  # canvas positions [0, encoded) are in the cache
+    group: GroupCache | None = None  # the stack of the group it was last read in, shared with the group's rows
+
+
+@dataclass(eq=False)
+class GroupCache:
+    """A group's encoder caches stacked along the batch (``DiffusionGemmaAdapter._group_cache``), held by its rows'
+    contexts only: it goes when they do."""
+
+    members: tuple[int, ...]  # the rows' contexts (ids), in the batch's order
+    lengths: tuple[int, ...]  # their cached lengths when stacked
+    cache: object
 
 
 class DiffusionGemmaAdapter(Adapter):
     """Google's DiffusionGemma (``DiffusionGemmaForBlockDiffusion``, native in transformers), text only.
 
     ``forward_groups`` runs one decoder pass per group of rows whose windows have the same shape (same cached
-    context length, same window width), with each row's own encoder cache stacked along the batch. Before a
+    context length, same window width), with the rows' encoder caches stacked along the batch (once a window:
+    ``_group_cache``) and last step's logits fed back without a copy where it can (``_self_conditioning``). Before a
     row's window is read, whatever lies left of it and is not cached yet (the prompt, a finished canvas, fixed
     text between canvases) is encoded into the row's cache, as ``generate`` encodes each finished canvas.
     The decoder also takes the row's previous step's logits (self-conditioning); the first step of a window
@@ -332,8 +344,7 @@ class DiffusionGemmaAdapter(Adapter):
 
     def __init__(self, info: ModelInfo, model: torch.nn.Module, device: torch.device, torch_compile: str = "off") -> None:
         super().__init__(info, model, device, torch_compile)
-        # per thread: the self-conditioning buffer (``_self_conditioning``), the groups' stacked caches (``_group_cache``)
-        self._local = threading.local()
+        self._local = threading.local()  # per thread: the self-conditioning buffer (``_self_conditioning``)
 
     @classmethod
     def load(cls, info: ModelInfo, device: torch.device, torch_compile: str = "off") -> DiffusionGemmaAdapter:
@@ -382,6 +393,7 @@ class DiffusionGemmaAdapter(Adapter):
                 position_ids=positions)
             out = model.model.encoder(input_ids=ids, attention_mask=masks, cache=ctx.cache, position_ids=positions)
             ctx.cache, ctx.encoded = out.cache, lo
+            _leave_group(ctx)  # the layers it wrote to are its own now (concatenated), and any other is copied
         return ctx
 
     @torch.no_grad()
@@ -394,11 +406,9 @@ class DiffusionGemmaAdapter(Adapter):
             groups.setdefault((ctx.encoded, row.model_input().numel()), []).append(i)
         out = []
         dtype = model.model.decoder.embed_tokens.weight.dtype
-        stacks = self._local.__dict__.setdefault("stacks", {})
-        used: set[tuple[int, ...]] = set()
         for (encoded, width), members in groups.items():
             canvas = torch.stack([rows[i].model_input() for i in members]).to(self.device)  # (b, W)
-            cache = self._group_cache([rows[i].context for i in members], used)
+            cache = self._group_cache([rows[i].context for i in members])
             sc, sc_mask = self._self_conditioning([rows[i].noise.logits for i in members], width, dtype)
             positions = torch.arange(encoded, encoded + width, dtype=torch.int32, device=self.device).unsqueeze(0)
             masks = model.model.decoder.create_diffusion_decoder_attention_mask(
@@ -409,29 +419,29 @@ class DiffusionGemmaAdapter(Adapter):
                                decoder_attention_mask=masks, cache=cache,
                                decoder_position_ids=positions).logits  # (b, W, V)
             out.append((members, logits.float()))
-        for key in [k for k in stacks if k not in used]:  # groups that did not step now: their stacks go
-            del stacks[key]
         return out
 
-    def _group_cache(self, contexts: list[EncoderContext], used: set):
+    @staticmethod
+    def _group_cache(contexts: list[EncoderContext]):
         """The encoder cache of a group's decoder pass: the rows' key/value tensors stacked along the batch. The rows'
         own caches then become views of the stack (it takes no memory beyond theirs), and while the group's rows
         and their cached lengths stay as they were (every step of their windows but the first) the same stack
-        serves again, as it is: no per-step copy of the context. ``used`` collects the stacks this call read."""
+        serves again, as it is: no per-step copy of the context. The stack is held by the rows' contexts
+        (``EncoderContext.group``), so it goes with them."""
         if len(contexts) == 1:
+            _leave_group(contexts[0])
             return contexts[0].cache
-        stacks = self._local.stacks
-        key = tuple(id(c) for c in contexts)
-        used.add(key)
-        lengths = tuple(c.encoded for c in contexts)
-        hit = stacks.get(key)
-        if hit is not None and hit[1] == lengths and all(a is b for a, b in zip(hit[0], contexts)):
-            return hit[2]
+        members, lengths = tuple(id(c) for c in contexts), tuple(c.encoded for c in contexts)
+        group = contexts[0].group
+        if group is not None and group.members == members and group.lengths == lengths and all(
+                c.group is group for c in contexts):  # contexts that hold it are the ones it was made of
+            return group.cache
         cache = stack_caches([c.cache for c in contexts])
+        group = GroupCache(members, lengths, cache)
         for j, c in enumerate(contexts):
             for own, layer in zip(c.cache.layers, cache.layers):
                 own.keys, own.values = layer.keys[j:j + 1], layer.values[j:j + 1]
-        stacks[key] = (tuple(contexts), lengths, cache)  # the contexts held: their ids stay theirs
+            c.group = group
         return cache
 
     def _self_conditioning(self, feedback: list[torch.Tensor | None], width: int,
@@ -466,6 +476,19 @@ class DiffusionGemmaAdapter(Adapter):
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         raise ModelError(f"model {self.info.name!r} ({self.info.family}) denoises canvases with an encoder cache; "
                          "run it through the sampler's rows (forward_groups), not a whole-sequence logits call")
+
+
+def _leave_group(ctx: EncoderContext) -> None:
+    """A row that reads alone, or has a new cached length: whatever of its cache is still a view of its group's stack
+    becomes its own copy, so that the stack goes once the rest of the group moves on."""
+    group, ctx.group = ctx.group, None
+    if group is None:
+        return
+    for own, layer in zip(ctx.cache.layers, group.cache.layers):
+        for name in ("keys", "values"):
+            mine = getattr(own, name)
+            if mine.untyped_storage().data_ptr() == getattr(layer, name).untyped_storage().data_ptr():
+                setattr(own, name, mine.clone())
 
 
 def stack_caches(caches: list):

@@ -505,7 +505,11 @@ def test_stacked_windows_read_as_they_read_alone(adapter):
 
 def test_a_groups_stacked_context_serves_every_step_of_its_window(adapter):
     """A group's encoder caches are stacked once a window: the next steps read the same stack (no copy of the context
-    a step), the rows' own caches are views of it, and each row's logits are still the ones it gets alone."""
+    a step), the rows' own caches are views of it, and each row's logits are still the ones it gets alone. A row
+    that then reads alone takes its own copy, and the stack goes with the rows that held it."""
+    import gc
+    import weakref
+
     info = adapter.info
     torch.manual_seed(0)
     rows = [answer_row(info, [info.bos_id, *PROMPT_IDS], 2 * info.canvas_length) for _ in range(3)]
@@ -513,18 +517,26 @@ def test_a_groups_stacked_context_serves_every_step_of_its_window(adapter):
     seen = []
     for _ in range(3):
         (members, raw), = adapter.forward_groups(rows)
-        (_, _, stack), = adapter._local.stacks.values()
-        seen.append(stack)
+        group = rows[0].context.group
+        assert all(r.context.group is group for r in rows)
+        seen.append(group.cache)
         for j, r in enumerate(rows):
-            for own, layer in zip(r.context.cache.layers, stack.layers):
+            for own, layer in zip(r.context.cache.layers, group.cache.layers):
                 assert own.keys.data_ptr() == layer.keys[j].data_ptr()
                 assert own.values.data_ptr() == layer.values[j].data_ptr()
         assert not any(advance_group(rows, raw))
         assert all(r.noise.open for r in rows), "still the same window: the same cached context"
     assert seen[0] is seen[1] is seen[2]
     batched = adapter.forward_rows(rows)
+    stack = weakref.ref(rows[0].context.group)
     for r, t in zip(rows, batched):
-        assert torch.equal(adapter.forward_rows([r])[0], t)
+        assert torch.equal(adapter.forward_rows([r])[0], t)  # alone: its own copy
+        assert r.context.group is None
+    del seen, group, members, raw
+    gc.collect()
+    assert stack() is None, "no row holds the stack any more"
+    for r in rows:
+        assert r.context.cache.layers[0].keys.shape[0] == 1
 
 
 @settings(max_examples=40, deadline=None)
