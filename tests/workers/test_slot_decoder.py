@@ -241,7 +241,7 @@ def test_a_groups_slots_of_one_automaton_get_the_paths_they_get_alone(pattern, s
         get_settings.cache_clear()
         try:
             together = slot_decoder.best_paths(queries)
-            with mock.patch.object(slot_decoder, "_DEVICE_PICKS", True):  # a GPU's way of picking the tokens
+            with mock.patch.object(slot_decoder, "_DEVICE_WAY", True):  # a GPU's ways: class maxima, picking tokens
                 device_way = slot_decoder.best_paths(queries)
         finally:
             get_settings.cache_clear()
@@ -267,7 +267,7 @@ def test_ties_go_to_the_lowest_token_that_makes_the_same_move(pattern, seed, ext
     keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
     committed = [t if kept and t is not None else None for t, kept in zip(first or [None] * n, keep)]
     path = best_path(a, logp, committed, EMPTY)
-    with mock.patch.object(slot_decoder, "_DEVICE_PICKS", True):
+    with mock.patch.object(slot_decoder, "_DEVICE_WAY", True):
         assert best_path(a, logp, committed, EMPTY) == path
     check(a, path, n, committed)
     state = a.initial
