@@ -287,8 +287,8 @@ def _prepare(automaton: TokenAutomaton, logp: torch.Tensor, committed: list[int 
         lp_class = logp.index_select(1, g.tokens).index_select(0, free_idx)  # (f, M)
     lp_class = lp_class.float()
     lp_class.nan_to_num_(nan=neg_inf, posinf=float("inf"), neginf=neg_inf)  # NaN is forbidden, like -inf
-    # Each class is a run of lp_class's columns: on the CPU numpy reduces the runs (~30x faster than the scatter-max
-    # there: 0.2 vs 8 ms at f = 64, M = 17k); on a device, one scatter-max.
+    # Each class is a run of lp_class's columns: on the CPU numpy reduces the runs (~5x faster than the scatter-max
+    # there: 0.28 vs 1.57 ms at f = 128, M = 17k, K = 148); on a device, one scatter-max.
     if device.type == "cpu" and not _DEVICE_WAY and g.n_classes:
         runs = automaton.classes.offsets[:-1]
         best_in_class = torch.from_numpy(np.maximum.reduceat(lp_class.numpy(), runs, axis=1))  # (f, K)
