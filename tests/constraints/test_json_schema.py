@@ -5,33 +5,41 @@ names the keyword and where it is (redraft/constraints/json_schema.py)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections import deque
+from unittest import mock
 
 import jsonschema
 import outlines_core
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
 from outlines_core.json_schema import build_regex_from_schema
 
 from redraft.constraints import automaton
 from redraft.constraints.automaton import compile_json_schema
+from redraft.constraints.budget import run_bounded
 from redraft.constraints.json_schema import ANY_VALUE, IGNORED, bracketed, json_safe, prepare, strip_anchors
 from redraft.errors import ConstraintError
+from redraft.settings import get_settings
 from tests.constraints.test_automaton import EOS, SPECIALS, TOKENIZER
 
 # ----------------------------------------------------------------------------------------------- the automaton side
+
+
+def _byte_automaton(regex: str) -> tuple[dict, set[int], int]:
+    """(transitions, accepting states, initial state) of the byte automaton the compiler builds for ``regex``."""
+    index = outlines_core.Index(f"(?:{strip_anchors(regex)})\\x{{10FFFF}}", automaton._marked_byte_vocabulary())
+    return index.get_transitions(), set(index.get_final_states()), index.get_initial_state()
 
 
 def accepted_texts(schema: dict, rnd: random.Random, k: int, max_bytes: int = 160) -> list[str]:
     """``k`` texts drawn at random from the byte automaton of outlines-core's regex for ``schema`` (as the compiler
     builds it: the end marker, every live transition open), each walk heading for the end past ``max_bytes``."""
     regex = build_regex_from_schema(json.dumps(schema))
-    index = outlines_core.Index(f"(?:{strip_anchors(regex)})\\x{{10FFFF}}", automaton._marked_byte_vocabulary())
-    trans = index.get_transitions()
-    accepting = set(index.get_final_states())
+    trans, accepting, initial = run_bounded(_byte_automaton, regex, what="the test's byte automaton")
     finals = {s for s, t in trans.items() if t.get(256) in accepting}
     preds: dict[int, set[int]] = {}
     for s, t in trans.items():
@@ -45,10 +53,10 @@ def accepted_texts(schema: dict, rnd: random.Random, k: int, max_bytes: int = 16
             if s not in dist:
                 dist[s] = dist[d] + 1
                 queue.append(s)
-    assert index.get_initial_state() in dist, f"{json.dumps(schema)} accepts no text"
+    assert initial in dist, f"{json.dumps(schema)} accepts no text"
     texts = []
     for _ in range(k):
-        state, out = index.get_initial_state(), bytearray()
+        state, out = initial, bytearray()
         while True:
             options = [(b, d) for b, d in trans[state].items() if b < 256 and d in dist]
             if len(out) >= max_bytes:
@@ -147,8 +155,20 @@ def with_defs(schema) -> dict:
           phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])
 @given(schema=SCHEMA_TREES, seed=st.integers(0, 2**31 - 1), by_ref=st.booleans())
 def test_every_accepted_text_validates_against_the_schema_as_given(schema, seed, by_ref):
+    """Over the schemas the service compiles: one whose automaton takes longer than the compile budget to build is
+    refused with a 422 ``compile_timeout`` (``{"anyOf": [{"type": "array", "items": true, "maxItems": 2}, true]}``
+    was drawn once: outlines-core's index of its 41,647-character regex ran for minutes, and the test with it)."""
     schema = with_defs(schema) if by_ref or not isinstance(schema, dict) else schema
-    assert_holds(schema, seed)
+    with mock.patch.dict(os.environ, {"REDRAFT_COMPILE_TIMEOUT_S": "15"}):  # a refused draw costs 15 s, not 60
+        get_settings.cache_clear()
+        try:
+            assert_holds(schema, seed)
+        except ConstraintError as exc:
+            if exc.code not in ("compile_timeout", "compile_memory"):
+                raise
+            reject()
+        finally:
+            get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("schema, good", [
