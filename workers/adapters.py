@@ -391,7 +391,12 @@ class DiffusionGemmaAdapter(Adapter):
                 config=model.config, inputs_embeds=torch.empty((1, ids.shape[1], 0), dtype=model.dtype, device=self.device),
                 attention_mask=torch.ones((1, lo), dtype=torch.bool, device=self.device), cache=ctx.cache,
                 position_ids=positions)
-            out = model.model.encoder(input_ids=ids, attention_mask=masks, cache=ctx.cache, position_ids=positions)
+            before = [copy.copy(layer) for layer in ctx.cache.layers]  # a layer's update replaces its tensors
+            try:
+                out = model.model.encoder(input_ids=ids, attention_mask=masks, cache=ctx.cache, position_ids=positions)
+            except BaseException:  # failed part way (out of memory, say): the layers that took the tokens give
+                ctx.cache.layers[:] = before  # them back, so that a retry encodes them once, not twice
+                raise
             ctx.cache, ctx.encoded = out.cache, lo
             _leave_group(ctx)  # the layers it wrote to are its own now (concatenated), and any other is copied
         return ctx

@@ -161,6 +161,8 @@ class UniformNoise:
                     f"loosen the targets or give the slot more room")
             return self._record(before, after, final, step_conf)
         self.open = False
+        if not bool(self._undecided().any()):  # the row's last window: its encoder cache (and so its hold on a
+            self.row.context = None            # group's stacked cache, ``adapters._group_cache``) goes now
         return self._record(before, after, final, step_conf)
 
     def _end_slots(self, cand: list[int], tokens: list[int], allowed: list[bool],

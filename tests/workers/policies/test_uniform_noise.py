@@ -539,6 +539,60 @@ def test_a_groups_stacked_context_serves_every_step_of_its_window(adapter):
         assert r.context.cache.layers[0].keys.shape[0] == 1
 
 
+def test_a_finished_row_lets_go_of_its_context_and_its_groups_stack(adapter):
+    """Rows that finish while their batch-mates go on keep nothing of the encoder: a finished row held views of its
+    group's stacked cache, and so the whole stack, for as long as the caller kept the row."""
+    import gc
+    import weakref
+
+    info = adapter.info
+    torch.manual_seed(0)
+    rows = [answer_row(info, [info.bos_id, *PROMPT_IDS], info.canvas_length,
+                       reference_config(info, steps=steps, confidence_stop=0.0)) for steps in (2, 3, 4, 5)]
+    stacks = []
+    while step(adapter, rows):
+        stacks += [weakref.ref(r.context.group) for r in rows if r.context is not None and r.context.group is not None]
+    assert stacks, "the rows did share a stack"
+    assert all(r.context is None for r in rows)
+    gc.collect()
+    assert all(s() is None for s in stacks)
+
+
+def test_an_encoder_pass_that_fails_part_way_leaves_the_cache_as_it_was(adapter, monkeypatch):
+    """A batched pass that fails while encoding (out of memory at the second layer, say), after the first layer took
+    the new tokens: the rows then run alone (the engine's retry) and write what they write without the failure."""
+    info = adapter.info
+    prompt = [info.bos_id, *PROMPT_IDS]
+    n = 2 * info.canvas_length
+
+    def rows_for(seeds):
+        return [Row(torch.tensor(prompt + [info.mask_id] * n), torch.tensor([True] * len(prompt) + [False] * n),
+                    reference_config(info), torch.Generator().manual_seed(s), info.mask_id, empty_id=info.empty_id)
+                for s in seeds]
+
+    want = []
+    for r in rows_for([11, 12]):
+        while step(adapter, [r]):
+            pass
+        want.append(r.x.tolist())
+    layer = adapter.model.model.encoder.language_model.layers[1]
+    real = layer.forward
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (as if)")
+
+    rows = rows_for([11, 12])
+    assert all(r.active for r in rows)  # their first windows open
+    monkeypatch.setattr(layer, "forward", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        adapter.forward_groups(rows)
+    monkeypatch.setattr(layer, "forward", real)
+    for r in rows:
+        while step(adapter, [r]):
+            pass
+    assert [r.x.tolist() for r in rows] == want
+
+
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_the_self_conditioning_input_is_each_rows_feedback_in_the_embeddings_dtype(adapter, data, dtype):
