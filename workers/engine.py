@@ -163,6 +163,7 @@ class BatchEngine:
         pass runs (an adapter may hand a pass's logits out of buffers that its next call reuses). A row whose own
         pass fails fails alone."""
         self.steps += 1
+        self._forwarded(time.perf_counter() - t0)  # the failed batched pass
         for h in handles:
             t1 = time.perf_counter()
             try:
