@@ -475,7 +475,10 @@ class DiffusionGemmaAdapter(Adapter):
             sc.copy_(base)
         else:
             for j, f in enumerate(feedback):
-                sc[j].zero_() if f is None else sc[j].copy_(f)
+                if f is None:
+                    sc[j].zero_()
+                else:
+                    sc[j].copy_(f)
         return sc, mask
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
