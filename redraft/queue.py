@@ -116,7 +116,7 @@ def send(job_id: str) -> None:
     """Send a job id to the GPU queue (raises when the broker does not take it). The broker's epoch is
     made sure of first, so it is never later than a message in that Redis."""
     settings = get_settings()
-    broker_epoch(_client_for(settings), Keys(settings.queue_name))
+    broker_epoch(client_for(settings), Keys(settings.queue_name))
     get_celery().send_task(RUN_JOB, args=[job_id], queue=settings.queue_name)
 
 
@@ -175,14 +175,19 @@ def broker_client(settings: Settings, timeout_s: float | None = None) -> redis.R
     return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[tuple[str, float], redis.Redis] = {}
+_clients_lock = threading.Lock()
 
 
-def _client_for(settings: Settings) -> redis.Redis:
-    """One client (and its connection pool) per broker URL, for the sending side."""
-    if settings.redis_url not in _clients:
-        _clients[settings.redis_url] = broker_client(settings)
-    return _clients[settings.redis_url]
+def client_for(settings: Settings) -> redis.Redis:
+    """The process's client (and connection pool) for the broker's Redis, one per URL and timeout: the sending
+    side and the workers' event publisher share it (a job costs no new connection), and a Redis that stops
+    answering costs a call at most ``worker_heartbeat_ttl_s``."""
+    key = (settings.redis_url, settings.worker_heartbeat_ttl_s)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = broker_client(settings)
+        return _clients[key]
 
 
 def delete_if(client: redis.Redis, key: str, field: str, value: str) -> bool:

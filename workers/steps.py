@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 from redraft.errors import JobCancelled, JobTimeout
 from redraft.families import token_text
 from redraft.jobs import JobEvent
-from redraft.queue import job_channel
+from redraft.queue import client_for, job_channel
 from redraft.settings import Settings
 from redraft.storage import repo
 from redraft.storage.db import session_scope
@@ -38,10 +38,14 @@ Rows = list[tuple[list[list], list[list[int]]]]  # per step: (committed, remaske
 
 
 class Publisher:
-    """Publishes job events on Redis pub/sub; the database stays the source of truth."""
+    """Publishes job events on Redis pub/sub; the database stays the source of truth.
+
+    Every job's publisher shares the process's client (``redraft.queue.client_for``): one connection pool for the
+    process (each job opened its own connection before), with the broker's bounded waits, so a Redis that stops
+    answering costs the step writer one bounded wait a burst (its events are dropped with a warning)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+        self.client = client_for(settings) if settings.redis_url else None
 
     def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
         self.publish_many([(job_id, event, data)])

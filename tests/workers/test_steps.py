@@ -77,3 +77,55 @@ def test_a_job_that_may_not_write_is_told_at_its_next_burst_and_the_others_go_on
         sink.flush(timeout_s=30)
     assert repo.list_steps(session, stopped) == []
     assert [len(repo.list_steps(session, j)) for j in (jobs[0], jobs[2])] == [2, 2]
+
+
+def test_a_redis_that_stops_answering_delays_the_writer_but_never_holds_it(database_url, engine, session, tmp_path,
+                                                                          monkeypatch):
+    """Every job's publisher shares one client; a paused Redis (SIGSTOP: connections open, nothing answered) costs
+    each burst's events a bounded wait, the steps still reach the database, and once it answers again the shared
+    client publishes again."""
+    import json
+    import os
+    import signal
+
+    import redis
+
+    from redraft.embedded import RedisServer
+
+    with RedisServer(tmp_path / "redis") as server:
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        monkeypatch.setenv("REDIS_URL", server.url)
+        monkeypatch.setenv("REDRAFT_WORKER_HEARTBEAT_INTERVAL_S", "0.1")
+        monkeypatch.setenv("REDRAFT_WORKER_HEARTBEAT_TTL_S", "0.5")  # the shared client's bound on a wait
+        get_settings.cache_clear()
+        settings = get_settings()
+        try:
+            jobs = running_jobs(session, 2)
+            publishers = [Publisher(settings) for _ in jobs]
+            assert publishers[0].client is publishers[1].client  # one connection pool, not one per job
+            writer = StepWriter()
+            sinks = [StepSink(j, 1, None, p, settings, writer) for j, p in zip(jobs, publishers)]
+            sinks[0].write_rows(rows(1, 0))
+            sinks[0].flush(timeout_s=30)  # the client's connection is open before Redis stops answering
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                for k, sink in enumerate(sinks):
+                    sink.write_rows(rows(3, k))
+                for sink in sinks:
+                    sink.flush(timeout_s=60)
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            assert [len(repo.list_steps(session, j)) for j in jobs] == [4, 3]
+            listener = redis.Redis.from_url(server.url, socket_timeout=10).pubsub()
+            listener.subscribe(f"redraft:job:{jobs[1]}")
+            assert listener.get_message(timeout=10)["type"] == "subscribe"
+            sinks[1].write_rows(rows(1, 1))
+            sinks[1].flush(timeout_s=30)
+            message = None
+            for _ in range(6):  # a minute at most
+                message = message or listener.get_message(ignore_subscribe_messages=True, timeout=10)
+            assert message is not None, "no step event after Redis answered again"
+            assert json.loads(message["data"])["data"]["step"] == 3
+            listener.close()
+        finally:
+            get_settings.cache_clear()
