@@ -136,8 +136,10 @@ class TokenAutomaton:
         return int(self.classes.nbytes + sum(a.nbytes for a in built) + sum(f() for f in list(self._held.values())))
 
     def hold(self, key: str, nbytes: Callable[[], int]) -> None:
-        """Count in ``nbytes`` what ``nbytes()`` says another module keeps for this automaton, under ``key``."""
+        """Count in ``nbytes`` what ``nbytes()`` says another module keeps for this automaton, under ``key``; the
+        compile cache is brought back within its byte budget (what is held grows after the automaton was cached)."""
         self._held[key] = nbytes
+        _fit_all()
 
     @property
     def max_committed_moves(self) -> int:
@@ -430,7 +432,9 @@ def _lookup(key: tuple, tokenizer: Tokenizer, eos_id: int, special_ids: set[int]
         if per_tok is None or full not in per_tok:
             return None
         per_tok.move_to_end(full)
-        return per_tok[full]
+        hit = per_tok[full]
+        _fit(per_tok)  # what the cached automata hold grew since the last compile (the slot decoder's copies)
+        return hit
 
 
 def _cached(key: tuple, source: tuple[str, str], tokenizer: Tokenizer, eos_id: int | None,
@@ -452,9 +456,22 @@ def _cached(key: tuple, source: tuple[str, str], tokenizer: Tokenizer, eos_id: i
     with _lock:
         per_tok = _automata.setdefault(tokenizer, OrderedDict())
         per_tok[full] = automaton
-        while len(per_tok) > _CACHE_SIZE or (len(per_tok) > 1 and _cached_bytes() > _CACHE_BYTES):
-            per_tok.popitem(last=False)
+        _fit(per_tok)
     return automaton
+
+
+def _fit(per_tok: OrderedDict) -> None:
+    """Drop one tokenizer's least recently used automata until the cache is within its size and byte budgets (the
+    newest one stays). The cache's reference only: a job that holds an automaton keeps it until it ends. Call
+    with ``_lock`` held."""
+    while len(per_tok) > _CACHE_SIZE or (len(per_tok) > 1 and _cached_bytes() > _CACHE_BYTES):
+        per_tok.popitem(last=False)
+
+
+def _fit_all() -> None:
+    with _lock:
+        for per_tok in list(_automata.values()):
+            _fit(per_tok)
 
 
 def _cached_bytes() -> int:

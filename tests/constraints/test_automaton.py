@@ -302,6 +302,30 @@ def test_a_refused_target_leaves_nothing_in_the_cache_and_the_cache_is_bounded_b
     assert all(a is not first for a in cached()) and len(cached()) >= 1
 
 
+def test_what_cached_automata_hold_after_their_compile_is_held_within_the_byte_budget(monkeypatch):
+    """What the slot decoder keeps for an automaton (its copies per device, committed tokens' moves) grows after
+    the automaton was cached, with no compile to trim the cache: the cache is trimmed when something is held, and
+    when a job takes an automaton from it."""
+    def cached() -> list:
+        return [a for per_tok in automaton_module._automata.values() for a in per_tok.values()]
+
+    older = compile_regex("[g-i]{3}y", TOKENIZER, EOS, SPECIALS)
+    newer = compile_regex("[j-l]{3}y", TOKENIZER, EOS, SPECIALS)
+    monkeypatch.setattr(automaton_module, "_CACHE_BYTES", automaton_module._cached_bytes() + 1000)
+    assert older in cached() and newer in cached()
+    grown = [0]
+    older.hold("test", lambda: grown[0])
+    assert older in cached()  # still within the budget
+    grown[0] = 2000  # grows with no call here (as the kept moves do) ...
+    assert compile_regex("[j-l]{3}y", TOKENIZER, EOS, SPECIALS) is newer  # ... until a job takes an automaton
+    assert older not in cached() and newer in cached()
+    assert compile_regex("[g-i]{3}y", TOKENIZER, EOS, SPECIALS) is not older  # compiled again when asked for
+    again = compile_regex("[g-i]{3}y", TOKENIZER, EOS, SPECIALS)
+    monkeypatch.setattr(automaton_module, "_CACHE_BYTES", automaton_module._cached_bytes() + 1000)
+    again.hold("test", lambda: 10_000)  # a hold past the budget trims at once: the least recently used goes
+    assert again in cached() and newer not in cached()
+
+
 
 @pytest.mark.parametrize("target", [("regex", REGEXES[4]), ("json_schema", json.dumps(SCHEMAS[2])),
                                     ("choices", json.dumps(CHOICES))])
