@@ -32,7 +32,7 @@ def _train_command(args: argparse.Namespace) -> int:
     from redraft.training.train import config_for, export, prepare_build, train
 
     build = Path(args.build_dir)
-    cfg = config_for(args.size, steps=args.steps, token_budget=args.token_budget)
+    cfg = config_for(args.size, steps=args.steps, token_budget=args.token_budget, batch_size=args.batch_size)
     if args.from_pack and not (build / "train_wiki.pt").exists():
         unpack(Path(args.from_pack), build)
         print(f"unpacked {args.from_pack} into {build}")
@@ -685,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: the size's own)")
     p.add_argument("--token-budget", type=_token_count, default=None, metavar="N",
                    help="train on N tokens (e.g. 300M), rounded up to whole steps; instead of --steps")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="windows a step (default: the size's own; a CPU run goes faster with fewer, e.g. 64)")
     p.add_argument("--device", default="auto", help="auto (CUDA where present), cpu or cuda")
     p.add_argument("--tokenizer-from", default=None, metavar="DIR",
                    help="a model directory whose tokenizer a new build directory uses (none: train one)")

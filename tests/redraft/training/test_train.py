@@ -202,13 +202,25 @@ def test_redraft_small_is_sized_for_the_repository_and_its_gpu_run():
 
 
 @settings(max_examples=50, deadline=None)
-@given(size=st.sampled_from(["tiny", "small"]), budget=st.integers(1, 10**10))
-def test_a_token_budget_is_whole_steps_covering_it(size, budget):
-    from redraft.training.train import config_for
+@given(size=st.sampled_from(["tiny", "small"]), budget=st.integers(1, 10**10),
+       batch=st.one_of(st.none(), st.integers(1, 1024)))
+def test_a_token_budget_is_whole_steps_covering_it(size, budget, batch):
+    from redraft.training.train import SIZES, config_for
 
-    cfg = config_for(size, token_budget=budget)
+    cfg = config_for(size, token_budget=budget, batch_size=batch)
+    assert cfg.batch_size == (batch or SIZES[size].batch_size)  # the budget counts the batch it runs with
     assert cfg.steps * cfg.tokens_per_step >= budget > (cfg.steps - 1) * cfg.tokens_per_step
     assert 1 <= cfg.warmup_steps < cfg.steps or cfg.steps == 1
+
+
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, True), (True, False), (False, True), (False, False)])
+def test_bf16_autocast_on_cuda_and_on_cpus_with_native_bf16_only(monkeypatch, amx, avx512_bf16):
+    from redraft.training.train import autocast_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert autocast_bf16(torch.device("cpu")) == (amx or avx512_bf16)  # emulated bf16 is slower than float32
+    assert autocast_bf16(torch.device("cuda"))
 
 
 def test_sizes_budgets_and_devices_that_cannot_work_are_refused_with_what_to_give():
@@ -221,6 +233,8 @@ def test_sizes_budgets_and_devices_that_cannot_work_are_refused_with_what_to_giv
         config_for("small", steps=10, token_budget=1000)
     with pytest.raises(TrainingError, match="at least one step"):
         config_for("tiny", steps=0)
+    with pytest.raises(TrainingError, match="--batch-size must be at least 1"):
+        config_for("small", batch_size=0)
     with pytest.raises(TrainingError, match="auto, cpu or cuda"):
         resolve_training_device("tpu")
     if not torch.cuda.is_available():
