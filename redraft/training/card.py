@@ -111,10 +111,18 @@ def command_for(model_dir: Path) -> str:
     """The commands that make a model of this recipe (its size, told by its train_config's shape)."""
     from redraft.training.train import SIZES
 
-    cfg = (_config(model_dir).get("redraft") or {}).get("train_config") or {}
+    meta = _config(model_dir).get("redraft") or {}
+    cfg = meta.get("train_config") or {}
     shape = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
     size = next((name for name, c in SIZES.items() if all(cfg.get(k) == getattr(c, k) for k in shape)), None)
     if size == "small":
+        runs = meta.get("runs") or []
+        if runs and all(str(r.get("machine", "")).startswith("CPU") for r in runs):  # trained as far as a CPU goes
+            tokens = cfg.get("steps", 0) * cfg.get("batch_size", 0) * cfg.get("seq_len", 0)
+            return ("bash scripts/train-redraft-small.sh prepare       # the corpus, tokenised into one pack\n"
+                    f"BATCH={cfg.get('batch_size')} TOKENS={tokens / 1e6:g}M "
+                    "bash scripts/train-redraft-small.sh cpu   # the run on this CPU\n"
+                    "bash scripts/train-redraft-small.sh finish build/small-out   # this directory, and this card")
         return ("bash scripts/train-redraft-small.sh prepare       # here: the corpus, tokenised into one pack\n"
                 "bash scripts/train-redraft-small.sh gpu           # on the GPU host (the pack travels with the code)\n"
                 "bash scripts/train-redraft-small.sh finish DIR    # here: this directory, and this card")

@@ -77,6 +77,10 @@ def test_the_command_is_the_recipe_of_the_models_size(trained, tmp_path):
     cfg = {k: getattr(SIZES["small"], k) for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")}
     (small / "config.json").write_text(json.dumps({"redraft": {"train_config": cfg}}))
     assert "scripts/train-redraft-small.sh gpu" in command_for(small)
+    on_cpu = {**cfg, "batch_size": 64, "seq_len": 128, "steps": 2930}  # a run as far as the CPU goes
+    (small / "config.json").write_text(json.dumps({"redraft": {"train_config": on_cpu, "runs": [
+        {"machine": "CPU x86_64, 2 threads (torch 2.13.0+cpu)", "from_step": 0, "to_step": 2930}]}}))
+    assert "BATCH=64 TOKENS=24.0026M bash scripts/train-redraft-small.sh cpu" in command_for(small)
     with pytest.raises(TrainingError, match="config.json does not exist"):
         command_for(tmp_path / "absent")
 
