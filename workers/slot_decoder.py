@@ -80,7 +80,8 @@ def pairs(automaton: TokenAutomaton, device: torch.device | str = "cpu") -> Pair
     into = np.argsort(c.dst, kind="stable").astype(np.int64)  # (P,) pairs by destination, then pair id
     into_ptr = np.zeros(S + 1, dtype=np.int64)
     np.cumsum(np.bincount(c.dst, minlength=S), out=into_ptr[1:])
-    ending = {True: (src[c.n_pairs:], dst[c.n_pairs:]), False: (np.array([S]), np.array([S]))}
+    # copies, not views: a view would keep the whole host arrays alive on a device, and count twice on the CPU
+    ending = {True: (src[c.n_pairs:].copy(), dst[c.n_pairs:].copy()), False: (np.array([S]), np.array([S]))}
     value = Pairs(as_long(src), as_long(dst), as_long(cls), c.n_pairs, as_long(c.tokens), class_of.to(device), K,
                   ending, CommittedMoves(), into, into_ptr)
     with _lock:
