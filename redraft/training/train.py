@@ -112,7 +112,8 @@ def autocast_bf16(device: torch.device) -> bool:
     emulate bf16, slower than float32, and stays in float32."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return device.type == "cpu" and any(check is not None and check() for check in checks)  # older torch: neither
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, special: SpecialIds) -> ModernBertForMaskedLM:
