@@ -14,7 +14,12 @@
    table's jobs submitted N at a time over HTTP, submit → last result (the whole service's throughput).
 
     python benchmarks/harness.py [--device cpu|cuda] [--markdown docs/benchmarks.md]
-        [--tables decoding,throughput,queue] [--concurrency 1,4,16,32] [--torch-compile off|default|reduce-overhead]
+        [--tables decoding,throughput,queue] [--concurrency 1,4,16,32] [--repeats 1]
+        [--torch-compile off|default|reduce-overhead]
+
+``--repeats R`` runs each throughput row's batched jobs R times, each round with both ceilings measured right
+after it (a ratio is taken within its round: on a shared VM the ceiling itself moves between minutes), and the
+service's jobs R times; cells give the median and the range.
 
 ``--torch-compile`` sets REDRAFT_TORCH_COMPILE for the worker path, the service and the like-for-like ceiling.
 
@@ -94,8 +99,10 @@ def decoding_table(device: str) -> list[str]:
 
 
 def throughput_table(device: str, database_url: str, redis_url: str,
-                     concurrency: tuple[int, ...] = (1, 4, 16, 32)) -> list[str]:
+                     concurrency: tuple[int, ...] = (1, 4, 16, 32), repeats: int = 1) -> list[str]:
     os.environ.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDRAFT_DEVICE": device})
+    from timing import spread
+
     from redraft.api.schemas import InfillJobCreate
     from redraft.api.submit import compile_request, resolve_model, sampling_params
     from redraft.settings import get_settings
@@ -143,15 +150,9 @@ def throughput_table(device: str, database_url: str, redis_url: str,
     length = len(compile_request(req, info, settings).token_ids)
     padded = -(-length // PAD_TO) * PAD_TO
     written = 32  # two 16-token gaps per job
-    run(make_jobs(2), 2)  # warm up: model load, automaton and tokenizer caches, first forward passes
-    rows = ["| concurrent jobs | one at a time: jobs/s | batched: jobs/s | batched: tokens/s | "
-            "bare forward ceiling: jobs/s | batched / ceiling | batched / ceiling with the head at the masks | "
-            "engine: forward / advance |",
-            "|---|---|---|---|---|---|---|---|"]
-    for n in concurrency:
-        alone = run(make_jobs(n), 1)
-        engine_mod._engines.clear()
-        batched = run(make_jobs(n), n)
+    def _round(n: int, batched: float) -> dict[str, float]:
+        """One batched run's figures with both ceilings measured right after it (the ceiling of these VMs moves
+        by up to a third between minutes, so each ratio is taken within a round)."""
         eng = next(iter(engine_mod._engines.values()))
         steps = eng.steps
         x = torch.randint(5, 8000, (n, padded), device=adapter.device)
@@ -185,9 +186,24 @@ def throughput_table(device: str, database_url: str, redis_url: str,
             if adapter.device.type == "cuda":
                 torch.cuda.synchronize()
             sparse = time.perf_counter() - t0
-        rows.append(f"| {n} | {n / alone:.2f} | {n / batched:.2f} | {n * written / batched:.0f} | "
-                    f"{n / bare:.2f} | {bare / batched:.0%} | {sparse / batched:.0%} | {eng.forward_s / batched:.0%} / "
-                    f"{eng.advance_s / batched:.0%} |")
+        return {"batched": batched, "bare": bare, "sparse": sparse, "forward": eng.forward_s, "advance": eng.advance_s}
+
+    run(make_jobs(2), 2)  # warm up: model load, automaton and tokenizer caches, first forward passes
+    rows = ["| concurrent jobs | one at a time: jobs/s | batched: jobs/s | batched: tokens/s | "
+            "bare forward ceiling: jobs/s | batched / ceiling | batched / ceiling with the head at the masks | "
+            "engine: forward / advance |",
+            "|---|---|---|---|---|---|---|---|"]
+    for n in concurrency:
+        alone = run(make_jobs(n), 1)
+        rounds = [_round(n, run(make_jobs(n), n)) for _ in range(repeats)]
+        batched = [r["batched"] for r in rounds]
+        rows.append(f"| {n} | {n / alone:.2f} | {spread([n / t for t in batched])} | "
+                    f"{spread([n * written / t for t in batched], '.0f')} | "
+                    f"{spread([n / r['bare'] for r in rounds])} | "
+                    f"{spread([r['bare'] / r['batched'] for r in rounds], '.0%')} | "
+                    f"{spread([r['sparse'] / r['batched'] for r in rounds], '.0%')} | "
+                    f"{spread([r['forward'] / r['batched'] for r in rounds], '.0%')} / "
+                    f"{spread([r['advance'] / r['batched'] for r in rounds], '.0%')} |")
     rows.append(f"\nEach job: two 16-token gaps, 16 steps, temperature 0.7, canvas {length} tokens (padded to "
                 f"{padded}); step rows in {database_url.split(':')[0]}, "
                 f"{'events on Redis' if _answers(redis_url) else 'no event bus (no Redis on this host)'}. "
@@ -195,7 +211,9 @@ def throughput_table(device: str, database_url: str, redis_url: str,
                 f"as many bare forward passes of shape ({'n'}, {padded}) as the batched run made (whole logits, "
                 f"as before 2026-12-02); the engine computes the LM head at masked positions only, so the like-for-like "
                 f"ceiling runs those passes with the head at a schedule's masks (32 per job, down evenly over the "
-                f"steps).")
+                f"steps)." + (f" Each cell: the median (range) of {repeats} batched rounds, each ratio taken within its "
+                              f"round (both ceilings measured right after that round's batched run)."
+                              if repeats > 1 else ""))
     return rows
 
 
@@ -235,10 +253,10 @@ def service_throughput(url: str, key: str, n: int) -> float:
         return time.perf_counter() - t0
 
 
-def queue_table(jobs: int, redis_url: str, concurrency: tuple[int, ...] = (16,)) -> list[str]:
+def queue_table(jobs: int, redis_url: str, concurrency: tuple[int, ...] = (16,), repeats: int = 1) -> list[str]:
     import httpx
     from queue_latency import direct, queued
-    from timing import pct
+    from timing import pct, spread
 
     work = Path(tempfile.mkdtemp(prefix="redraft-bench-"))
     with socket.socket() as sock:
@@ -246,7 +264,9 @@ def queue_table(jobs: int, redis_url: str, concurrency: tuple[int, ...] = (16,))
         port = sock.getsockname()[1]
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{work / 'redraft.db'}", "REDIS_URL": redis_url,
            "REDRAFT_QUEUE_NAME": f"bench-{port}", "REDRAFT_VAR_DIR": str(work),
-           "REDRAFT_TENANT_MAX_CONCURRENT_JOBS": str(max(concurrency, default=8) + 8)}
+           "REDRAFT_TENANT_MAX_CONCURRENT_JOBS": str(max(concurrency, default=8) + 8),
+           # every job of the table within a minute: the latency runs, then R rounds of each concurrency
+           "REDRAFT_TENANT_JOBS_PER_MINUTE": str(2 * jobs + 16 + repeats * sum(concurrency))}
     redraft = str(Path(sys.executable).with_name("redraft"))
     subprocess.run([redraft, "migrate"], env=env, check=True, capture_output=True)
     key = subprocess.run([redraft, "keys", "create", "--tenant", "bench"], env=env, check=True,
@@ -269,7 +289,7 @@ def queue_table(jobs: int, redis_url: str, concurrency: tuple[int, ...] = (16,))
         q = queued(jobs, url, key, "redraft-tiny")
         d = direct(jobs, "redraft-tiny")
         service_throughput(url, key, 4)  # warm the batched path
-        through = {n: service_throughput(url, key, n) for n in concurrency}
+        through = {n: [n / service_throughput(url, key, n) for _ in range(repeats)] for n in concurrency}
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -280,7 +300,7 @@ def queue_table(jobs: int, redis_url: str, concurrency: tuple[int, ...] = (16,))
             f"{(pct(q, 95) - pct(d, 95)) * 1e3:.1f} |",
             f"\n{jobs} jobs, one after another (two 6-token gaps, 8 steps each), `redraft serve` with a SQLite file.",
             "", "| concurrent jobs over HTTP | jobs/s, submit → last result |", "|---|---|",
-            *[f"| {n} | {n / t:.2f} |" for n, t in through.items()],
+            *[f"| {n} | {spread(rates)} |" for n, rates in through.items()],
             "\nThe throughput table's jobs, all submitted at once to the same `redraft serve` (one worker, "
             "`REDRAFT_WORKER_BATCH_SIZE` 16), polled until the last result is in: compare with that table's "
             "batched jobs/s."]
@@ -296,6 +316,9 @@ def main() -> None:
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
     parser.add_argument("--tables", default="decoding,throughput,queue", help="which tables, comma-separated")
     parser.add_argument("--concurrency", default="1,4,16,32", help="concurrent jobs of the throughput table")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="batched rounds per row of the throughput table, each with its own ceilings measured "
+                             "right after it: median (range)")
     parser.add_argument("--torch-compile", default=os.environ.get("REDRAFT_TORCH_COMPILE", "off"),
                         choices=get_args(CompileMode),
                         help="REDRAFT_TORCH_COMPILE for the worker path and the service (default: as set, or off)")
@@ -312,10 +335,12 @@ def main() -> None:
         out += ["### 1. Decoding schedules (held-out infill)", "", *decoding_table(args.device), ""]
     if "throughput" in tables:
         out += ["### 2. Worker throughput", "",
-                *throughput_table(args.device, database_url, args.redis_url, concurrency), ""]
+                *throughput_table(args.device, database_url, args.redis_url, concurrency,
+                                  max(1, args.repeats)), ""]
     if "queue" in tables and not args.skip_queue:
         out += ["### 3. Queue path latency and throughput", "",
-                *queue_table(args.jobs, args.redis_url, tuple(n for n in concurrency if n > 1)), ""]
+                *queue_table(args.jobs, args.redis_url, tuple(n for n in concurrency if n > 1), max(1, args.repeats)),
+                ""]
     text = "\n".join(out)
     print(text)
     if args.markdown:

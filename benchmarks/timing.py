@@ -11,6 +11,14 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
+def spread(values: list[float], fmt: str = ".2f") -> str:
+    """A table cell for repeated readings: the median, and the range in brackets when there are several."""
+    med = statistics.median(values)
+    if len(values) == 1:
+        return format(med, fmt)
+    return f"{format(med, fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
 class Timed:
     """Wraps a callable (a model's logits, a processor) and appends each call's seconds to ``sink``. A wrapped
     processor keeps saying whether it only masks (``masks_only``), so the sampler treats it as it would unwrapped."""
